@@ -1,0 +1,1 @@
+"""Model-agnostic test infrastructure: devices, meshes, comparison and testers."""

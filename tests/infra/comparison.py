@@ -1,0 +1,139 @@
+"""Comparing a device-under-test output with its golden: PCC, atol, allclose, top-1, KL.
+
+Every metric is computed on every call and reported, so a failure message (and a passing
+test's recorded properties) show all the numbers, not only the one that was checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ComparisonError(AssertionError):
+    """The output under test is not equivalent to the golden; the message gives the numbers."""
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """Thresholds; a metric set to None is reported but not checked.
+
+    atol:     maximum of |golden - actual|.
+    pcc:      minimum Pearson correlation of the flattened tensors.
+    allclose: (rtol, atol) as in numpy.allclose.
+    top1:     minimum fraction of rows (last axis = classes) whose argmax agrees.
+    kl:       maximum mean KL(softmax(golden) || softmax(actual)) over rows, in nats.
+    """
+
+    atol: float | None = None
+    pcc: float | None = None
+    allclose: tuple[float, float] | None = None
+    top1: float | None = None
+    kl: float | None = None
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    max_abs_diff: float
+    pcc: float
+    allclose: bool
+    top1: float
+    kl: float
+    failures: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "max_abs_diff": self.max_abs_diff,
+            "pcc": self.pcc,
+            "allclose": float(self.allclose),
+            "top1": self.top1,
+            "kl": self.kl,
+        }
+
+    def __str__(self) -> str:
+        numbers = (
+            f"max_abs_diff={self.max_abs_diff:.3e} pcc={self.pcc:.7f} allclose={self.allclose} "
+            f"top1={self.top1:.4f} kl={self.kl:.3e}"
+        )
+        return numbers if self.passed else f"{numbers}; failed: {'; '.join(self.failures)}"
+
+
+def pearson(golden: np.ndarray, actual: np.ndarray) -> float:
+    """Pearson correlation in float64; two equal constant tensors correlate perfectly."""
+    g = np.asarray(golden, np.float64).ravel()
+    a = np.asarray(actual, np.float64).ravel()
+    if np.array_equal(g, a):
+        return 1.0
+    g = g - g.mean()
+    a = a - a.mean()
+    denom = np.sqrt((g * g).sum() * (a * a).sum())
+    if denom == 0.0:
+        return 0.0
+    return float((g * a).sum() / denom)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def compare(
+    golden: np.ndarray,
+    actual: np.ndarray,
+    config: ComparisonConfig,
+    mask: np.ndarray | None = None,
+) -> ComparisonResult:
+    """All metrics of `actual` against `golden`; `mask` (over leading axes) keeps the rows that count."""
+    golden = np.asarray(golden, np.float64)
+    actual = np.asarray(actual, np.float64)
+    if golden.shape != actual.shape:
+        raise ComparisonError(f"shape mismatch: golden {golden.shape} vs actual {actual.shape}")
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        golden, actual = golden[mask], actual[mask]
+    if golden.size == 0:
+        raise ComparisonError("nothing to compare: the tensors (after masking) are empty")
+
+    failures = []
+    finite = np.isfinite(actual)
+    if not finite.all():
+        failures.append(f"{int((~finite).sum())} non-finite values in the output under test")
+    max_abs_diff = float(np.max(np.abs(golden - actual)))
+    pcc = pearson(golden, actual)
+    rtol, allclose_atol = config.allclose or (1e-5, 1e-8)
+    allclose = bool(np.allclose(actual, golden, rtol=rtol, atol=allclose_atol))
+    rows_g = golden.reshape(-1, golden.shape[-1])
+    rows_a = actual.reshape(-1, actual.shape[-1])
+    top1 = float(np.mean(rows_g.argmax(-1) == rows_a.argmax(-1)))
+    log_p, log_q = _log_softmax(rows_g), _log_softmax(rows_a)
+    kl = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+
+    if config.atol is not None and not max_abs_diff <= config.atol:
+        failures.append(f"max_abs_diff {max_abs_diff:.3e} > atol {config.atol:.1e}")
+    if config.pcc is not None and not pcc >= config.pcc:
+        failures.append(f"pcc {pcc:.7f} < {config.pcc}")
+    if config.allclose is not None and not allclose:
+        failures.append(f"not allclose(rtol={rtol}, atol={allclose_atol})")
+    if config.top1 is not None and not top1 >= config.top1:
+        failures.append(f"top1 agreement {top1:.4f} < {config.top1}")
+    if config.kl is not None and not kl <= config.kl:
+        failures.append(f"kl {kl:.3e} > {config.kl:.1e}")
+    return ComparisonResult(max_abs_diff, pcc, allclose, top1, kl, tuple(failures))
+
+
+def assert_equivalent(
+    golden: np.ndarray,
+    actual: np.ndarray,
+    config: ComparisonConfig,
+    mask: np.ndarray | None = None,
+) -> ComparisonResult:
+    """`compare`, raising ComparisonError with every number when a threshold is not met."""
+    result = compare(golden, actual, config, mask)
+    if not result.passed:
+        raise ComparisonError(str(result))
+    return result

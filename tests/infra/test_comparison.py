@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from tests.infra.comparison import ComparisonConfig, ComparisonError, assert_equivalent, compare, pearson
+
+pytestmark = pytest.mark.push
+
+RNG = np.random.default_rng(0)
+LOGITS = RNG.standard_normal((4, 6, 50)).astype(np.float32)
+
+
+def test_identical_outputs_pass_every_check():
+    config = ComparisonConfig(atol=0.0, pcc=1.0, allclose=(0.0, 0.0), top1=1.0, kl=0.0)
+    result = assert_equivalent(LOGITS, LOGITS.copy(), config)
+    assert result.passed and result.max_abs_diff == 0.0 and result.top1 == 1.0
+
+
+def test_small_noise_passes_loose_and_fails_tight_atol():
+    noisy = LOGITS + 1e-5 * RNG.standard_normal(LOGITS.shape).astype(np.float32)
+    assert compare(LOGITS, noisy, ComparisonConfig(atol=1e-3)).passed
+    with pytest.raises(ComparisonError, match=r"max_abs_diff .* > atol 1.0e-07"):
+        assert_equivalent(LOGITS, noisy, ComparisonConfig(atol=1e-7))
+
+
+def test_wrong_data_fails_pcc_and_reports_the_number():
+    wrong = RNG.standard_normal(LOGITS.shape).astype(np.float32)
+    result = compare(LOGITS, wrong, ComparisonConfig(pcc=0.99))
+    assert not result.passed
+    assert abs(result.pcc) < 0.1
+    assert "pcc" in result.failures[0] and f"{result.pcc:.7f}" in result.failures[0]
+
+
+def test_swapped_rows_fail_top1_but_keep_the_value_distribution():
+    swapped = LOGITS[::-1].copy()
+    result = compare(LOGITS, swapped, ComparisonConfig(top1=0.99, kl=1e-3))
+    assert result.top1 < 0.5
+    assert len(result.failures) == 2
+
+
+def test_allclose_uses_rtol_and_atol():
+    scaled = LOGITS * (1 + 1e-4)
+    assert compare(LOGITS, scaled, ComparisonConfig(allclose=(1e-3, 0.0))).passed
+    assert not compare(LOGITS, scaled, ComparisonConfig(allclose=(1e-6, 0.0))).passed
+
+
+def test_mask_ignores_rows_that_do_not_count():
+    garbage_in_pads = LOGITS.copy()
+    garbage_in_pads[:, :2] = 1e6
+    valid = np.ones(LOGITS.shape[:2], bool)
+    valid[:, :2] = False
+    assert compare(LOGITS, garbage_in_pads, ComparisonConfig(atol=0.0), mask=valid).passed
+    assert not compare(LOGITS, garbage_in_pads, ComparisonConfig(atol=0.0)).passed
+
+
+def test_non_finite_output_fails():
+    nan = LOGITS.copy()
+    nan[0, 0, 0] = np.nan
+    assert "non-finite" in compare(LOGITS, nan, ComparisonConfig()).failures[0]
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ComparisonError, match=r"shape mismatch: golden \(4, 6, 50\) vs actual \(4, 6, 49\)"):
+        compare(LOGITS, LOGITS[..., :49], ComparisonConfig())
+
+
+def test_pearson_edge_cases():
+    assert pearson(np.ones(5), np.ones(5)) == 1.0
+    assert pearson(np.ones(5), np.zeros(5)) == 0.0
+    assert pearson(np.arange(5.0), -np.arange(5.0)) == pytest.approx(-1.0)

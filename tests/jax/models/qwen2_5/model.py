@@ -1,0 +1,191 @@
+"""Qwen2.5 in Flax NNX, with the numerics of Hugging Face `modeling_qwen2`.
+
+Shapes: B batch, T query tokens, S key tokens, D hidden, K KV heads, G queries per KV head,
+H head_dim, F MLP width, V vocabulary. Weights are stored (in, out) for `x @ W`.
+
+Numerics follow the PyTorch reference so that float32 matches to rounding and bfloat16 to
+the same cast points: matmuls accumulate in float32 and round once (as PyTorch's CPU GEMM
+does), RMSNorm normalizes in float32 and casts back before the weight multiply, RoPE angles
+are float32, attention softmax is float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tests.jax.models.qwen2_5.config import Qwen2Config
+
+_INIT = jax.nn.initializers.normal(0.02)
+
+
+def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
+    """`einsum(spec)` accumulated in float32; the caller rounds once."""
+    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
+
+
+class Linear(nnx.Module):
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_INIT(rngs.params(), (in_features, out_features), dtype))
+        self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = _matmul(x, self.kernel[...], "...i,io->...o")
+        if self.bias is not None:
+            # The bias joins the float32 accumulator before the single rounding, as addmm does.
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(self.kernel.dtype)
+
+
+class Embedding(nnx.Module):
+    def __init__(self, vocab_size: int, features: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(_INIT(rngs.params(), (vocab_size, features), dtype))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0)  # (B, T) -> (B, T, D)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Logits against the embedding table, for tied lm_heads."""
+        table = self.embedding[...]
+        return _matmul(x, table, "btd,vd->btv").astype(table.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, features: int, *, eps: float, dtype: jnp.dtype):
+        self.weight = nnx.Param(jnp.ones((features,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        # Back to the input dtype *before* the weight multiply, exactly as Qwen2RMSNorm.
+        return self.weight[...] * h.astype(x.dtype)
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """float32 cos and sin of the rotary angles, (B, T) -> (B, T, H)."""
+    # Bit-for-bit Hugging Face's float32 recipe: float32 exponents, a correctly rounded float32
+    # power (as PyTorch's is, measured), then a float32 reciprocal. At position 1e5 one ulp of
+    # an inverse frequency moves the angle by ~1e-3 rad, so the recipe matters, not just the value.
+    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    powers = (np.float64(theta) ** exponents.astype(np.float64)).astype(np.float32)
+    inv_freq = np.float32(1.0) / powers
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, H/2)
+    angles = jnp.concatenate([angles, angles], axis=-1)  # (B, T, H)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate `x` (..., H) by angles already broadcast to its shape; in x's dtype, as Hugging Face."""
+    cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def causal_mask(attention_mask: jax.Array) -> jax.Array:
+    """(B, S) key validity -> (B, T=S, S) bool: query i sees valid keys j <= i."""
+    seq = attention_mask.shape[-1]
+    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
+    return causal[None] & attention_mask.astype(bool)[:, None, :]
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention: q/k/v with bias, o_proj without."""
+
+    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, use_bias=True, dtype=dtype, rngs=rngs)
+        self.k_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, use_bias=True, dtype=dtype, rngs=rngs)
+        self.v_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, use_bias=True, dtype=dtype, rngs=rngs)
+        self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        """x (B, T, D), cos/sin (B, T, H), mask (B, T, S=T) bool -> (B, T, D)."""
+        batch, seq, _ = x.shape
+        kv, group, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+        # Query heads are grouped under the KV head they read: head k*G + g reads KV head k.
+        q = self.q_proj(x).reshape(batch, seq, kv, group, hd)  # (B, T, K, G, H)
+        k = self.k_proj(x).reshape(batch, seq, kv, hd)  # (B, S, K, H)
+        v = self.v_proj(x).reshape(batch, seq, kv, hd)  # (B, S, K, H)
+        q = apply_rope(q, cos[:, :, None, None, :], sin[:, :, None, None, :])
+        k = apply_rope(k, cos[:, :, None, :], sin[:, :, None, :])
+
+        # Scores are rounded to the model dtype before scaling, as Hugging Face's eager path.
+        scores = _matmul(q, k, "btkgh,bskh->bkgts").astype(x.dtype) * (hd**-0.5)  # (B, K, G, T, S)
+        scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        out = _matmul(probs, v, "bkgts,bskh->btkgh").astype(x.dtype)  # (B, T, K, G, H)
+        return self.o_proj(out.reshape(batch, seq, kv * group * hd))
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, use_bias=False, dtype=dtype, rngs=rngs)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, use_bias=False, dtype=dtype, rngs=rngs)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = self.gate_proj(x)  # (B, T, F)
+        # SiLU in float32 with one rounding, as PyTorch's bfloat16 kernel computes it.
+        act = jax.nn.silu(gate.astype(jnp.float32)).astype(gate.dtype)
+        return self.down_proj(act * self.up_proj(x))  # (B, T, D)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen2Model(nnx.Module):
+    """Embedding, decoder stack and final norm: token ids -> final hidden states."""
+
+    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """input_ids, positions, attention_mask: (B, T) -> (B, T, D)."""
+        x = self.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        mask = causal_mask(attention_mask)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return self.norm(x)
+
+
+class Qwen2ForCausalLM(nnx.Module):
+    """The causal LM: token ids -> logits (B, T, V), with an untied or a tied lm_head."""
+
+    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.model = Qwen2Model(cfg, dtype=dtype, rngs=rngs)
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
+        )
+
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        hidden = self.model(input_ids, positions, attention_mask)
+        if self.lm_head is None:
+            return self.model.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """Positions of a left-padded batch: 0 at each row's first real token (pads get 0)."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
