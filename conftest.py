@@ -1,15 +1,13 @@
 """Session set-up: the number of simulated CPU devices, and where the device under test runs."""
 
-import os
-
 import pytest
 
-# JAX fixes the number of host devices when its CPU backend starts, so it is set here, when
-# pytest imports this file and before any test module imports jax. 32 devices make every
-# mesh up to 1x32 and 8x4 exist; an explicit JAX_NUM_CPU_DEVICES from the user wins.
-os.environ.setdefault("JAX_NUM_CPU_DEVICES", "32")
+from tests.infra.devices import PLATFORMS, DeviceUnavailableError, configure_jax, platform_devices
+from tests.infra.mesh import MeshError, make_mesh
 
-from tests.infra.devices import PLATFORMS, DeviceUnavailableError, platform_devices  # noqa: E402
+# Before any test starts a JAX backend: 32 simulated CPU devices make every mesh up to 1x32
+# and 8x4 exist, and XLA rounds exactly where the model casts (see configure_jax).
+configure_jax(cpu_devices=32)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,4 +31,16 @@ def dut_devices(dut_platform: str) -> list:
     try:
         return platform_devices(dut_platform)
     except DeviceUnavailableError as err:
+        pytest.skip(str(err))
+
+
+MESHES = ("2x4", "1x8", "1x32", "8x4")
+
+
+@pytest.fixture(scope="session", params=MESHES, ids=[f"mesh_{m}" for m in MESHES])
+def mesh(request: pytest.FixtureRequest, dut_devices: list):
+    """Each tensor-parallel mesh (axes batch x model) over the devices under test."""
+    try:
+        return make_mesh(request.param, dut_devices)
+    except MeshError as err:
         pytest.skip(str(err))

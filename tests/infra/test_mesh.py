@@ -39,7 +39,9 @@ def test_make_mesh_axes_and_types():
 def test_too_few_devices_says_how_to_get_more():
     devices = platform_devices("cpu")
     too_big = f"{len(devices)}x2"
-    with pytest.raises(MeshError, match=rf"needs {2 * len(devices)} devices but {len(devices)} cpu devices exist.*JAX_NUM_CPU_DEVICES"):
+    with pytest.raises(
+        MeshError, match=rf"needs {2 * len(devices)} devices but {len(devices)} cpu devices exist.*JAX_NUM_CPU_DEVICES"
+    ):
         make_mesh(too_big, devices)
 
 

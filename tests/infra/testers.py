@@ -36,9 +36,12 @@ def run_on_device(workload: Workload, device: jax.Device) -> Any:
 
 
 def run_sharded(workload: Workload, arg_shardings: Any) -> Any:
-    """Run `workload` with arguments placed by `arg_shardings` (a pytree prefix of the args)."""
+    """Run `workload` with arguments placed by `arg_shardings` (NamedShardings, a pytree prefix of
+    the args), under their mesh so that sharding constraints inside the workload apply."""
+    mesh = jax.tree.leaves(arg_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))[0].mesh
     args = jax.device_put(workload.args, arg_shardings)
-    return _to_numpy(jax.jit(workload.fn)(*args))
+    with jax.set_mesh(mesh):
+        return _to_numpy(jax.jit(workload.fn)(*args))
 
 
 class EquivalenceTester:

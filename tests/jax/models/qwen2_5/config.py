@@ -47,7 +47,9 @@ class Qwen2Config:
     def from_hf_dict(cls, hf: dict[str, Any]) -> Qwen2Config:
         """From the fields of a Hugging Face Qwen2 `config.json`; refuses features it would ignore."""
         if hf.get("model_type") != "qwen2":
-            raise ConfigError(f"model_type is {hf.get('model_type')!r}, not 'qwen2': this is not a Qwen2/Qwen2.5 checkpoint")
+            raise ConfigError(
+                f"model_type is {hf.get('model_type')!r}, not 'qwen2': this is not a Qwen2/Qwen2.5 checkpoint"
+            )
         if hf.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"hidden_act {hf['hidden_act']!r} is not supported (Qwen2 uses silu)")
         if hf.get("use_sliding_window", False):
@@ -128,17 +130,36 @@ QWEN2_5_7B = Qwen2Config(
 TINY_PRESETS: dict[str, Qwen2Config] = {
     # 7B's 28:4 query:KV heads (7 queries per KV head), untied lm_head.
     "gqa28x4": Qwen2Config(
-        vocab_size=512, hidden_size=224, intermediate_size=1184, num_layers=2,
-        num_heads=28, num_kv_heads=4, head_dim=8, max_position_embeddings=256,
+        vocab_size=512,
+        hidden_size=224,
+        intermediate_size=1184,
+        num_layers=2,
+        num_heads=28,
+        num_kv_heads=4,
+        head_dim=8,
+        max_position_embeddings=256,
     ),
     # 0.5B's 14:2 heads with tied embeddings.
     "gqa14x2_tied": Qwen2Config(
-        vocab_size=512, hidden_size=112, intermediate_size=608, num_layers=2,
-        num_heads=14, num_kv_heads=2, head_dim=8, tie_word_embeddings=True, max_position_embeddings=256,
+        vocab_size=512,
+        hidden_size=112,
+        intermediate_size=608,
+        num_layers=2,
+        num_heads=14,
+        num_kv_heads=2,
+        head_dim=8,
+        tie_word_embeddings=True,
+        max_position_embeddings=256,
     ),
     # Plain multi-head attention (one query per KV head).
     "mha8": Qwen2Config(
-        vocab_size=512, hidden_size=128, intermediate_size=352, num_layers=2,
-        num_heads=8, num_kv_heads=8, head_dim=16, max_position_embeddings=256,
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=352,
+        num_layers=2,
+        num_heads=8,
+        num_kv_heads=8,
+        head_dim=16,
+        max_position_embeddings=256,
     ),
 }

@@ -6,7 +6,6 @@ Test-only (imports torch). Checkpoints are written by `transformers` itself with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from transformers import Qwen2Config as HFQwen2Config
 from transformers import Qwen2ForCausalLM as HFQwen2ForCausalLM
 
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.model import positions_from_mask
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -61,28 +59,3 @@ def additive_mask(mask: np.ndarray, dtype: str) -> torch.Tensor:
     torch_dtype = TORCH_DTYPES[dtype]
     allowed = to_torch(mask)[:, None]
     return torch.zeros(allowed.shape, dtype=torch_dtype).masked_fill(~allowed, torch.finfo(torch_dtype).min)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A left-padded batch: ids, key validity and positions, all (B, T)."""
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    positions: np.ndarray
-
-    @property
-    def valid(self) -> np.ndarray:
-        return self.attention_mask.astype(bool)
-
-
-def left_padded_batch(vocab_size: int, lengths: list[int], seq_len: int, *, seed: int = 0, pad_id: int = 0) -> Batch:
-    """Random prompts of `lengths`, left-padded to `seq_len`, positions counted from each first real token."""
-    rng = np.random.default_rng(seed)
-    ids = np.full((len(lengths), seq_len), pad_id, np.int32)
-    mask = np.zeros((len(lengths), seq_len), np.int32)
-    for row, length in enumerate(lengths):
-        ids[row, seq_len - length :] = rng.integers(0, vocab_size, length)
-        mask[row, seq_len - length :] = 1
-    positions = np.asarray(positions_from_mask(mask))
-    return Batch(ids, mask, positions)

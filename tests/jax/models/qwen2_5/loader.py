@@ -77,7 +77,9 @@ def hf_name(path: tuple) -> tuple[str, bool]:
     return ".".join([*modules, leaf]), False
 
 
-def _read_tensors(files: dict[str, Path], wanted: dict[str, tuple[tuple[int, ...], bool]]) -> Iterator[tuple[str, np.ndarray]]:
+def _read_tensors(
+    files: dict[str, Path], wanted: dict[str, tuple[tuple[int, ...], bool]]
+) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, array) for `wanted` tensors, each file opened once and memory-mapped."""
     with ExitStack() as stack:
         handles = {}

@@ -17,8 +17,10 @@ import numpy as np
 from flax import nnx
 
 from tests.jax.models.qwen2_5.config import Qwen2Config
+from tests.jax.models.qwen2_5.partitioning import Axes, constrain
 
 _INIT = jax.nn.initializers.normal(0.02)
+RESIDUAL = ("batch", None, "embed")
 
 
 def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
@@ -27,12 +29,19 @@ def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
 
 
 class Linear(nnx.Module):
-    def __init__(self, in_features: int, out_features: int, *, use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(_INIT(rngs.params(), (in_features, out_features), dtype))
-        self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if use_bias else None
+    def __init__(
+        self, in_features: int, out_features: int, *, axes: Axes, use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs
+    ):
+        self.kernel = nnx.Param(_INIT(rngs.params(), (in_features, out_features), dtype), axes=tuple(axes))
+        self.bias = nnx.Param(jnp.zeros((out_features,), dtype), axes=(axes[1],)) if use_bias else None
+        self.out_axis = axes[1]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = _matmul(x, self.kernel[...], "...i,io->...o")
+        """(B, T, in) -> (B, T, out)."""
+        y = _matmul(x, self.kernel[...], "bti,io->bto")
+        # A row-parallel layer's partial sums are all-reduced here, still in float32, so a mesh
+        # rounds the full sum once, exactly where the single device does.
+        y = constrain(y, ("batch", None, self.out_axis))
         if self.bias is not None:
             # The bias joins the float32 accumulator before the single rounding, as addmm does.
             y = y + self.bias[...].astype(jnp.float32)
@@ -41,7 +50,7 @@ class Linear(nnx.Module):
 
 class Embedding(nnx.Module):
     def __init__(self, vocab_size: int, features: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.embedding = nnx.Param(_INIT(rngs.params(), (vocab_size, features), dtype))
+        self.embedding = nnx.Param(_INIT(rngs.params(), (vocab_size, features), dtype), axes=("vocab", "embed"))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.embedding[...], ids, axis=0)  # (B, T) -> (B, T, D)
@@ -49,12 +58,12 @@ class Embedding(nnx.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the embedding table, for tied lm_heads."""
         table = self.embedding[...]
-        return _matmul(x, table, "btd,vd->btv").astype(table.dtype)
+        return constrain(_matmul(x, table, "btd,vd->btv").astype(table.dtype), ("batch", None, "vocab"))
 
 
 class RMSNorm(nnx.Module):
     def __init__(self, features: int, *, eps: float, dtype: jnp.dtype):
-        self.weight = nnx.Param(jnp.ones((features,), dtype))
+        self.weight = nnx.Param(jnp.ones((features,), dtype), axes=("embed",))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -97,19 +106,24 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_proj = Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, use_bias=True, dtype=dtype, rngs=rngs)
-        self.k_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, use_bias=True, dtype=dtype, rngs=rngs)
-        self.v_proj = Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, use_bias=True, dtype=dtype, rngs=rngs)
-        self.o_proj = Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, use_bias=False, dtype=dtype, rngs=rngs)
+        q_width, kv_width = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        # Column-parallel q/k/v and row-parallel o_proj: each device computes whole heads.
+        common = {"dtype": dtype, "rngs": rngs}
+        self.q_proj = Linear(cfg.hidden_size, q_width, axes=("embed", "q_heads"), use_bias=True, **common)
+        self.k_proj = Linear(cfg.hidden_size, kv_width, axes=("embed", "kv_heads"), use_bias=True, **common)
+        self.v_proj = Linear(cfg.hidden_size, kv_width, axes=("embed", "kv_heads"), use_bias=True, **common)
+        self.o_proj = Linear(q_width, cfg.hidden_size, axes=("q_heads", "embed"), use_bias=False, **common)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
         """x (B, T, D), cos/sin (B, T, H), mask (B, T, S=T) bool -> (B, T, D)."""
         batch, seq, _ = x.shape
         kv, group, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
         # Query heads are grouped under the KV head they read: head k*G + g reads KV head k.
-        q = self.q_proj(x).reshape(batch, seq, kv, group, hd)  # (B, T, K, G, H)
-        k = self.k_proj(x).reshape(batch, seq, kv, hd)  # (B, S, K, H)
-        v = self.v_proj(x).reshape(batch, seq, kv, hd)  # (B, S, K, H)
+        # The KV-head axis K is the one split over `model`, so a device's queries and the KV
+        # head they read live on the same device and attention needs no communication.
+        q = constrain(self.q_proj(x).reshape(batch, seq, kv, group, hd), ("batch", None, "kv_heads", None, None))
+        k = constrain(self.k_proj(x).reshape(batch, seq, kv, hd), ("batch", None, "kv_heads", None))  # (B, S, K, H)
+        v = constrain(self.v_proj(x).reshape(batch, seq, kv, hd), ("batch", None, "kv_heads", None))  # (B, S, K, H)
         q = apply_rope(q, cos[:, :, None, None, :], sin[:, :, None, None, :])
         k = apply_rope(k, cos[:, :, None, :], sin[:, :, None, :])
 
@@ -125,15 +139,18 @@ class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, use_bias=False, dtype=dtype, rngs=rngs)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, use_bias=False, dtype=dtype, rngs=rngs)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, use_bias=False, dtype=dtype, rngs=rngs)
+        # Column-parallel gate/up and row-parallel down: the MLP width never leaves its device.
+        common = {"use_bias": False, "dtype": dtype, "rngs": rngs}
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, axes=("embed", "mlp"), **common)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, axes=("embed", "mlp"), **common)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, axes=("mlp", "embed"), **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         gate = self.gate_proj(x)  # (B, T, F)
         # SiLU in float32 with one rounding, as PyTorch's bfloat16 kernel computes it.
         act = jax.nn.silu(gate.astype(jnp.float32)).astype(gate.dtype)
-        return self.down_proj(act * self.up_proj(x))  # (B, T, D)
+        hidden = constrain(act * self.up_proj(x), ("batch", None, "mlp"))
+        return self.down_proj(hidden)  # (B, T, D)
 
 
 class DecoderLayer(nnx.Module):
@@ -144,8 +161,10 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        # The residual stream is replicated over `model`: each row-parallel output is completed
+        # by one all-reduce right here, twice per layer.
+        x = constrain(x + self.self_attn(self.input_layernorm(x), cos, sin, mask), RESIDUAL)
+        return constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL)
 
 
 class Qwen2Model(nnx.Module):
@@ -159,7 +178,7 @@ class Qwen2Model(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """input_ids, positions, attention_mask: (B, T) -> (B, T, D)."""
-        x = self.embed_tokens(input_ids)
+        x = constrain(self.embed_tokens(input_ids), RESIDUAL)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         mask = causal_mask(attention_mask)
         for layer in self.layers:
@@ -176,14 +195,17 @@ class Qwen2ForCausalLM(nnx.Module):
         self.lm_head = (
             None
             if cfg.tie_word_embeddings
-            else Linear(cfg.hidden_size, cfg.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
+            else Linear(
+                cfg.hidden_size, cfg.vocab_size, axes=("embed", "vocab"), use_bias=False, dtype=dtype, rngs=rngs
+            )
         )
 
     def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
         hidden = self.model(input_ids, positions, attention_mask)
         if self.lm_head is None:
             return self.model.embed_tokens.attend(hidden)
-        return self.lm_head(hidden)
+        # Vocab-parallel logits stay split over `model`; whoever needs them whole gathers them.
+        return constrain(self.lm_head(hidden), ("batch", None, "vocab"))
 
 
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:

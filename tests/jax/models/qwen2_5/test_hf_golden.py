@@ -16,17 +16,12 @@ from flax import nnx
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from tests.infra.comparison import ComparisonConfig, assert_equivalent
-from tests.infra.testers import Workload, run_on_device
+from tests.infra.testers import run_on_device
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.hf_golden import (
-    additive_mask,
-    left_padded_batch,
-    load_hf,
-    to_numpy,
-    to_torch,
-)
+from tests.jax.models.qwen2_5.hf_golden import additive_mask, load_hf, to_numpy, to_torch
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import apply_rope, causal_mask, rope_cos_sin
+from tests.jax.models.qwen2_5.workloads import left_padded_batch, module_workload
 
 pytestmark = [pytest.mark.single_device, pytest.mark.model_test, pytest.mark.push]
 
@@ -62,14 +57,9 @@ def models(tiny_checkpoint):
     return get
 
 
-def run_module(module: nnx.Module, *inputs, device, method: str = "__call__") -> np.ndarray:
-    """Run `module.method(*inputs)` jitted on `device`, returning float32 numpy."""
-    graphdef, state = nnx.split(module)
-
-    def fn(state, *xs):
-        return getattr(nnx.merge(graphdef, state), method)(*xs)
-
-    return np.asarray(run_on_device(Workload(fn, (state, *inputs)), device), np.float32)
+def run_module(module: nnx.Module, *inputs, device) -> np.ndarray:
+    """`module(*inputs)` jitted on `device`, as float32 numpy."""
+    return np.asarray(run_on_device(module_workload(module, *inputs), device), np.float32)
 
 
 def hidden_states(cfg, dtype: str, seed: int = 1) -> np.ndarray:
@@ -103,7 +93,9 @@ def test_rmsnorm(preset, dtype, models, dut_devices, record_property):
     x = hidden_states(ours.cfg, dtype)
     with torch.no_grad():
         golden = to_numpy(hf.model.layers[0].input_layernorm(to_torch(x, dtype)))
-    actual = run_module(ours.model.layers[0].input_layernorm, jnp.asarray(x, getattr(jnp, dtype)), device=dut_devices[0])
+    actual = run_module(
+        ours.model.layers[0].input_layernorm, jnp.asarray(x, getattr(jnp, dtype)), device=dut_devices[0]
+    )
     check(golden, actual, MODULE_TOLERANCE[dtype], record_property)
 
 
@@ -177,7 +169,9 @@ def test_decoder_layer(preset, dtype, models, dut_devices, record_property):
             to_torch(x, dtype), attention_mask=additive_mask(mask, dtype), position_embeddings=pos_emb
         )
     cos, sin = rope_cos_sin(jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta)
-    actual = run_module(ours.model.layers[1], jnp.asarray(x, getattr(jnp, dtype)), cos, sin, mask, device=dut_devices[0])
+    actual = run_module(
+        ours.model.layers[1], jnp.asarray(x, getattr(jnp, dtype)), cos, sin, mask, device=dut_devices[0]
+    )
     check(to_numpy(golden), actual, MODULE_TOLERANCE[dtype], record_property, mask=batch.valid)
 
 

@@ -13,8 +13,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, TINY_PRESETS, ConfigError, Qwen2Config
-from tests.jax.models.qwen2_5.hf_golden import build_checkpoint, left_padded_batch
+from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
 from tests.jax.models.qwen2_5.loader import INDEX_FILE, CheckpointError, load_model
+from tests.jax.models.qwen2_5.workloads import left_padded_batch
 
 pytestmark = [pytest.mark.single_device, pytest.mark.model_test, pytest.mark.push]
 
