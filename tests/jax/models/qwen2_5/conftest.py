@@ -4,18 +4,30 @@ from pathlib import Path
 
 import pytest
 
+from tests.jax.models.qwen2_5.checkpoint_writer import build_tokenizer, write_generation_config
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
 from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    """preset name -> a sharded random checkpoint directory, built once per session (per xdist worker)."""
+    """preset name -> a random checkpoint directory written by `save_pretrained` (sharded), with a
+    locally built tokenizer and Qwen2.5's EOS convention; built once per session (per xdist worker)."""
     built: dict[str, Path] = {}
 
     def get(preset: str) -> Path:
         if preset not in built:
-            built[preset] = build_checkpoint(TINY_PRESETS[preset], tmp_path_factory.mktemp(f"ckpt_{preset}"))
+            path = build_checkpoint(TINY_PRESETS[preset], tmp_path_factory.mktemp(f"ckpt_{preset}"))
+            tokenizer = build_tokenizer(TINY_PRESETS[preset].vocab_size)
+            tokenizer.save_pretrained(path)
+            write_generation_config(path, tokenizer)
+            built[preset] = path
         return built[preset]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache directory for the generate CLI's embedded default checkpoint."""
+    return tmp_path_factory.mktemp("demo_cache")

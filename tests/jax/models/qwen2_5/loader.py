@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
+from tqdm import tqdm
 
 from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
@@ -90,8 +91,11 @@ def _read_tensors(
             yield name, handles[file].get_tensor(name)
 
 
-def load_model(model_dir: str | Path, dtype: jnp.dtype = jnp.float32) -> Qwen2ForCausalLM:
-    """The model with every weight from the checkpoint, converted to `dtype`, on the default device."""
+def load_model(model_dir: str | Path, dtype: jnp.dtype = jnp.float32, *, progress: bool = False) -> Qwen2ForCausalLM:
+    """The model with every weight from the checkpoint, converted to `dtype`, on the default device.
+
+    `progress` shows a progress bar over the tensors on stderr.
+    """
     cfg = Qwen2Config.from_pretrained(model_dir)
     files = tensor_files(model_dir)
     abstract = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
@@ -115,7 +119,8 @@ def load_model(model_dir: str | Path, dtype: jnp.dtype = jnp.float32) -> Qwen2Fo
 
     values: dict[str, jax.Array] = {}
     mismatched = []
-    for name, array in _read_tensors(files, wanted):
+    tensors = tqdm(_read_tensors(files, wanted), total=len(wanted), desc="loading weights", disable=not progress)
+    for name, array in tensors:
         expected, transposed = wanted[name]
         if tuple(array.shape) != expected:
             mismatched.append(f"{name} has shape {tuple(array.shape)}, expected {expected}")

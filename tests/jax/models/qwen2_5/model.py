@@ -21,6 +21,7 @@ from tests.jax.models.qwen2_5.partitioning import Axes, constrain
 
 _INIT = jax.nn.initializers.normal(0.02)
 RESIDUAL = ("batch", None, "embed")
+KV_AXES = ("batch", None, "kv_heads", None)
 
 
 def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
@@ -94,11 +95,25 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-def causal_mask(attention_mask: jax.Array) -> jax.Array:
-    """(B, S) key validity -> (B, T=S, S) bool: query i sees valid keys j <= i."""
-    seq = attention_mask.shape[-1]
-    causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
-    return causal[None] & attention_mask.astype(bool)[:, None, :]
+# One layer's keys and values, each (B, S, K, H): the tokens of this call, or the whole cache.
+KV = tuple[jax.Array, jax.Array]
+
+
+def attention_mask(key_valid: jax.Array, start: int | jax.Array, num_queries: int) -> jax.Array:
+    """(B, S) key validity -> (B, T, S) bool: query t sits at slot start + t and sees the valid
+    keys at slots up to its own. Without a cache, start is 0 and S = T (plain causal mask)."""
+    query_slots = start + jnp.arange(num_queries)
+    causal = jnp.arange(key_valid.shape[-1])[None, :] <= query_slots[:, None]  # (T, S)
+    return causal[None] & key_valid.astype(bool)[:, None, :]
+
+
+def init_cache(cfg: Qwen2Config, batch: int, max_len: int, dtype: jnp.dtype) -> tuple[KV, ...]:
+    """An empty static-shape KV cache: per layer, keys and values (B, max_len, K, H)."""
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return tuple(
+        (constrain(jnp.zeros(shape, dtype), KV_AXES), constrain(jnp.zeros(shape, dtype), KV_AXES))
+        for _ in range(cfg.num_layers)
+    )
 
 
 class Attention(nnx.Module):
@@ -114,25 +129,41 @@ class Attention(nnx.Module):
         self.v_proj = Linear(cfg.hidden_size, kv_width, axes=("embed", "kv_heads"), use_bias=True, **common)
         self.o_proj = Linear(q_width, cfg.hidden_size, axes=("q_heads", "embed"), use_bias=False, **common)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        """x (B, T, D), cos/sin (B, T, H), mask (B, T, S=T) bool -> (B, T, D)."""
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        cache: KV | None = None,
+        start: int | jax.Array = 0,
+    ) -> tuple[jax.Array, KV]:
+        """x (B, T, D), cos/sin (B, T, H), mask (B, T, S) -> (B, T, D) and the keys/values attended.
+
+        With `cache`, this call's keys and values are written at slots start..start+T-1 and
+        attention runs over all S cache slots; without, over the T tokens of this call.
+        """
         batch, seq, _ = x.shape
         kv, group, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
         # Query heads are grouped under the KV head they read: head k*G + g reads KV head k.
         # The KV-head axis K is the one split over `model`, so a device's queries and the KV
         # head they read live on the same device and attention needs no communication.
         q = constrain(self.q_proj(x).reshape(batch, seq, kv, group, hd), ("batch", None, "kv_heads", None, None))
-        k = constrain(self.k_proj(x).reshape(batch, seq, kv, hd), ("batch", None, "kv_heads", None))  # (B, S, K, H)
-        v = constrain(self.v_proj(x).reshape(batch, seq, kv, hd), ("batch", None, "kv_heads", None))  # (B, S, K, H)
+        k = constrain(self.k_proj(x).reshape(batch, seq, kv, hd), KV_AXES)  # (B, T, K, H)
+        v = constrain(self.v_proj(x).reshape(batch, seq, kv, hd), KV_AXES)  # (B, T, K, H)
         q = apply_rope(q, cos[:, :, None, None, :], sin[:, :, None, None, :])
         k = apply_rope(k, cos[:, :, None, :], sin[:, :, None, :])
+        if cache is not None:
+            # The cache is split like the KV heads, so each device writes and reads only its own.
+            k = constrain(jax.lax.dynamic_update_slice_in_dim(cache[0], k, start, axis=1), KV_AXES)  # (B, S, K, H)
+            v = constrain(jax.lax.dynamic_update_slice_in_dim(cache[1], v, start, axis=1), KV_AXES)
 
         # Scores are rounded to the model dtype before scaling, as Hugging Face's eager path.
         scores = _matmul(q, k, "btkgh,bskh->bkgts").astype(x.dtype) * (hd**-0.5)  # (B, K, G, T, S)
         scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
         out = _matmul(probs, v, "bkgts,bskh->btkgh").astype(x.dtype)  # (B, T, K, G, H)
-        return self.o_proj(out.reshape(batch, seq, kv * group * hd))
+        return self.o_proj(out.reshape(batch, seq, kv * group * hd)), (k, v)
 
 
 class MLP(nnx.Module):
@@ -160,11 +191,21 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        cache: KV | None = None,
+        start: int | jax.Array = 0,
+    ) -> tuple[jax.Array, KV]:
+        """(B, T, D) -> (B, T, D), and the layer's keys/values (see Attention)."""
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start)
         # The residual stream is replicated over `model`: each row-parallel output is completed
         # by one all-reduce right here, twice per layer.
-        x = constrain(x + self.self_attn(self.input_layernorm(x), cos, sin, mask), RESIDUAL)
-        return constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL)
+        x = constrain(x + attn, RESIDUAL)
+        return constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL), kv
 
 
 class Qwen2Model(nnx.Module):
@@ -176,14 +217,23 @@ class Qwen2Model(nnx.Module):
         self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
-    def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """input_ids, positions, attention_mask: (B, T) -> (B, T, D)."""
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        key_valid: jax.Array,
+        cache: tuple[KV, ...] | None = None,
+        start: int | jax.Array = 0,
+    ) -> tuple[jax.Array, tuple[KV, ...]]:
+        """input_ids, positions (B, T); key_valid (B, S) -> hidden states (B, T, D) and keys/values."""
         x = constrain(self.embed_tokens(input_ids), RESIDUAL)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = causal_mask(attention_mask)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask)
-        return self.norm(x)
+        mask = attention_mask(key_valid, start, input_ids.shape[1])
+        layers_kv = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, cos, sin, mask, None if cache is None else cache[i], start)
+            layers_kv.append(kv)
+        return self.norm(x), tuple(layers_kv)
 
 
 class Qwen2ForCausalLM(nnx.Module):
@@ -201,7 +251,28 @@ class Qwen2ForCausalLM(nnx.Module):
         )
 
     def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        hidden = self.model(input_ids, positions, attention_mask)
+        """input_ids, positions, attention_mask (B, T) -> logits (B, T, V)."""
+        hidden, _ = self.model(input_ids, positions, attention_mask)
+        return self.logits(hidden)
+
+    def step(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        key_valid: jax.Array,
+        cache: tuple[KV, ...],
+        start: int | jax.Array,
+    ) -> tuple[jax.Array, tuple[KV, ...]]:
+        """T new tokens against a KV cache of S slots, written at slots start..start+T-1.
+
+        input_ids, positions (B, T); key_valid (B, S) marks the slots holding real tokens,
+        including the new ones. Returns logits (B, T, V) and the updated cache.
+        """
+        hidden, cache = self.model(input_ids, positions, key_valid, cache, start)
+        return self.logits(hidden), cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """(B, T, D) -> (B, T, V)."""
         if self.lm_head is None:
             return self.model.embed_tokens.attend(hidden)
         # Vocab-parallel logits stay split over `model`; whoever needs them whole gathers them.

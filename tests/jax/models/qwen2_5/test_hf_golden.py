@@ -20,8 +20,8 @@ from tests.infra.testers import run_on_device
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
 from tests.jax.models.qwen2_5.hf_golden import additive_mask, load_hf, to_numpy, to_torch
 from tests.jax.models.qwen2_5.loader import load_model
-from tests.jax.models.qwen2_5.model import apply_rope, causal_mask, rope_cos_sin
-from tests.jax.models.qwen2_5.workloads import left_padded_batch, module_workload
+from tests.jax.models.qwen2_5.model import apply_rope, attention_mask, rope_cos_sin
+from tests.jax.models.qwen2_5.workloads import hidden_only, left_padded_batch, module_workload
 
 pytestmark = [pytest.mark.single_device, pytest.mark.model_test, pytest.mark.push]
 
@@ -57,9 +57,9 @@ def models(tiny_checkpoint):
     return get
 
 
-def run_module(module: nnx.Module, *inputs, device) -> np.ndarray:
-    """`module(*inputs)` jitted on `device`, as float32 numpy."""
-    return np.asarray(run_on_device(module_workload(module, *inputs), device), np.float32)
+def run_module(module: nnx.Module, *inputs, device, output=lambda out: out) -> np.ndarray:
+    """`output(module(*inputs))` jitted on `device`, as float32 numpy."""
+    return np.asarray(run_on_device(module_workload(module, *inputs, output=output), device), np.float32)
 
 
 def hidden_states(cfg, dtype: str, seed: int = 1) -> np.ndarray:
@@ -126,7 +126,7 @@ def _attention_inputs(ours, dtype):
     cfg = ours.cfg
     batch = left_padded_batch(cfg.vocab_size, LENGTHS, SEQ_LEN)
     x = hidden_states(cfg, dtype)
-    mask = np.asarray(causal_mask(jnp.asarray(batch.attention_mask)))
+    mask = np.asarray(attention_mask(jnp.asarray(batch.attention_mask), 0, SEQ_LEN))
     return batch, x, mask
 
 
@@ -142,7 +142,13 @@ def test_attention(preset, dtype, models, dut_devices, record_property):
         )
     cos, sin = rope_cos_sin(jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta)
     actual = run_module(
-        ours.model.layers[0].self_attn, jnp.asarray(x, getattr(jnp, dtype)), cos, sin, mask, device=dut_devices[0]
+        ours.model.layers[0].self_attn,
+        jnp.asarray(x, getattr(jnp, dtype)),
+        cos,
+        sin,
+        mask,
+        device=dut_devices[0],
+        output=hidden_only,
     )
     check(to_numpy(golden), actual, MODULE_TOLERANCE[dtype], record_property, mask=batch.valid)
 
@@ -170,7 +176,13 @@ def test_decoder_layer(preset, dtype, models, dut_devices, record_property):
         )
     cos, sin = rope_cos_sin(jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta)
     actual = run_module(
-        ours.model.layers[1], jnp.asarray(x, getattr(jnp, dtype)), cos, sin, mask, device=dut_devices[0]
+        ours.model.layers[1],
+        jnp.asarray(x, getattr(jnp, dtype)),
+        cos,
+        sin,
+        mask,
+        device=dut_devices[0],
+        output=hidden_only,
     )
     check(to_numpy(golden), actual, MODULE_TOLERANCE[dtype], record_property, mask=batch.valid)
 

@@ -26,7 +26,7 @@ from tests.infra.mesh import MODEL_AXIS
 from tests.infra.testers import EquivalenceTester
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, TINY_PRESETS
 from tests.jax.models.qwen2_5.loader import load_model
-from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM, causal_mask, rope_cos_sin
+from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM, attention_mask, rope_cos_sin
 from tests.jax.models.qwen2_5.plan import build_report
 from tests.jax.models.qwen2_5.tensor_parallel import (
     HeadPlan,
@@ -36,7 +36,7 @@ from tests.jax.models.qwen2_5.tensor_parallel import (
     shard_model,
     tensor_parallel_config,
 )
-from tests.jax.models.qwen2_5.workloads import left_padded_batch, module_workload
+from tests.jax.models.qwen2_5.workloads import hidden_only, left_padded_batch, module_workload
 
 pytestmark = [pytest.mark.tensor_parallel, pytest.mark.model_test, pytest.mark.push]
 
@@ -73,12 +73,13 @@ def placed_like(module: nnx.Module, mesh, *input_specs: P) -> tuple:
 
 
 def run_equivalence(
-    golden_module, sharded_module, inputs, specs, mesh, dut_devices, config, record_property, mask=None
+    golden_module, sharded_module, inputs, specs, mesh, dut_devices, config, record_property, mask=None, output=None
 ):
+    output = output or (lambda out: out)
     tester = EquivalenceTester(config, dut_devices)
     result = tester.test(
-        module_workload(golden_module, *inputs),
-        module_workload(sharded_module, *inputs),
+        module_workload(golden_module, *inputs, output=output),
+        module_workload(sharded_module, *inputs, output=output),
         arg_shardings=placed_like(sharded_module, mesh, *specs),
         mask=mask,
     )
@@ -144,7 +145,7 @@ def test_vocab_parallel_embedding(mesh, golden_model, dut_devices, record_proper
 def _attention_inputs(cfg):
     batch = left_padded_batch(cfg.vocab_size, LENGTHS, SEQ_LEN)
     cos, sin = (np.asarray(t) for t in rope_cos_sin(jnp.asarray(batch.positions), cfg.head_dim, cfg.rope_theta))
-    mask = np.asarray(causal_mask(jnp.asarray(batch.attention_mask)))
+    mask = np.asarray(attention_mask(jnp.asarray(batch.attention_mask), 0, SEQ_LEN))
     specs = (P("batch", None, None),) * 4
     return batch, (activations(cfg.hidden_size), cos, sin, mask), specs
 
@@ -164,6 +165,7 @@ def test_attention_with_padded_heads(preset, mesh, golden_model, dut_devices, re
         OP_TOLERANCE,
         record_property,
         mask=batch.valid,
+        output=hidden_only,
     )
 
 
@@ -182,6 +184,7 @@ def test_decoder_layer(preset, mesh, golden_model, dut_devices, record_property)
         OP_TOLERANCE,
         record_property,
         mask=batch.valid,
+        output=hidden_only,
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -11,10 +13,15 @@ from tests.infra.testers import Workload
 from tests.jax.models.qwen2_5.model import positions_from_mask
 
 
-def module_workload(module: nnx.Module, *inputs) -> Workload:
-    """`module(*inputs)` as a workload whose arguments are the module's weights and the inputs."""
+def module_workload(module: nnx.Module, *inputs, output: Callable[[Any], Any] = lambda out: out) -> Workload:
+    """`output(module(*inputs))` as a workload whose arguments are the module's weights and the inputs."""
     graphdef, state = nnx.split(module)
-    return Workload(lambda state, *xs: nnx.merge(graphdef, state)(*xs), (state, *inputs))
+    return Workload(lambda state, *xs: output(nnx.merge(graphdef, state)(*xs)), (state, *inputs))
+
+
+def hidden_only(out: tuple) -> Any:
+    """Of an attention or decoder layer's (hidden, keys/values), the hidden states."""
+    return out[0]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,169 @@
+"""Generate text with Qwen2.5 on one device or a tensor-parallel mesh.
+
+    python -m tests.jax.models.qwen2_5.generate --model-path DIR --mesh 1x8 --prompt "..."
+
+Without --model-path an embedded tiny checkpoint with random weights is used (created once
+in a cache directory), so the whole pipeline runs on every mesh without a download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from tests.infra.devices import configure_jax
+from tests.infra.mesh import MeshError, MeshShape, make_mesh
+from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
+from tests.jax.models.qwen2_5.config import ConfigError
+from tests.jax.models.qwen2_5.generation import GenerationError, GenerationResult, Generator, SamplingConfig
+from tests.jax.models.qwen2_5.loader import CheckpointError, load_model
+from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, shard_model
+
+EXPECTED_ERRORS = (ConfigError, CheckpointError, MeshError, TensorParallelError, GenerationError)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.jax.models.qwen2_5.generate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--model-path", type=Path, help="Hugging Face checkpoint directory (default: embedded demo)")
+    parser.add_argument("--mesh", default="1x1", help="BATCHxMODEL device mesh; 1x1 is a single device")
+    parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
+    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat template")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    parser.add_argument("--top-k", type=int, default=0, help="0 is off")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1.0 is off")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    return parser.parse_args(argv)
+
+
+def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """From generation_config.json (Qwen2.5: 151643 and 151645), else config.json, else the tokenizer."""
+    for name in ("generation_config.json", "config.json"):
+        path = model_path / name
+        if path.is_file():
+            eos = json.loads(path.read_text()).get("eos_token_id")
+            if eos is not None:
+                return eos if isinstance(eos, list) else [eos]
+    if tokenizer.eos_token_id is None:
+        raise CheckpointError(f"{model_path} declares no EOS token (generation_config.json eos_token_id)")
+    return [tokenizer.eos_token_id]
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> list[int]:
+    if chat:
+        if not tokenizer.chat_template:
+            raise CheckpointError("--chat needs a chat template, and this checkpoint's tokenizer has none")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+class Streamer:
+    """Prints row 0's text as tokens arrive, decoding the whole sequence so multi-byte characters
+    that span tokens come out whole."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer, self.tokens, self.printed = tokenizer, [], ""
+
+    def __call__(self, emitted: list[int | None]) -> None:
+        if emitted[0] is None:
+            return
+        self.tokens.append(emitted[0])
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(self.printed) :])
+            sys.stdout.flush()
+            self.printed = text
+
+
+def report(result: GenerationResult, tokenizer, mesh: str, dtype: str, as_json: bool, streamed: bool) -> None:
+    texts = [tokenizer.decode(g, skip_special_tokens=True) for g in result.generated_token_ids]
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "mesh": mesh,
+                    "dtype": dtype,
+                    "prompt_token_ids": result.prompt_token_ids,
+                    "generated_token_ids": result.generated_token_ids,
+                    "text": texts,
+                    "prefill_tokens_per_second": result.prefill_tokens_per_second,
+                    "decode_tokens_per_second": result.decode_tokens_per_second,
+                }
+            )
+        )
+        return
+    if streamed:
+        print()
+    else:
+        for i, text in enumerate(texts):
+            print(f"[{i}] {text}")
+    prompt_tokens = sum(map(len, result.prompt_token_ids))
+    generated = sum(map(len, result.generated_token_ids))
+    print(
+        f"\n{len(texts)} prompt(s), {prompt_tokens} prompt tokens, {generated} generated tokens, "
+        f"mesh {mesh} ({dtype}); "
+        f"prefill {result.prefill_tokens_per_second:,.1f} tok/s, decode {result.decode_tokens_per_second:,.1f} tok/s "
+        f"(compile {result.compile_seconds:.1f} s, not included)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 1:
+        raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+    shape = MeshShape.parse(args.mesh)
+    configure_jax(cpu_devices=shape.size)
+    devices = jax.devices()
+    mesh = make_mesh(shape, devices) if shape.size > 1 else None
+
+    model_path = args.model_path
+    if model_path is None:
+        model_path = demo_checkpoint()
+        print(
+            f"no --model-path: using the embedded tiny Qwen2.5-architecture checkpoint with RANDOM weights at "
+            f"{model_path} (its text is gibberish by design; pass --model-path for a real model)",
+            file=sys.stderr,
+        )
+    elif not model_path.is_dir():
+        raise CheckpointError(f"--model-path {model_path} is not a directory")
+    model = load_model(model_path, getattr(jnp, args.dtype), progress=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{model_path} has no usable tokenizer: {err}") from err
+    if mesh is not None:
+        model = shard_model(model, mesh)
+
+    prompts = [encode(tokenizer, p, args.chat) for p in args.prompt]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids(model_path, tokenizer)[0]
+    generator = Generator(model, eos_token_ids(model_path, tokenizer), pad_id, mesh)
+    stream = not args.json and len(prompts) == 1
+    result = generator.generate(prompts, args.max_new_tokens, sampling, Streamer(tokenizer) if stream else None)
+    report(result, tokenizer, shape.name, args.dtype, args.json, stream)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except EXPECTED_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Generation: the KV cache against full recompute, greedy tokens against Hugging Face and
+across meshes, compilation per shape bucket, sampling, stopping, and the CLI."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from jax.sharding import NamedSharding
+
+from tests.jax.models.qwen2_5.generation import GenerationError, Generator, SamplingConfig, sample
+from tests.jax.models.qwen2_5.hf_golden import load_hf
+from tests.jax.models.qwen2_5.loader import load_model
+from tests.jax.models.qwen2_5.model import KV_AXES, init_cache
+from tests.jax.models.qwen2_5.partitioning import logical_to_spec
+from tests.jax.models.qwen2_5.tensor_parallel import batch_sharding, shard_model
+from tests.jax.models.qwen2_5.workloads import left_padded_batch
+
+pytestmark = [pytest.mark.model_test, pytest.mark.push]
+
+# Three prompts (divides neither batch axis 2 nor 8: padded rows are exercised) of mixed length.
+PROMPTS = [[5, 17, 300, 42, 8, 99, 123, 7, 64, 11, 2 + 300], [77, 3, 250], [401, 19, 88, 6, 150, 33]]
+NEW_TOKENS = 32
+EOS = (2, 0)  # <|im_end|>, <|endoftext|> of the local tokenizer, as in its generation_config.json
+
+
+@pytest.fixture(scope="module")
+def model_for(tiny_checkpoint):
+    @functools.cache
+    def get(preset: str = "gqa28x4", dtype: str = "float32"):
+        return load_model(tiny_checkpoint(preset), getattr(jnp, dtype))
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def hf_greedy(tiny_checkpoint):
+    """Hugging Face `generate` (greedy) on the same checkpoint: the reference token ids per prompt."""
+    hf = load_hf(tiny_checkpoint("gqa28x4"), "float32")
+    width = max(map(len, PROMPTS))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in PROMPTS])
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            eos_token_id=list(EOS),
+            pad_token_id=0,
+        )
+    generated = []
+    for row in out[:, width:].tolist():
+        stop = next((i + 1 for i, t in enumerate(row) if t in EOS), len(row))
+        generated.append(row[:stop])
+    return generated
+
+
+def generator(model, mesh=None) -> Generator:
+    return Generator(shard_model(model, mesh) if mesh is not None else model, EOS, 0, mesh)
+
+
+def test_greedy_matches_hugging_face_single_device(model_for, hf_greedy):
+    result = generator(model_for()).generate(PROMPTS, NEW_TOKENS)
+    assert result.generated_token_ids == hf_greedy
+    assert max(map(len, hf_greedy)) == NEW_TOKENS  # at least one row ran the full 32 tokens
+
+
+@pytest.mark.tensor_parallel
+def test_greedy_on_mesh_matches_single_device_and_hugging_face(mesh, model_for, hf_greedy):
+    result = generator(model_for(), mesh).generate(PROMPTS, NEW_TOKENS)
+    assert result.generated_token_ids == hf_greedy
+
+
+@pytest.mark.tensor_parallel
+@pytest.mark.parametrize("preset", ["gqa28x4", "gqa14x2_tied", "mha8"])
+def test_cached_decode_equals_full_recompute(preset, mesh, model_for):
+    """Prefill 8 rows, then decode 6 tokens one at a time through the sharded cache; each step's
+    logits must equal a full forward over the whole sequence so far."""
+    model = model_for(preset)
+    sharded = shard_model(model, mesh)
+    prompt_len, steps = 10, 6
+    full = left_padded_batch(model.cfg.vocab_size, [16, 13, 11, 16, 12, 14, 11, 15], prompt_len + steps, seed=5)
+    # Left-padded prompts of the first `prompt_len` columns; the rest are the "decoded" tokens.
+    rows = batch_sharding(mesh)
+    max_len = prompt_len + steps
+    with jax.set_mesh(mesh):
+        cache = jax.jit(
+            lambda: init_cache(sharded.cfg, 8, max_len, jnp.float32),
+            out_shardings=NamedSharding(mesh, logical_to_spec(KV_AXES)),
+        )()
+        step = jax.jit(lambda m, *a: m.step(*a), donate_argnums=(4,))
+        key_valid = np.zeros((8, max_len), bool)
+        key_valid[:, :prompt_len] = full.attention_mask[:, :prompt_len]
+        args = jax.device_put((full.input_ids[:, :prompt_len], full.positions[:, :prompt_len], key_valid), rows)
+        logits, cache = step(sharded, *args, cache, 0)
+        cached = [np.asarray(logits[:, -1])]
+        for t in range(prompt_len, max_len - 1):
+            key_valid[:, t] = True
+            args = jax.device_put((full.input_ids[:, t : t + 1], full.positions[:, t : t + 1], key_valid), rows)
+            logits, cache = step(sharded, *args, cache, t)
+            cached.append(np.asarray(logits[:, 0]))
+    recomputed = np.asarray(model(full.input_ids, full.positions, full.attention_mask))
+    for i, logits in enumerate(cached):
+        np.testing.assert_allclose(logits, recomputed[:, prompt_len - 1 + i], atol=1e-5, rtol=0)
+
+
+def test_compiles_once_per_shape_bucket(model_for):
+    gen = generator(model_for())
+    gen.generate(PROMPTS, 8)
+    assert len(gen.compiled) == 2  # one prefill, one decode step, for every decode step
+    gen.generate([[9, 9, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4]], 8)  # same bucket (16), same batch
+    assert len(gen.compiled) == 2
+    gen.generate([list(range(1, 20))] * 3, 8)  # 19 tokens: the 32 bucket
+    assert len(gen.compiled) == 4
+
+
+def test_sampling_is_reproducible_for_a_seed(model_for):
+    gen = generator(model_for())
+    config = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    first = gen.generate(PROMPTS, 12, config).generated_token_ids
+    assert gen.generate(PROMPTS, 12, config).generated_token_ids == first
+    other = gen.generate(PROMPTS, 12, SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=8))
+    assert other.generated_token_ids != first
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(model_for):
+    gen = generator(model_for())
+    greedy = gen.generate(PROMPTS, 10).generated_token_ids
+    assert gen.generate(PROMPTS, 10, SamplingConfig(temperature=0.7, top_k=1, seed=3)).generated_token_ids == greedy
+    assert gen.generate(PROMPTS, 10, SamplingConfig(temperature=0.7, top_p=1e-6, seed=3)).generated_token_ids == greedy
+
+
+def test_sample_filters_keep_only_allowed_tokens():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000, jnp.float32))
+    keys = jax.random.key(0)
+    top2 = np.asarray(sample(logits, keys, jnp.float32(1.0), jnp.int32(2), jnp.float32(1.0)))
+    assert set(top2.tolist()) == {0, 1}
+    assert 0.55 < (top2 == 0).mean() < 0.70  # 0.5 / 0.8 = 0.625 after renormalizing
+    nucleus = np.asarray(sample(logits, keys, jnp.float32(1.0), jnp.int32(0), jnp.float32(0.7)))
+    assert set(nucleus.tolist()) == {0, 1}  # 0.5 < 0.7 <= 0.8
+    everything = np.asarray(sample(logits, keys, jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0)))
+    assert set(everything.tolist()) == {0, 1, 2, 3}
+
+
+def test_each_sequence_stops_on_its_own(model_for):
+    model = model_for()
+    free = Generator(model, (), 0).generate(PROMPTS, 12).generated_token_ids
+    stop = free[0][3]  # row 0's fourth token becomes the EOS
+    result = Generator(model, (stop,), 0).generate(PROMPTS, 12).generated_token_ids
+    assert result[0] == free[0][: free[0].index(stop) + 1]
+    for row, tokens in zip(result[1:], free[1:], strict=True):
+        assert row == (tokens[: tokens.index(stop) + 1] if stop in tokens else tokens)
+
+
+def test_bad_requests(model_for):
+    gen = generator(model_for())
+    with pytest.raises(GenerationError, match="exceeds the model's context of 256 tokens"):
+        gen.generate([[1] * 250], 10)
+    with pytest.raises(GenerationError, match="max_new_tokens must be >= 1"):
+        gen.generate(PROMPTS, 0)
+    with pytest.raises(GenerationError, match="at least one token"):
+        gen.generate([[1], []], 4)
+    with pytest.raises(GenerationError, match="top_p must be in"):
+        SamplingConfig(top_p=0.0)
+
+
+def _cli(*args: str, cache=None, env=None) -> subprocess.CompletedProcess:
+    environ = {**os.environ, **(env or {})}
+    if cache is not None:
+        environ["QWEN2_5_DEMO_CACHE"] = str(cache)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.jax.models.qwen2_5.generate", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environ,
+    )
+
+
+@pytest.mark.tensor_parallel
+@pytest.mark.parametrize("mesh_arg", ["1x1", "2x4", "1x8", "1x32", "8x4"], ids=lambda m: f"mesh_{m}")
+def test_cli_embedded_default(mesh_arg, demo_cache):
+    done = _cli(
+        "--mesh",
+        mesh_arg,
+        "--prompt",
+        "Hello",
+        "--prompt",
+        "The capital of France",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        "--dtype",
+        "float32",
+        cache=demo_cache,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "RANDOM weights" in done.stderr
+    out = json.loads(done.stdout)
+    assert out["mesh"] == mesh_arg and out["dtype"] == "float32" and len(out["generated_token_ids"]) == 2
+    assert all(1 <= len(g) <= 6 for g in out["generated_token_ids"])
+    assert out["prefill_tokens_per_second"] > 0 and out["decode_tokens_per_second"] >= 0
+    # The embedded default is one checkpoint: every mesh generates the same greedy tokens.
+    reference = json.loads(
+        _cli(
+            "--prompt",
+            "Hello",
+            "--prompt",
+            "The capital of France",
+            "--max-new-tokens",
+            "6",
+            "--json",
+            "--dtype",
+            "float32",
+            cache=demo_cache,
+        ).stdout
+    )
+    assert out["generated_token_ids"] == reference["generated_token_ids"]
+
+
+@pytest.mark.tensor_parallel
+def test_cli_on_save_pretrained_checkpoint_matches_hugging_face(tiny_checkpoint, tmp_path):
+    path = tiny_checkpoint("gqa28x4")
+    done = _cli(
+        "--model-path",
+        str(path),
+        "--mesh",
+        "1x8",
+        "--prompt",
+        "Natalia sold clips",
+        "--chat",
+        "--max-new-tokens",
+        "12",
+        "--json",
+        "--dtype",
+        "float32",
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Natalia sold clips"}], add_generation_prompt=True, tokenize=False
+    )
+    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert out["prompt_token_ids"] == [prompt]
+    hf = load_hf(path, "float32")
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt) :].tolist()
+    stop = next((i + 1 for i, t in enumerate(ref) if t in EOS), len(ref))
+    assert out["generated_token_ids"] == [ref[:stop]]
+
+
+def test_cli_streams_text_and_reports_rates(demo_cache):
+    done = _cli("--prompt", "Hello", "--max-new-tokens", "5", cache=demo_cache)
+    assert done.returncode == 0, done.stderr
+    assert "1 prompt(s)" in done.stdout and "tok/s" in done.stdout and "loading weights" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--model-path", "/nonexistent/qwen"], {}, "is not a directory"),
+        (["--mesh", "8by4"], {}, "malformed mesh"),
+        (["--mesh", "1x3"], {}, "model axis of 3 cannot split 4 KV heads"),
+        (["--mesh", "1x8"], {"JAX_NUM_CPU_DEVICES": "4"}, "needs 8 devices but 4 cpu devices exist"),
+        (["--max-new-tokens", "0"], {}, "--max-new-tokens must be >= 1"),
+        (["--prompt", "word " * 2100], {}, "exceeds the model's context of 2048 tokens"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(args, env, message, demo_cache):
+    base = ["--prompt", "Hello"] if "--prompt" not in args else []
+    done = _cli(*base, *args, cache=demo_cache, env=env)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_cli_refuses_a_checkpoint_that_is_not_qwen2(tiny_checkpoint, tmp_path):
+    import shutil
+
+    path = shutil.copytree(tiny_checkpoint("mha8"), tmp_path / "llama")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    done = _cli("--model-path", str(path), "--prompt", "Hello")
+    assert done.returncode == 2 and "not a Qwen2/Qwen2.5 checkpoint" in done.stderr and "Traceback" not in done.stderr
