@@ -13,19 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from tests.infra.devices import configure_jax
-from tests.infra.mesh import MeshError, MeshShape, make_mesh
-from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
-from tests.jax.models.qwen2_5.config import ConfigError
-from tests.jax.models.qwen2_5.generation import GenerationError, GenerationResult, Generator, SamplingConfig
-from tests.jax.models.qwen2_5.loader import CheckpointError, load_model
-from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, shard_model
-
-EXPECTED_ERRORS = (ConfigError, CheckpointError, MeshError, TensorParallelError, GenerationError)
+from tests.jax.models.qwen2_5.generation import GenerationError, GenerationResult, SamplingConfig
+from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, Pipeline, configure_for, resolve_model_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,30 +35,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     return parser.parse_args(argv)
-
-
-def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """From generation_config.json (Qwen2.5: 151643 and 151645), else config.json, else the tokenizer."""
-    for name in ("generation_config.json", "config.json"):
-        path = model_path / name
-        if path.is_file():
-            eos = json.loads(path.read_text()).get("eos_token_id")
-            if eos is not None:
-                return eos if isinstance(eos, list) else [eos]
-    if tokenizer.eos_token_id is None:
-        raise CheckpointError(f"{model_path} declares no EOS token (generation_config.json eos_token_id)")
-    return [tokenizer.eos_token_id]
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> list[int]:
-    if chat:
-        if not tokenizer.chat_template:
-            raise CheckpointError("--chat needs a chat template, and this checkpoint's tokenizer has none")
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
 
 
 class Streamer:
@@ -124,35 +91,13 @@ def run(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
-    shape = MeshShape.parse(args.mesh)
-    configure_jax(cpu_devices=shape.size)
-    devices = jax.devices()
-    mesh = make_mesh(shape, devices) if shape.size > 1 else None
-
-    model_path = args.model_path
-    if model_path is None:
-        model_path = demo_checkpoint()
-        print(
-            f"no --model-path: using the embedded tiny Qwen2.5-architecture checkpoint with RANDOM weights at "
-            f"{model_path} (its text is gibberish by design; pass --model-path for a real model)",
-            file=sys.stderr,
-        )
-    elif not model_path.is_dir():
-        raise CheckpointError(f"--model-path {model_path} is not a directory")
-    model = load_model(model_path, getattr(jnp, args.dtype), progress=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{model_path} has no usable tokenizer: {err}") from err
-    if mesh is not None:
-        model = shard_model(model, mesh)
-
-    prompts = [encode(tokenizer, p, args.chat) for p in args.prompt]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids(model_path, tokenizer)[0]
-    generator = Generator(model, eos_token_ids(model_path, tokenizer), pad_id, mesh)
+    mesh = configure_for(args.mesh)
+    pipeline = Pipeline.load(resolve_model_path(args.model_path), mesh, args.dtype)
+    prompts = [pipeline.encode(p, args.chat) for p in args.prompt]
     stream = not args.json and len(prompts) == 1
-    result = generator.generate(prompts, args.max_new_tokens, sampling, Streamer(tokenizer) if stream else None)
-    report(result, tokenizer, shape.name, args.dtype, args.json, stream)
+    streamer = Streamer(pipeline.tokenizer) if stream else None
+    result = pipeline.generator.generate(prompts, args.max_new_tokens, sampling, streamer)
+    report(result, pipeline.tokenizer, mesh.name, args.dtype, args.json, stream)
     return 0
 
 

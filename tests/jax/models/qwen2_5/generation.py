@@ -158,8 +158,10 @@ class Generator:
         max_new_tokens: int,
         sampling: SamplingConfig = SamplingConfig(),
         on_tokens: Callable[[list[int | None]], None] | None = None,
+        stop: Callable[[list[int]], bool] | None = None,
     ) -> GenerationResult:
-        """Generate for each prompt until it emits an EOS id or `max_new_tokens` tokens.
+        """Generate for each prompt until it emits an EOS id, `stop(its tokens so far)` is true
+        (e.g. a stop string appeared in its text), or it has `max_new_tokens` tokens.
 
         `on_tokens` receives, after every step, each row's new token (None for finished rows).
         """
@@ -241,7 +243,7 @@ class Generator:
                     continue
                 token = int(tokens_host[row])
                 generated[row].append(token)
-                finished[row] = token in eos
+                finished[row] = token in eos or (stop is not None and stop(generated[row]))
                 emitted.append(token)
             if on_tokens is not None:
                 on_tokens(emitted)

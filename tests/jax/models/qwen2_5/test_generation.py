@@ -189,20 +189,14 @@ def _cli(*args: str, cache=None, env=None) -> subprocess.CompletedProcess:
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("mesh_arg", ["1x1", "2x4", "1x8", "1x32", "8x4"], ids=lambda m: f"mesh_{m}")
 def test_cli_embedded_default(mesh_arg, demo_cache):
-    done = _cli(
-        "--mesh",
-        mesh_arg,
+    batch = [
         "--prompt",
         "Hello",
         "--prompt",
         "The capital of France",
-        "--max-new-tokens",
-        "6",
-        "--json",
-        "--dtype",
-        "float32",
-        cache=demo_cache,
-    )
+        *"--max-new-tokens 6 --json --dtype float32".split(),
+    ]
+    done = _cli("--mesh", mesh_arg, *batch, cache=demo_cache)
     assert done.returncode == 0, done.stderr
     assert "RANDOM weights" in done.stderr
     out = json.loads(done.stdout)
@@ -210,40 +204,15 @@ def test_cli_embedded_default(mesh_arg, demo_cache):
     assert all(1 <= len(g) <= 6 for g in out["generated_token_ids"])
     assert out["prefill_tokens_per_second"] > 0 and out["decode_tokens_per_second"] >= 0
     # The embedded default is one checkpoint: every mesh generates the same greedy tokens.
-    reference = json.loads(
-        _cli(
-            "--prompt",
-            "Hello",
-            "--prompt",
-            "The capital of France",
-            "--max-new-tokens",
-            "6",
-            "--json",
-            "--dtype",
-            "float32",
-            cache=demo_cache,
-        ).stdout
-    )
+    reference = json.loads(_cli(*batch, cache=demo_cache).stdout)
     assert out["generated_token_ids"] == reference["generated_token_ids"]
 
 
 @pytest.mark.tensor_parallel
 def test_cli_on_save_pretrained_checkpoint_matches_hugging_face(tiny_checkpoint, tmp_path):
     path = tiny_checkpoint("gqa28x4")
-    done = _cli(
-        "--model-path",
-        str(path),
-        "--mesh",
-        "1x8",
-        "--prompt",
-        "Natalia sold clips",
-        "--chat",
-        "--max-new-tokens",
-        "12",
-        "--json",
-        "--dtype",
-        "float32",
-    )
+    options = "--mesh 1x8 --chat --max-new-tokens 12 --json --dtype float32".split()
+    done = _cli("--model-path", str(path), "--prompt", "Natalia sold clips", *options)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     from transformers import AutoTokenizer

@@ -1,0 +1,95 @@
+"""A checkpoint ready to generate: weights on a device or a mesh, tokenizer, EOS ids, generator.
+
+Shared by the generate and GSM8K command lines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from tests.infra.devices import configure_jax
+from tests.infra.mesh import MeshError, MeshShape, make_mesh
+from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
+from tests.jax.models.qwen2_5.config import ConfigError
+from tests.jax.models.qwen2_5.generation import GenerationError, Generator
+from tests.jax.models.qwen2_5.loader import CheckpointError, load_model
+from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, shard_model
+
+# What a user can get wrong; the command lines print these as one line and exit 2.
+EXPECTED_ERRORS = (ConfigError, CheckpointError, MeshError, TensorParallelError, GenerationError)
+
+
+def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """From generation_config.json (Qwen2.5: 151643 and 151645), else config.json, else the tokenizer."""
+    for name in ("generation_config.json", "config.json"):
+        path = model_path / name
+        if path.is_file():
+            eos = json.loads(path.read_text()).get("eos_token_id")
+            if eos is not None:
+                return eos if isinstance(eos, list) else [eos]
+    if tokenizer.eos_token_id is None:
+        raise CheckpointError(f"{model_path} declares no EOS token (generation_config.json eos_token_id)")
+    return [tokenizer.eos_token_id]
+
+
+def resolve_model_path(model_path: Path | None) -> Path:
+    """The given checkpoint directory, or the embedded random-weight demo, announced on stderr."""
+    if model_path is None:
+        path = demo_checkpoint()
+        print(
+            f"no --model-path: using the embedded tiny Qwen2.5-architecture checkpoint with RANDOM weights at "
+            f"{path} (its text is gibberish by design; pass --model-path for a real model)",
+            file=sys.stderr,
+        )
+        return path
+    if not model_path.is_dir():
+        raise CheckpointError(f"--model-path {model_path} is not a directory")
+    return model_path
+
+
+def configure_for(mesh: str) -> MeshShape:
+    """Parse a mesh and, before JAX starts, ask for as many simulated CPU devices as it needs."""
+    shape = MeshShape.parse(mesh)
+    configure_jax(cpu_devices=shape.size)
+    return shape
+
+
+@dataclass
+class Pipeline:
+    model_path: Path
+    mesh: MeshShape
+    dtype: str
+    tokenizer: PreTrainedTokenizerBase
+    generator: Generator
+
+    @classmethod
+    def load(cls, model_path: Path, mesh: MeshShape, dtype: str) -> Pipeline:
+        """Load the checkpoint in `dtype` and place it on `mesh` (1x1: one device)."""
+        device_mesh = make_mesh(mesh, jax.devices()) if mesh.size > 1 else None
+        model = load_model(model_path, getattr(jnp, dtype), progress=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{model_path} has no usable tokenizer: {err}") from err
+        if device_mesh is not None:
+            model = shard_model(model, device_mesh)
+        eos = eos_token_ids(model_path, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        return cls(model_path, mesh, dtype, tokenizer, Generator(model, eos, pad, device_mesh))
+
+    def encode(self, prompt: str, chat: bool) -> list[int]:
+        """Token ids of `prompt`, as one user turn of the chat template when `chat`."""
+        if chat:
+            if not self.tokenizer.chat_template:
+                raise CheckpointError("--chat needs a chat template, and this checkpoint's tokenizer has none")
+            messages = [{"role": "user", "content": prompt}]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt)["input_ids"]
