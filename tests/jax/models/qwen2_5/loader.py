@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import contextmanager
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
-from tqdm import tqdm
 
+from tests.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
+from tests.jax.models.qwen2_5.tensor_parallel import RegionReader, build_model, param_sharding, tensor_parallel_config
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -78,32 +80,44 @@ def hf_name(path: tuple) -> tuple[str, bool]:
     return ".".join([*modules, leaf]), False
 
 
-def _read_tensors(
-    files: dict[str, Path], wanted: dict[str, tuple[tuple[int, ...], bool]]
-) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (name, array) for `wanted` tensors, each file opened once and memory-mapped."""
-    with ExitStack() as stack:
-        handles = {}
-        for name in wanted:
-            file = files[name]
-            if file not in handles:
-                handles[file] = stack.enter_context(safe_open(file, framework="numpy"))
-            yield name, handles[file].get_tensor(name)
+@contextmanager
+def _open_tensor(file: Path, name: str, transposed: bool, dtype: jnp.dtype) -> Iterator[RegionReader]:
+    """Region reads of one tensor, in this package's layout, memory-mapped only while open."""
+    with safe_open(file, framework="numpy") as handle:
+        tensor = handle.get_slice(name)
+
+        def read(index: tuple[slice, ...]) -> np.ndarray:
+            region = tensor[index[1], index[0]].T if transposed else tensor[index]
+            return np.ascontiguousarray(region, dtype=dtype)
+
+        yield read
 
 
-def load_model(model_dir: str | Path, dtype: jnp.dtype = jnp.float32, *, progress: bool = False) -> Qwen2ForCausalLM:
-    """The model with every weight from the checkpoint, converted to `dtype`, on the default device.
+def _stored_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the file headers alone."""
+    shapes = {}
+    for file in sorted(set(files.values())):
+        with safe_open(file, framework="numpy") as handle:
+            shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
+    return shapes
+
+
+def load_model(
+    model_dir: str | Path, dtype: jnp.dtype = jnp.float32, *, mesh: Mesh | None = None, progress: bool = False
+) -> Qwen2ForCausalLM:
+    """The checkpoint's model with every weight converted to `dtype`: on the default device, or,
+    with `mesh`, the padded tensor-parallel model (tensor_parallel.py) with each device's shard
+    read straight from the files, so memory holds the shards and one tensor's pages at a time.
 
     `progress` shows a progress bar over the tensors on stderr.
     """
     cfg = Qwen2Config.from_pretrained(model_dir)
     files = tensor_files(model_dir)
+    _, plan = tensor_parallel_config(cfg, 1 if mesh is None else mesh.shape[MODEL_AXIS])
     abstract = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract)
-    flat = nnx.to_flat_state(abstract_state)
 
     wanted: dict[str, tuple[tuple[int, ...], bool]] = {}
-    for path, variable in flat:
+    for path, variable in nnx.to_flat_state(nnx.state(abstract)):
         name, transposed = hf_name(path)
         shape = tuple(variable.shape)
         wanted[name] = (shape[::-1] if transposed else shape, transposed)
@@ -116,18 +130,20 @@ def load_model(model_dir: str | Path, dtype: jnp.dtype = jnp.float32, *, progres
             f"checkpoint {model_dir} has tensors this Qwen2 model does not use: {_listing(unexpected)} "
             "(is config.json, e.g. tie_word_embeddings or num_hidden_layers, the one these weights were saved with?)"
         )
-
-    values: dict[str, jax.Array] = {}
-    mismatched = []
-    tensors = tqdm(_read_tensors(files, wanted), total=len(wanted), desc="loading weights", disable=not progress)
-    for name, array in tensors:
-        expected, transposed = wanted[name]
-        if tuple(array.shape) != expected:
-            mismatched.append(f"{name} has shape {tuple(array.shape)}, expected {expected}")
-            continue
-        values[name] = jnp.asarray((array.T if transposed else array).astype(dtype))
+    stored = _stored_shapes(files)
+    mismatched = [
+        f"{name} has shape {stored[name]}, expected {shape}"
+        for name, (shape, _) in wanted.items()
+        if stored[name] != shape
+    ]
     if mismatched:
-        raise CheckpointError(f"checkpoint {model_dir} has tensors of the wrong shape: {_listing(mismatched)}")
+        raise CheckpointError(f"checkpoint {model_dir} has tensors of the wrong shape: {_listing(sorted(mismatched))}")
 
-    loaded = [(path, variable.replace(values[hf_name(path)[0]])) for path, variable in flat]
-    return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+    def source(path: tuple):
+        name, transposed = hf_name(path)
+        return _open_tensor(files[name], name, transposed, dtype)
+
+    if mesh is None:
+        device = SingleDeviceSharding(jax.devices()[0])
+        return build_model(cfg, dtype, plan, source, lambda variable: device, progress=progress)
+    return build_model(cfg, dtype, plan, source, lambda v: param_sharding(v, mesh), progress=progress)

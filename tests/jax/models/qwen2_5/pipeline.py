@@ -20,7 +20,7 @@ from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 from tests.jax.models.qwen2_5.config import ConfigError
 from tests.jax.models.qwen2_5.generation import GenerationError, Generator
 from tests.jax.models.qwen2_5.loader import CheckpointError, load_model
-from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, shard_model
+from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError
 
 # What a user can get wrong; the command lines print these as one line and exit 2.
 EXPECTED_ERRORS = (ConfigError, CheckpointError, MeshError, TensorParallelError, GenerationError)
@@ -73,13 +73,11 @@ class Pipeline:
     def load(cls, model_path: Path, mesh: MeshShape, dtype: str) -> Pipeline:
         """Load the checkpoint in `dtype` and place it on `mesh` (1x1: one device)."""
         device_mesh = make_mesh(mesh, jax.devices()) if mesh.size > 1 else None
-        model = load_model(model_path, getattr(jnp, dtype), progress=True)
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_path)
         except (OSError, ValueError) as err:
             raise CheckpointError(f"{model_path} has no usable tokenizer: {err}") from err
-        if device_mesh is not None:
-            model = shard_model(model, device_mesh)
+        model = load_model(model_path, getattr(jnp, dtype), mesh=device_mesh, progress=True)
         eos = eos_token_ids(model_path, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         return cls(model_path, mesh, dtype, tokenizer, Generator(model, eos, pad, device_mesh))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import jax
@@ -29,6 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
 
 from tests.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
@@ -115,26 +117,53 @@ def tensor_parallel_config(cfg: Qwen2Config, model_axis: int) -> tuple[Qwen2Conf
     return cfg.replace(num_heads=plan.padded_heads, num_kv_heads=plan.stored_kv_heads), plan
 
 
-def _take_heads(weight: jax.Array, sources: np.ndarray, head_dim: int, axis: int) -> jax.Array:
-    """Rebuild `weight`'s head axis (heads x head_dim, at `axis`) from `sources`; -1 gives zeros."""
-    shape = weight.shape
-    heads = weight.reshape(*shape[:axis], -1, head_dim, *shape[axis + 1 :])
-    taken = jnp.take(heads, np.maximum(sources, 0), axis=axis)
-    keep = (sources >= 0).reshape([-1 if i == axis else 1 for i in range(taken.ndim)])
-    taken = jnp.where(keep, taken, jnp.zeros((), taken.dtype))
-    return taken.reshape(*shape[:axis], -1, *shape[axis + 1 :])
+# Reads a region (a tuple of slices, in this package's layout) of an unpadded parameter.
+RegionReader = Callable[[tuple[slice, ...]], np.ndarray]
+# Opens one unpadded parameter, by path, for region reads while its shards are built.
+ParamSource = Callable[[tuple], AbstractContextManager[RegionReader]]
 
 
-def pad_heads(path: tuple, value: jax.Array, plan: HeadPlan, head_dim: int) -> jax.Array:
-    """A parameter of the original model, rearranged for the padded head layout."""
+def head_axis(path: tuple, plan: HeadPlan) -> tuple[int, np.ndarray] | None:
+    """For a parameter whose heads `plan` rearranges: the head axis and, per padded head, the
+    original head it holds (-1: zeros). None for every other parameter."""
     module, leaf = str(path[-2]), str(path[-1])
+    last = 1 if leaf == "kernel" else 0
     if module == "q_proj":
-        return _take_heads(value, plan.query_sources(), head_dim, axis=value.ndim - 1)
+        return last, plan.query_sources()
     if module in ("k_proj", "v_proj"):
-        return _take_heads(value, plan.kv_sources(), head_dim, axis=value.ndim - 1)
+        return last, plan.kv_sources()
     if module == "o_proj" and leaf == "kernel":
-        return _take_heads(value, plan.query_sources(), head_dim, axis=0)
-    return value
+        return 0, plan.query_sources()
+    return None
+
+
+def padded_region(
+    read: RegionReader,
+    index: tuple[slice, ...],
+    shape: tuple[int, ...],
+    heads: tuple[int, np.ndarray] | None,
+    head_dim: int,
+    dtype: jnp.dtype,
+) -> np.ndarray:
+    """Region `index` of the padded parameter of `shape`, assembled from reads of the unpadded one.
+
+    Only the region is ever materialized: one device's shard, never the whole tensor.
+    """
+    if heads is None:
+        return read(index)
+    axis, sources = heads
+    extent = [len(range(*sl.indices(dim))) for sl, dim in zip(index, shape, strict=True)]
+    start, stop, _ = index[axis].indices(shape[axis])
+    pieces = []
+    for head in range(start // head_dim, -(-stop // head_dim)):
+        lo, hi = max(start, head * head_dim) - head * head_dim, min(stop, (head + 1) * head_dim) - head * head_dim
+        if sources[head] < 0:
+            pieces.append(np.zeros([hi - lo if i == axis else n for i, n in enumerate(extent)], dtype))
+        else:
+            part = list(index)
+            part[axis] = slice(sources[head] * head_dim + lo, sources[head] * head_dim + hi)
+            pieces.append(read(tuple(part)))
+    return np.concatenate(pieces, axis=axis)
 
 
 def param_sharding(variable: nnx.Variable, mesh: Mesh) -> NamedSharding:
@@ -142,30 +171,55 @@ def param_sharding(variable: nnx.Variable, mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(variable.get_metadata()["axes"]))
 
 
-def _rebuild(model: Qwen2ForCausalLM, plan: HeadPlan, place: Callable[[nnx.Variable, jax.Array], jax.Array]):
-    """`model` rebuilt for `plan`'s head layout, each weight padded then handed to `place` in
-    turn, so that at most one padded weight exists beside its placed copy at any time."""
-    cfg = model.cfg
+def build_model(
+    cfg: Qwen2Config,
+    dtype: jnp.dtype,
+    plan: HeadPlan,
+    source: ParamSource,
+    placement: Callable[[nnx.Variable], jax.sharding.Sharding],
+    *,
+    progress: bool = False,
+) -> Qwen2ForCausalLM:
+    """The model of `cfg` laid out by `plan`, each weight built shard by shard where `placement`
+    puts it, from region reads of the unpadded weight that `source(path)` opens.
+
+    Every device's shard is read by the process that owns the device (make_array_from_callback),
+    so no process materializes a tensor, or a padded copy, that it does not hold; a source is
+    open only while its own weight is built.
+    """
     tp_cfg = cfg.replace(num_heads=plan.padded_heads, num_kv_heads=plan.stored_kv_heads)
-    dtype = model.model.norm.weight.dtype
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0))))
+    flat = list(nnx.to_flat_state(abstract))
+    built = []
+    for path, variable in tqdm(flat, desc="loading weights", unit="tensor", disable=not progress):
+        shape, heads = tuple(variable.shape), head_axis(path, plan)
+        with source(path) as read:
+
+            def region(index: tuple[slice, ...], shape=shape, heads=heads, read=read) -> np.ndarray:
+                return padded_region(read, index, shape, heads, cfg.head_dim, dtype)
+
+            array = jax.make_array_from_callback(shape, placement(variable), region)
+        built.append((path, variable.replace(array)))
+    return nnx.merge(graphdef, nnx.from_flat_state(built))
+
+
+def _in_memory_source(model: Qwen2ForCausalLM) -> ParamSource:
     values = dict(nnx.to_flat_state(nnx.state(model)))
-    rebuilt = [
-        (path, variable.replace(place(variable, pad_heads(path, values[path][...], plan, cfg.head_dim))))
-        for path, variable in nnx.to_flat_state(abstract)
-    ]
-    return nnx.merge(graphdef, nnx.from_flat_state(rebuilt))
+    return lambda path: nullcontext(lambda index: np.asarray(values[path][...][index]))
 
 
 def pad_model(model: Qwen2ForCausalLM, plan: HeadPlan) -> Qwen2ForCausalLM:
-    """`model` with its heads laid out by `plan` (padded queries, replicated KV heads), unplaced."""
-    return _rebuild(model, plan, lambda variable, value: value)
+    """`model` with its heads laid out by `plan` (padded queries, replicated KV heads), on one device."""
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    dtype = model.model.norm.weight.dtype
+    return build_model(model.cfg, dtype, plan, _in_memory_source(model), lambda variable: device)
 
 
 def shard_model(model: Qwen2ForCausalLM, mesh: Mesh) -> Qwen2ForCausalLM:
-    """The padded, tensor-parallel copy of `model` with every weight placed on `mesh`."""
+    """The padded, tensor-parallel copy of an in-memory `model`, every weight placed on `mesh`."""
     _, plan = tensor_parallel_config(model.cfg, mesh.shape[MODEL_AXIS])
-    return _rebuild(model, plan, lambda variable, value: jax.device_put(value, param_sharding(variable, mesh)))
+    dtype = model.model.norm.weight.dtype
+    return build_model(model.cfg, dtype, plan, _in_memory_source(model), lambda v: param_sharding(v, mesh))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

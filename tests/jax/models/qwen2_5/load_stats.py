@@ -1,0 +1,76 @@
+"""Time and peak host memory of loading a checkpoint onto a mesh, measured in this process.
+
+    python -m tests.jax.models.qwen2_5.load_stats --model-path DIR --mesh 1x8 [--dtype float32] [--naive]
+
+Prints one JSON object. The peak is the growth of the resident set over its size once JAX
+is up (the kernel's high-water mark is reset then), so it is the loader's own footprint:
+device buffers plus whatever the loader held at its worst moment. --naive measures the
+straightforward path instead: the whole model on one device, then sharded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from tests.infra.mesh import make_mesh
+from tests.jax.models.qwen2_5.loader import load_model, tensor_files
+from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, configure_for
+from tests.jax.models.qwen2_5.tensor_parallel import shard_model
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.jax.models.qwen2_5.load_stats")
+    parser.add_argument("--model-path", type=Path, required=True)
+    parser.add_argument("--mesh", default="1x8")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--naive", action="store_true", help="load on one device, then shard")
+    args = parser.parse_args(argv)
+    try:
+        shape = configure_for(args.mesh)
+        mesh = make_mesh(shape, jax.devices())
+        checkpoint_bytes = sum(f.stat().st_size for f in set(tensor_files(args.model_path).values()))
+        jax.block_until_ready(jnp.zeros(1) + 1)  # the backend is up and counted in the baseline
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set size to the current one
+        baseline = _status_kib("VmRSS")
+        started = time.perf_counter()
+        dtype = getattr(jnp, args.dtype)
+        if args.naive:
+            model = shard_model(load_model(args.model_path, dtype), mesh)
+        else:
+            model = load_model(args.model_path, dtype, mesh=mesh)
+        jax.block_until_ready(jax.tree.leaves(model))
+        seconds = time.perf_counter() - started
+        peak = _status_kib("VmHWM") - baseline
+    except EXPECTED_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        json.dumps(
+            {
+                "mesh": shape.name,
+                "naive": args.naive,
+                "checkpoint_bytes": checkpoint_bytes,
+                "load_seconds": seconds,
+                "peak_rss_growth_bytes": peak * 1024,
+                "peak_over_checkpoint": peak * 1024 / checkpoint_bytes,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
