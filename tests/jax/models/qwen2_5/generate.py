@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from contextlib import redirect_stdout
 from pathlib import Path
+from typing import TextIO
 
 from transformers import PreTrainedTokenizerBase
 
@@ -34,6 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=1.0, help="1.0 is off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    cluster = parser.add_argument_group("multi-process runs (every process runs the same command; process 0 prints)")
+    cluster.add_argument("--coordinator", help="HOST:PORT of process 0's coordination service")
+    cluster.add_argument("--num-processes", type=int, default=1)
+    cluster.add_argument("--process-id", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -41,8 +48,8 @@ class Streamer:
     """Prints row 0's text as tokens arrive, decoding the whole sequence so multi-byte characters
     that span tokens come out whole."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer, self.tokens, self.printed = tokenizer, [], ""
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, out: TextIO) -> None:
+        self.tokenizer, self.out, self.tokens, self.printed = tokenizer, out, [], ""
 
     def __call__(self, emitted: list[int | None]) -> None:
         if emitted[0] is None:
@@ -50,8 +57,8 @@ class Streamer:
         self.tokens.append(emitted[0])
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         if not text.endswith("\ufffd"):
-            sys.stdout.write(text[len(self.printed) :])
-            sys.stdout.flush()
+            self.out.write(text[len(self.printed) :])
+            self.out.flush()
             self.printed = text
 
 
@@ -87,24 +94,34 @@ def report(result: GenerationResult, tokenizer, mesh: str, dtype: str, as_json: 
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
-    mesh = configure_for(args.mesh)
+    mesh = configure_for(args.mesh, args.coordinator, args.num_processes, args.process_id)
     pipeline = Pipeline.load(resolve_model_path(args.model_path), mesh, args.dtype)
     prompts = [pipeline.encode(p, args.chat) for p in args.prompt]
-    stream = not args.json and len(prompts) == 1
-    streamer = Streamer(pipeline.tokenizer) if stream else None
+    speaks = args.process_id == 0
+    stream = speaks and not args.json and len(prompts) == 1
+    streamer = Streamer(pipeline.tokenizer, out) if stream else None
     result = pipeline.generator.generate(prompts, args.max_new_tokens, sampling, streamer)
-    report(result, pipeline.tokenizer, mesh.name, args.dtype, args.json, stream)
+    if speaks:
+        with redirect_stdout(out):
+            report(result, pipeline.tokenizer, mesh.name, args.dtype, args.json, stream)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    out = sys.stdout
+    if args.coordinator is not None:
+        # gloo's C++ side prints connection notices on file descriptor 1: send those to stderr and
+        # keep the real stdout for this program's own output, so --json stays one clean object.
+        sys.stdout.flush()
+        out = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
     try:
-        return run(args)
+        return run(args, out)
     except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from tests.infra.mesh import BATCH_AXIS
 from tests.jax.models.qwen2_5.model import KV_AXES, Qwen2ForCausalLM, init_cache
-from tests.jax.models.qwen2_5.partitioning import logical_to_spec
+from tests.jax.models.qwen2_5.partitioning import constrain, logical_to_spec
 
 MIN_PROMPT_BUCKET = 16
 
@@ -65,6 +65,11 @@ def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax
     keep = ((jnp.cumsum(probs, axis=-1) - probs) < top_p) & jnp.isfinite(ordered)
     threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
     return jax.random.categorical(key, jnp.where(logits >= threshold, logits, -jnp.inf)).astype(jnp.int32)
+
+
+def _replicated(tokens: jax.Array) -> jax.Array:
+    """The chosen tokens on every device, so that every process can read all of them."""
+    return constrain(tokens, (None,))
 
 
 def next_token(logits: jax.Array, greedy: bool, key: jax.Array, sampling: tuple) -> jax.Array:
@@ -115,8 +120,18 @@ class Generator:
     def batch_multiple(self) -> int:
         return 1 if self.mesh is None else self.mesh.shape[BATCH_AXIS]
 
-    def _sharding(self, *axes) -> NamedSharding | None:
-        return None if self.mesh is None else NamedSharding(self.mesh, P(*axes))
+    def _replicated_sharding(self) -> jax.sharding.Sharding:
+        if self.mesh is None:
+            return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        return NamedSharding(self.mesh, P())
+
+    def _rows(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+        """Host arrays (every process holds the same) placed with rows split over `batch`; each
+        process contributes only its own devices' rows, so this also works across processes."""
+        if self.mesh is None:
+            return tuple(jax.device_put(x) for x in arrays)
+        sharding = NamedSharding(self.mesh, P(BATCH_AXIS, None))
+        return tuple(jax.make_array_from_callback(x.shape, sharding, lambda index, x=x: x[index]) for x in arrays)
 
     def _compile(self, kind: str, fn: Callable, args: tuple, donate: tuple[int, ...], static: tuple[int, ...] = ()):
         """AOT-compile `fn` once per argument shapes; `compiled` counts exactly what was built."""
@@ -138,13 +153,13 @@ class Generator:
     def _prefill(self, greedy, state, ids, positions, key_valid, cache, key, sampling):
         model = nnx.merge(self.graphdef, state)
         logits, cache = model.step(ids, positions, key_valid, cache, 0)
-        return next_token(logits[:, -1], greedy, key, sampling), cache
+        return _replicated(next_token(logits[:, -1], greedy, key, sampling)), cache
 
     def _decode(self, greedy, state, tokens, positions, key_valid, cache, start, key, sampling):
         model = nnx.merge(self.graphdef, state)
         key_valid = key_valid.at[:, start].set(True)
         logits, cache = model.step(tokens[:, None], positions[:, None], key_valid, cache, start)
-        return next_token(logits[:, 0], greedy, key, sampling), positions + 1, key_valid, cache
+        return _replicated(next_token(logits[:, 0], greedy, key, sampling)), positions + 1, key_valid, cache
 
     def _empty_cache(self, batch: int, max_len: int):
         cfg = self.model.cfg
@@ -189,8 +204,7 @@ class Generator:
             ids[row, prompt_len - len(prompt) :] = prompt
             key_valid[row, prompt_len - len(prompt) : prompt_len] = True
         positions = np.maximum(np.cumsum(key_valid[:, :prompt_len], axis=-1) - 1, 0).astype(np.int32)
-        rows_sharding = self._sharding("batch", None)
-        ids, positions, key_valid = jax.device_put((ids, positions, key_valid), rows_sharding)
+        ids, positions, key_valid = self._rows(ids, positions, key_valid)
         seed_key = jax.random.key(sampling.seed)
         params = (jnp.float32(sampling.temperature or 1.0), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))
         greedy = sampling.greedy
@@ -199,10 +213,12 @@ class Generator:
         cache = self._empty_cache(batch, max_len)
         prefill_args = (greedy, self.state, ids, positions, key_valid, cache, jax.random.fold_in(seed_key, 0), params)
         prefill = self._compile("prefill", self._prefill, prefill_args, donate=(5,), static=(0,))
+        # The decode step takes the tokens as prefill returns them: on every device.
+        tokens_like = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=self._replicated_sharding())
         decode_args = (
             greedy,
             self.state,
-            ids[:, 0],
+            tokens_like,
             positions[:, -1],
             key_valid,
             cache,

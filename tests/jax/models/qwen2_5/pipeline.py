@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from tests.infra.devices import configure_jax
+from tests.infra.distributed import ClusterError, join_cluster
 from tests.infra.mesh import MeshError, MeshShape, make_mesh
 from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 from tests.jax.models.qwen2_5.config import ConfigError
@@ -23,7 +24,7 @@ from tests.jax.models.qwen2_5.loader import CheckpointError, load_model
 from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError
 
 # What a user can get wrong; the command lines print these as one line and exit 2.
-EXPECTED_ERRORS = (ConfigError, CheckpointError, MeshError, TensorParallelError, GenerationError)
+EXPECTED_ERRORS = (ConfigError, CheckpointError, MeshError, TensorParallelError, GenerationError, ClusterError)
 
 
 def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -54,10 +55,16 @@ def resolve_model_path(model_path: Path | None) -> Path:
     return model_path
 
 
-def configure_for(mesh: str) -> MeshShape:
-    """Parse a mesh and, before JAX starts, ask for as many simulated CPU devices as it needs."""
+def configure_for(mesh: str, coordinator: str | None = None, num_processes: int = 1, process_id: int = 0) -> MeshShape:
+    """Parse a mesh and, before JAX starts, ask for the simulated CPU devices it needs; with a
+    coordinator, join a multi-process run in which each process holds its share of them."""
     shape = MeshShape.parse(mesh)
-    configure_jax(cpu_devices=shape.size)
+    if coordinator is None:
+        configure_jax(cpu_devices=shape.size)
+    elif shape.size % num_processes:
+        raise ClusterError(f"mesh {shape} ({shape.size} devices) does not split evenly over {num_processes} processes")
+    else:
+        join_cluster(coordinator, num_processes, process_id, shape.size // num_processes)
     return shape
 
 
