@@ -34,6 +34,17 @@ def dut_devices(dut_platform: str) -> list:
         pytest.skip(str(err))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Benchmarks take minutes and measure speed, not correctness: they run only when selected
+    with -m (e.g. `pytest -m benchmark`)."""
+    if "benchmark" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="a benchmark: run with pytest -m benchmark")
+    for item in items:
+        if "benchmark" in item.keywords:
+            item.add_marker(skip)
+
+
 MESHES = ("2x4", "1x8", "1x32", "8x4")
 
 

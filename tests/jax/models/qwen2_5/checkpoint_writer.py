@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from tests.jax.models.qwen2_5.config import Qwen2Config
+from tests.jax.models.qwen2_5.config import TINY_PRESETS
 from tests.jax.models.qwen2_5.loader import INDEX_FILE, SINGLE_FILE, hf_name
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 
@@ -113,17 +113,9 @@ def write_checkpoint(
     return out_dir
 
 
-# The embedded default: 7B's 28:4 heads, so every mesh pads and replicates as 7B does.
-DEMO_CONFIG = Qwen2Config(
-    vocab_size=512,
-    hidden_size=224,
-    intermediate_size=1184,
-    num_layers=2,
-    num_heads=28,
-    num_kv_heads=4,
-    head_dim=8,
-    max_position_embeddings=2048,
-)
+# The embedded default: the 28:4-head tiny preset (so every mesh pads and replicates as 7B
+# does) with room for a chat prompt and a few-shot GSM8K prompt.
+DEMO_CONFIG = TINY_PRESETS["gqa28x4"].replace(max_position_embeddings=2048)
 DEMO_NAME = "qwen2_5-tiny-random-v1"
 
 

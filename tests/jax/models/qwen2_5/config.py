@@ -124,6 +124,19 @@ QWEN2_5_7B = Qwen2Config(
     max_position_embeddings=32768,
 )
 
+# Qwen2.5-0.5B's shapes: the benchmark model (tied embeddings, 14:2 heads of 64).
+QWEN2_5_0_5B = Qwen2Config(
+    vocab_size=151936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_layers=24,
+    num_heads=14,
+    num_kv_heads=2,
+    head_dim=64,
+    tie_word_embeddings=True,
+    max_position_embeddings=32768,
+)
+
 # Tiny test presets keep the head ratios that make tensor parallelism hard, at sizes a
 # 2-core machine runs in milliseconds. Widths are multiples of 32 so every mesh up to 1x32
 # divides the MLP and the vocabulary.

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.partitioning import Axes, constrain
+from tests.jax.models.qwen2_5.partitioning import Axes, constrain, rows_per_device
 
 _INIT = jax.nn.initializers.normal(0.02)
 RESIDUAL = ("batch", None, "embed")
@@ -27,6 +27,20 @@ KV_AXES = ("batch", None, "kv_heads", None)
 def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     """`einsum(spec)` accumulated in float32; the caller rounds once."""
     return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
+
+
+def _dense(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
+    """`_matmul` of activations (B, T, ...) against a weight matrix.
+
+    XLA:CPU has no bfloat16 matrix-vector kernel: with one row per device it converts the
+    whole weight to float32 on every call (2.6 GB/s, and a float32 copy of the weights as
+    temporary memory), while two rows (bfloat16 in, float32 accumulation) read it at 31 GB/s,
+    measured on a 2-core host. A decode step with one row per device therefore gets a zero
+    second token; the real rows are unchanged.
+    """
+    if x.dtype != jnp.bfloat16 or rows_per_device(x) != 1:
+        return _matmul(x, w, spec)
+    return _matmul(jnp.concatenate([x, jnp.zeros_like(x)], axis=1), w, spec)[:, :1]
 
 
 class Linear(nnx.Module):
@@ -39,7 +53,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, T, in) -> (B, T, out)."""
-        y = _matmul(x, self.kernel[...], "bti,io->bto")
+        y = _dense(x, self.kernel[...], "bti,io->bto")
         # A row-parallel layer's partial sums are all-reduced here, still in float32, so a mesh
         # rounds the full sum once, exactly where the single device does.
         y = constrain(y, ("batch", None, self.out_axis))
@@ -59,7 +73,7 @@ class Embedding(nnx.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the embedding table, for tied lm_heads."""
         table = self.embedding[...]
-        return constrain(_matmul(x, table, "btd,vd->btv").astype(table.dtype), ("batch", None, "vocab"))
+        return constrain(_dense(x, table, "btd,vd->btv").astype(table.dtype), ("batch", None, "vocab"))
 
 
 class RMSNorm(nnx.Module):

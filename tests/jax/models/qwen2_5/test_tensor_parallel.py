@@ -92,37 +92,21 @@ def activations(width: int, seed: int = 3) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((len(LENGTHS), SEQ_LEN, width)).astype(np.float32)
 
 
-def test_column_parallel_projection(mesh, golden_model, dut_devices, record_property):
+@pytest.mark.parametrize(
+    ("projection", "input_spec"),
+    [
+        ("gate_proj", P("batch", None, None)),  # column-parallel: replicated input, output split over `model`
+        # row-parallel: the input arrives split along its contraction axis, as the MLP hands it over
+        ("down_proj", P("batch", None, MODEL_AXIS)),
+    ],
+    ids=["column_parallel", "row_parallel"],
+)
+def test_parallel_projection(projection, input_spec, mesh, golden_model, dut_devices, record_property):
     golden = golden_model("gqa28x4")
     sharded = shard_model(golden, mesh)
-    x = activations(golden.cfg.hidden_size)
-    run_equivalence(
-        golden.model.layers[0].mlp.gate_proj,
-        sharded.model.layers[0].mlp.gate_proj,
-        (x,),
-        (P("batch", None, None),),
-        mesh,
-        dut_devices,
-        OP_TOLERANCE,
-        record_property,
-    )
-
-
-def test_row_parallel_projection(mesh, golden_model, dut_devices, record_property):
-    golden = golden_model("gqa28x4")
-    sharded = shard_model(golden, mesh)
-    x = activations(golden.cfg.intermediate_size)
-    # The input arrives split over `model` along its contraction axis, as the MLP hands it over.
-    run_equivalence(
-        golden.model.layers[0].mlp.down_proj,
-        sharded.model.layers[0].mlp.down_proj,
-        (x,),
-        (P("batch", None, MODEL_AXIS),),
-        mesh,
-        dut_devices,
-        OP_TOLERANCE,
-        record_property,
-    )
+    module, sharded_module = (getattr(m.model.layers[0].mlp, projection) for m in (golden, sharded))
+    x = activations(module.kernel.shape[0])
+    run_equivalence(module, sharded_module, (x,), (input_spec,), mesh, dut_devices, OP_TOLERANCE, record_property)
 
 
 def test_vocab_parallel_embedding(mesh, golden_model, dut_devices, record_property):

@@ -1,0 +1,87 @@
+"""One speed measurement in a fresh process: ours or Hugging Face, decode or prefill.
+
+    python -m tests.jax.models.qwen2_5.speed --side ours|hf --phase decode|prefill
+        --model-path DIR --dtype float32|bfloat16 --batch B
+
+Prints {"tokens_per_second": ...}. One process per measurement: PyTorch's OpenMP threads keep
+spinning after its work and XLA's pool does the same, so two runtimes in one process on two
+cores slow each other down and neither figure would be fair.
+
+decode: greedy tokens/s as extra tokens over extra time between 8 and 40 new tokens after a
+32-token prompt (prefill and compilation excluded). prefill: tokens/s of a 512-token prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+SHORT, LONG, PROMPT_LEN, PREFILL_LEN = 8, 40, 32, 512
+
+
+def _timed(fn, repeat: int = 1) -> float:
+    started = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - started) / repeat
+
+
+def ours(model_path: Path, dtype: str, batch: int, phase: str) -> float:
+    from tests.infra.devices import configure_jax
+
+    configure_jax(cpu_devices=1)
+    import jax.numpy as jnp
+
+    from tests.jax.models.qwen2_5.generation import Generator
+    from tests.jax.models.qwen2_5.loader import load_model
+
+    gen = Generator(load_model(model_path, getattr(jnp, dtype)), (), 0)
+    if phase == "prefill":
+        prompts = [[100 + i % 1000 for i in range(PREFILL_LEN)]] * batch
+        gen.generate(prompts, 1)
+        return batch * PREFILL_LEN / min(gen.generate(prompts, 1).prefill_seconds for _ in range(3))
+    prompts = [list(range(100, 100 + PROMPT_LEN))] * batch
+    for n in (SHORT, LONG):  # compile and warm both
+        gen.generate(prompts, n)
+    short, long = (_timed(lambda n=n: gen.generate(prompts, n), 2) for n in (SHORT, LONG))
+    return batch * (LONG - SHORT) / (long - short)
+
+
+def hugging_face(model_path: Path, dtype: str, batch: int, phase: str) -> float:
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    model = Qwen2ForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+    with torch.no_grad():
+        if phase == "prefill":
+            ids = torch.tensor([[100 + i % 1000 for i in range(PREFILL_LEN)]] * batch)
+            model(ids)
+            return batch * PREFILL_LEN / _timed(lambda: model(ids), 3)
+        ids = torch.tensor([list(range(100, 100 + PROMPT_LEN))] * batch)
+
+        def generate(n: int) -> None:
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+        generate(4)
+        short, long = _timed(lambda: generate(SHORT), 2), _timed(lambda: generate(LONG), 2)
+    return batch * (LONG - SHORT) / (long - short)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.jax.models.qwen2_5.speed")
+    parser.add_argument("--side", choices=["ours", "hf"], required=True)
+    parser.add_argument("--phase", choices=["decode", "prefill"], required=True)
+    parser.add_argument("--model-path", type=Path, required=True)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], required=True)
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args(argv)
+    measure = ours if args.side == "ours" else hugging_face
+    print(json.dumps({"tokens_per_second": measure(args.model_path, args.dtype, args.batch, args.phase)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

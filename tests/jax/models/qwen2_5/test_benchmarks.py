@@ -1,0 +1,203 @@
+"""Speed and memory against Hugging Face, in the same run, on a random checkpoint with
+Qwen2.5-0.5B's shapes (24 layers, hidden 896, 14:2 heads, MLP 4864, vocab 151936, tied).
+
+    pytest -m benchmark --benchmark-json=benchmark-results.json
+
+writes the pytest-benchmark JSON and `benchmark-results.json` / `benchmark-results.md` (the
+table in the README) beside it. Decode rates are extra tokens over extra time between two
+generation lengths, so prefill and compilation are excluded on both sides.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.infra.mesh import MeshShape
+from tests.jax.models.qwen2_5.checkpoint_writer import write_weights
+from tests.jax.models.qwen2_5.config import QWEN2_5_0_5B, Qwen2Config
+from tests.jax.models.qwen2_5.generation import Generator
+from tests.jax.models.qwen2_5.loader import load_model
+from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
+from tests.jax.models.qwen2_5.speed import PROMPT_LEN, SHORT
+
+pytestmark = pytest.mark.benchmark
+
+
+@pytest.fixture(scope="session")
+def bench_checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qwen2_5_0_5b_random")
+    (out / "config.json").write_text(json.dumps(QWEN2_5_0_5B.to_hf_dict()))
+    write_weights(Qwen2ForCausalLM(QWEN2_5_0_5B, rngs=nnx.Rngs(0)), out, max_shard_bytes=2**30)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def release_models():
+    """Models hold reference cycles (NNX graphs): collect them before the next benchmark loads
+    its own, or the 8x4 mesh (eight bfloat16 replicas on simulated devices) runs out of memory."""
+    yield
+    gc.collect()
+
+
+@pytest.fixture(scope="session")
+def report(pytestconfig):
+    """Rows of the results table, written as JSON and Markdown when the session ends."""
+    rows: list[dict] = []
+    yield rows
+    if rows:
+        root = pytestconfig.rootpath
+        (root / "benchmark-results.json").write_text(json.dumps(rows, indent=2))
+        lines = ["| benchmark | ours | Hugging Face | ratio | notes |", "| --- | --- | --- | --- | --- |"]
+        for row in rows:
+            hf = f"{row['hf']:.1f}" if row.get("hf") is not None else "-"
+            ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else "-"
+            lines.append(
+                f"| {row['name']} | {row['ours']:.1f} {row['unit']} | {hf} | {ratio} | {row.get('notes', '')} |"
+            )
+        (root / "benchmark-results.md").write_text("\n".join(lines) + "\n")
+
+
+def _weight_bytes(cfg: Qwen2Config, dtype) -> int:
+    model = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    return sum(int(np.prod(v.shape)) * jnp.dtype(dtype).itemsize for v in jax.tree.leaves(nnx.state(model)))
+
+
+def _host_read_bandwidth() -> float:
+    """Bytes per second streamed from host memory: the best of an XLA reduction and a float32
+    matrix-vector product over 1 GiB (what decode can at best read its weights at)."""
+    x = jnp.ones((2**14, 2**14), jnp.float32)
+    v = jnp.ones((1, 2**14), jnp.float32)
+    best = 0.0
+    for fn, args in ((jax.jit(jnp.sum), (x,)), (jax.jit(lambda v, x: v @ x), (v, x))):
+        fn(*args).block_until_ready()
+        started = time.perf_counter()
+        for _ in range(5):
+            fn(*args).block_until_ready()
+        best = max(best, 5 * x.nbytes / (time.perf_counter() - started))
+    return best
+
+
+def _speed(side: str, phase: str, path: Path, dtype: str, batch: int) -> float:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.jax.models.qwen2_5.speed",
+            "--side",
+            side,
+            "--phase",
+            phase,
+            "--model-path",
+            str(path),
+            "--dtype",
+            dtype,
+            "--batch",
+            str(batch),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])["tokens_per_second"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_decode_against_hugging_face(dtype, batch, bench_checkpoint, benchmark, report):
+    """Greedy decode tokens/s against Hugging Face generate; batch 1 also as a fraction of the
+    bandwidth limit (weight bytes per step over the host's measured read bandwidth)."""
+    ours = benchmark.pedantic(lambda: _speed("ours", "decode", bench_checkpoint, dtype, batch), rounds=1)
+    hf = _speed("hf", "decode", bench_checkpoint, dtype, batch)
+    notes = ""
+    if batch == 1:
+        bandwidth, weights = _host_read_bandwidth(), _weight_bytes(QWEN2_5_0_5B, getattr(jnp, dtype))
+        roofline = weights * ours / bandwidth
+        benchmark.extra_info["roofline_fraction"] = roofline
+        notes = f"{roofline:.0%} of the bandwidth limit ({weights / 1e9:.2f} GB/step at {bandwidth / 1e9:.0f} GB/s)"
+    benchmark.extra_info["ratio"] = ours / hf
+    report.append(
+        {
+            "name": f"decode, {dtype}, batch {batch}",
+            "ours": ours,
+            "hf": hf,
+            "ratio": ours / hf,
+            "unit": "tok/s",
+            "notes": notes,
+        }
+    )
+    assert ours >= hf, f"{ours:.1f} tok/s < Hugging Face {hf:.1f}"
+    if dtype == "float32" and batch == 8:
+        assert ours >= 1.3 * hf
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_prefill_against_hugging_face(dtype, bench_checkpoint, benchmark, report):
+    """Tokens/s of a 512-token prompt at batch 1: a ratio to report (compute-bound, no target)."""
+    ours = benchmark.pedantic(lambda: _speed("ours", "prefill", bench_checkpoint, dtype, 1), rounds=1)
+    hf = _speed("hf", "prefill", bench_checkpoint, dtype, 1)
+    report.append({"name": f"prefill 512 tokens, {dtype}", "ours": ours, "hf": hf, "ratio": ours / hf, "unit": "tok/s"})
+
+
+@pytest.mark.parametrize("mesh_arg", ["2x4", "1x8", "1x32", "8x4"], ids=lambda m: f"mesh_{m}")
+def test_mesh_compile_and_step_time(mesh_arg, bench_checkpoint, benchmark, report):
+    """Compile time of prefill + decode and decode step time on the simulated mesh (all devices
+    share two cores: a report, not a speed claim)."""
+    from tests.infra.mesh import make_mesh
+
+    mesh = make_mesh(MeshShape.parse(mesh_arg), jax.devices())
+    gen = Generator(load_model(bench_checkpoint, jnp.bfloat16, mesh=mesh), (), 0, mesh)
+    prompts = [list(range(100, 100 + PROMPT_LEN))] * mesh.shape["batch"]
+    first = gen.generate(prompts, SHORT)
+    result = benchmark.pedantic(lambda: gen.generate(prompts, SHORT), rounds=2)
+    step_ms = 1000 * result.decode_seconds / (SHORT - 1)
+    report.append(
+        {
+            "name": f"mesh {mesh_arg}, bfloat16: compile prefill + decode",
+            "ours": first.compile_seconds,
+            "unit": "s",
+            "notes": f"decode step {step_ms:.0f} ms at batch {len(prompts)}",
+        }
+    )
+
+
+@pytest.mark.parametrize("mesh_arg", ["1x1", "1x8"])
+def test_load_time_and_peak_memory(mesh_arg, bench_checkpoint, benchmark, report):
+    def run() -> dict:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tests.jax.models.qwen2_5.load_stats",
+                "--model-path",
+                str(bench_checkpoint),
+                "--mesh",
+                mesh_arg,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    stats = benchmark.pedantic(run, rounds=1)
+    report.append(
+        {
+            "name": f"load 2.0 GB float32 checkpoint, mesh {mesh_arg}",
+            "ours": stats["load_seconds"],
+            "unit": "s",
+            "notes": f"peak RSS growth {stats['peak_over_checkpoint']:.2f}x the checkpoint",
+        }
+    )
