@@ -135,32 +135,18 @@ def _attention_inputs(cfg):
 
 
 @PRESETS
-def test_attention_with_padded_heads(preset, mesh, golden_model, dut_devices, record_property):
+@pytest.mark.parametrize(
+    "module",
+    [lambda m: m.model.layers[0].self_attn, lambda m: m.model.layers[1]],
+    ids=["attention_with_padded_heads", "decoder_layer"],
+)
+def test_layer(module, preset, mesh, golden_model, dut_devices, record_property):
     golden = golden_model(preset)
     sharded = shard_model(golden, mesh)
     batch, inputs, specs = _attention_inputs(golden.cfg)
     run_equivalence(
-        golden.model.layers[0].self_attn,
-        sharded.model.layers[0].self_attn,
-        inputs,
-        specs,
-        mesh,
-        dut_devices,
-        OP_TOLERANCE,
-        record_property,
-        mask=batch.valid,
-        output=hidden_only,
-    )
-
-
-@PRESETS
-def test_decoder_layer(preset, mesh, golden_model, dut_devices, record_property):
-    golden = golden_model(preset)
-    sharded = shard_model(golden, mesh)
-    batch, inputs, specs = _attention_inputs(golden.cfg)
-    run_equivalence(
-        golden.model.layers[1],
-        sharded.model.layers[1],
+        module(golden),
+        module(sharded),
         inputs,
         specs,
         mesh,
