@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tests.infra.mesh import BATCH_AXIS
-from tests.jax.models.qwen2_5.model import KV_AXES, Qwen2ForCausalLM, init_cache
+from tests.jax.models.qwen2_5.model import KV_AXES, Qwen2ForCausalLM, init_cache, positions_from_mask
 from tests.jax.models.qwen2_5.partitioning import constrain, logical_to_spec
 
 MIN_PROMPT_BUCKET = 16
@@ -203,7 +203,7 @@ class Generator:
         for row, prompt in enumerate(padded):
             ids[row, prompt_len - len(prompt) :] = prompt
             key_valid[row, prompt_len - len(prompt) : prompt_len] = True
-        positions = np.maximum(np.cumsum(key_valid[:, :prompt_len], axis=-1) - 1, 0).astype(np.int32)
+        positions = np.asarray(positions_from_mask(key_valid[:, :prompt_len]))
         ids, positions, key_valid = self._rows(ids, positions, key_valid)
         seed_key = jax.random.key(sampling.seed)
         params = (jnp.float32(sampling.temperature or 1.0), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import gc
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.infra.cli import run_cli
 from tests.infra.mesh import MeshShape
 from tests.jax.models.qwen2_5.checkpoint_writer import write_weights
 from tests.jax.models.qwen2_5.config import QWEN2_5_0_5B, Qwen2Config
@@ -89,26 +88,8 @@ def _host_read_bandwidth() -> float:
 
 
 def _speed(side: str, phase: str, path: Path, dtype: str, batch: int) -> float:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.jax.models.qwen2_5.speed",
-            "--side",
-            side,
-            "--phase",
-            phase,
-            "--model-path",
-            str(path),
-            "--dtype",
-            dtype,
-            "--batch",
-            str(batch),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    args = ["--side", side, "--phase", phase, "--model-path", str(path), "--dtype", dtype, "--batch", str(batch)]
+    done = run_cli("tests.jax.models.qwen2_5.speed", *args, timeout=1800)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])["tokens_per_second"]
 
@@ -175,20 +156,8 @@ def test_mesh_compile_and_step_time(mesh_arg, bench_checkpoint, benchmark, repor
 @pytest.mark.parametrize("mesh_arg", ["1x1", "1x8"])
 def test_load_time_and_peak_memory(mesh_arg, bench_checkpoint, benchmark, report):
     def run() -> dict:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tests.jax.models.qwen2_5.load_stats",
-                "--model-path",
-                str(bench_checkpoint),
-                "--mesh",
-                mesh_arg,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        args = ["--model-path", str(bench_checkpoint), "--mesh", mesh_arg]
+        done = run_cli("tests.jax.models.qwen2_5.load_stats", *args)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 

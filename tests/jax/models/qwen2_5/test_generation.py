@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +14,7 @@ import pytest
 import torch
 from jax.sharding import NamedSharding
 
+from tests.infra.cli import run_cli
 from tests.jax.models.qwen2_5.generation import GenerationError, Generator, SamplingConfig, sample
 from tests.jax.models.qwen2_5.hf_golden import load_hf
 from tests.jax.models.qwen2_5.loader import load_model
@@ -174,16 +173,8 @@ def test_bad_requests(model_for):
 
 
 def _cli(*args: str, cache=None, env=None) -> subprocess.CompletedProcess:
-    environ = {**os.environ, **(env or {})}
-    if cache is not None:
-        environ["QWEN2_5_DEMO_CACHE"] = str(cache)
-    return subprocess.run(
-        [sys.executable, "-m", "tests.jax.models.qwen2_5.generate", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=environ,
-    )
+    demo = {"QWEN2_5_DEMO_CACHE": str(cache)} if cache is not None else {}
+    return run_cli("tests.jax.models.qwen2_5.generate", *args, env={**demo, **(env or {})})
 
 
 @pytest.mark.tensor_parallel

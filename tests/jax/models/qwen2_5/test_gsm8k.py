@@ -7,11 +7,11 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.infra.cli import run_cli
 from tests.infra.mesh import MeshShape
 from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 from tests.jax.models.qwen2_5.gsm8k import (
@@ -152,14 +152,8 @@ def test_mesh_generations_equal_single_device(test_set, gsm8k_dir, demo_cache):
 
 
 def _gsm8k_cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **({"QWEN2_5_DEMO_CACHE": str(cache)} if cache else {})}
-    return subprocess.run(
-        [sys.executable, "-m", "tests.jax.models.qwen2_5.gsm8k", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    env = {"QWEN2_5_DEMO_CACHE": str(cache)} if cache else None
+    return run_cli("tests.jax.models.qwen2_5.gsm8k", *args, env=env)
 
 
 def test_cli_on_the_embedded_default(gsm8k_dir, demo_cache, tmp_path):

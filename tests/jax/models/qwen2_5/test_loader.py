@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -15,6 +13,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from tests.infra.cli import run_cli
 from tests.jax.models.qwen2_5.checkpoint_writer import write_weights
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, TINY_PRESETS, ConfigError, Qwen2Config
 from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
@@ -233,12 +232,7 @@ def sizeable_checkpoint(tmp_path_factory) -> Path:
 
 
 def _load_stats(path: Path, *flags: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.jax.models.qwen2_5.load_stats", "--model-path", str(path), *flags],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_cli("tests.jax.models.qwen2_5.load_stats", "--model-path", str(path), *flags)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -7,12 +7,13 @@ own devices' slices; the greedy tokens must equal a single process running the s
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 
 import pytest
+
+from tests.infra.cli import start_cli
+from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 
 pytestmark = [pytest.mark.multihost, pytest.mark.tensor_parallel, pytest.mark.push]
 
@@ -26,22 +27,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _generate(*args: str, cache, env=None) -> subprocess.Popen:
-    environ = {**os.environ, "QWEN2_5_DEMO_CACHE": str(cache), **(env or {})}
-    environ.pop("JAX_NUM_CPU_DEVICES", None)  # each process asks for its own share
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.jax.models.qwen2_5.generate", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environ,
-    )
+def _generate(*args: str, cache) -> subprocess.Popen:
+    # JAX_NUM_CPU_DEVICES removed: each process asks for its own share of the mesh.
+    env = {"QWEN2_5_DEMO_CACHE": str(cache), "JAX_NUM_CPU_DEVICES": None}
+    return start_cli("tests.jax.models.qwen2_5.generate", *args, env=env)
 
 
 @pytest.fixture(scope="module")
 def demo(demo_cache):
-    from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
-
     demo_checkpoint(demo_cache)  # built once, before several processes look for it
     return demo_cache
 

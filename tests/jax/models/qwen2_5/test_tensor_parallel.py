@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 
 import jax
@@ -21,6 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tests.infra.cli import run_cli
 from tests.infra.comparison import ComparisonConfig
 from tests.infra.mesh import MODEL_AXIS
 from tests.infra.testers import EquivalenceTester
@@ -276,9 +276,7 @@ def test_7b_plan_on_mesh(mesh, record_property):
 
 
 def _plan_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tests.jax.models.qwen2_5.plan", *args], capture_output=True, text=True, timeout=300
-    )
+    return run_cli("tests.jax.models.qwen2_5.plan", *args, timeout=300)
 
 
 def test_plan_cli_json():
