@@ -1,37 +1,94 @@
 """Session set-up: the number of simulated CPU devices, and where the device under test runs."""
 
+import os
+import sys
+
 import pytest
 
-from tests.infra.devices import PLATFORMS, DeviceUnavailableError, configure_jax, platform_devices
+from tests.infra.devices import (
+    CPU,
+    PLATFORMS,
+    TT,
+    DeviceUnavailableError,
+    DeviceUnderTest,
+    configure_jax,
+    platform_devices,
+)
 from tests.infra.mesh import MeshError, make_mesh
+from tests.infra.testers import COMPILE_ONLY_PROPERTY
+from tests.infra.tt_plugin import (
+    COMPILE_ONLY_ENV,
+    TTPluginError,
+    enable_compile_only,
+    has_card,
+    plugin_version,
+    start_backend,
+)
 
-# Before any test starts a JAX backend: 32 simulated CPU devices make every mesh up to 1x32
-# and 8x4 exist, and XLA rounds exactly where the model casts (see configure_jax).
-configure_jax(cpu_devices=32)
+# Why the device under test is unavailable, when it is (set in pytest_configure).
+_unavailable: str | None = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--device",
         choices=PLATFORMS,
-        default="cpu",
+        default=CPU,
         help="where the device under test runs: cpu (simulated devices) or tt (Tenstorrent PJRT "
         "plugin); goldens always run on one CPU device",
     )
+    parser.addoption(
+        "--compile-only",
+        action="store_true",
+        help="with --device tt and no card: compile every device-under-test workload with the TT compiler "
+        "(a mock system descriptor is made once per plugin version) and check its collectives; numerics are "
+        "not compared",
+    )
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.__stderr__, flush=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Choose JAX's backends before any test starts one: 32 simulated CPU devices make every mesh
+    up to 1x32 and 8x4 exist, XLA rounds exactly where the model casts (see configure_jax), and
+    the TT backend joins only when asked for and usable."""
+    global _unavailable
+    platform, compile_only = config.getoption("--device"), config.getoption("--compile-only")
+    if compile_only and platform != TT:
+        raise pytest.UsageError("--compile-only compiles for the TT plugin: use it with --device tt")
+    if platform == TT and os.environ.get(COMPILE_ONLY_ENV) and not compile_only:
+        raise pytest.UsageError(
+            f"{COMPILE_ONLY_ENV} is set, so the TT plugin returns zero-filled buffers and every comparison would "
+            "fail: add --compile-only, or unset it on a machine with a card"
+        )
+    if platform == TT:
+        if plugin_version() is None:
+            _unavailable = "the TT PJRT plugin is not installed: pip install -r requirements-tt.txt"
+        elif compile_only:
+            try:
+                enable_compile_only(_progress)
+            except TTPluginError as err:
+                raise pytest.UsageError(str(err)) from err
+        elif not has_card():
+            _unavailable = "no Tenstorrent card here (/dev/tenstorrent): add --compile-only to compile for one"
+    configure_jax(cpu_devices=32, platform=platform if _unavailable is None else CPU)
+    if platform == TT and _unavailable is None:
+        start_backend()
 
 
 @pytest.fixture(scope="session")
-def dut_platform(request: pytest.FixtureRequest) -> str:
-    return request.config.getoption("--device")
-
-
-@pytest.fixture(scope="session")
-def dut_devices(dut_platform: str) -> list:
-    """The devices of the platform under test; skips (with the reason) where it has none."""
+def dut(pytestconfig: pytest.Config) -> DeviceUnderTest:
+    """The platform under test and its devices; skips (with the reason) where it has none."""
+    platform = pytestconfig.getoption("--device")
+    if _unavailable is not None:
+        pytest.skip(_unavailable)
     try:
-        return platform_devices(dut_platform)
+        devices = platform_devices(platform)
     except DeviceUnavailableError as err:
         pytest.skip(str(err))
+    return DeviceUnderTest(platform, tuple(devices), compile_only=pytestconfig.getoption("--compile-only"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,13 +102,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Say plainly what a compile-only run did and did not check."""
+    if not config.getoption("--compile-only"):
+        return
+    compiled = sum(
+        any(tuple(p) == COMPILE_ONLY_PROPERTY for p in report.user_properties)
+        for report in terminalreporter.stats.get("passed", [])
+    )
+    terminalreporter.write_sep(
+        "=",
+        f"TT compile-only: {compiled} passed tests compiled their device-under-test workloads with the TT plugin "
+        f"and checked the TTNN collectives; numerics were not compared (the plugin returns zeros)",
+    )
+
+
 MESHES = ("2x4", "1x8", "1x32", "8x4")
 
 
 @pytest.fixture(scope="session", params=MESHES, ids=[f"mesh_{m}" for m in MESHES])
-def mesh(request: pytest.FixtureRequest, dut_devices: list):
+def mesh(request: pytest.FixtureRequest, dut: DeviceUnderTest):
     """Each tensor-parallel mesh (axes batch x model) over the devices under test."""
     try:
-        return make_mesh(request.param, dut_devices)
+        return make_mesh(request.param, dut.devices)
     except MeshError as err:
         pytest.skip(str(err))

@@ -1,20 +1,28 @@
 """Testers: run a workload on the CPU single-device golden and on the device under test, compare.
 
 The golden always runs on one CPU device. The device under test (DUT) is one device of the
-chosen platform, or a mesh when the caller gives shardings for the arguments.
+chosen platform, or a mesh when the caller gives shardings for the arguments. Every DUT
+workload is compiled explicitly and its collectives checked against the plan the caller states
+(none, unless stated); a compile-only DUT stops there: its outputs would be zeros, so nothing
+numeric is compared or claimed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import numpy as np
 
+from tests.infra.collectives import CollectivesCheck, check_collectives
 from tests.infra.comparison import ComparisonConfig, ComparisonResult, assert_equivalent
-from tests.infra.devices import golden_device
+from tests.infra.devices import DeviceUnderTest, golden_device
+
+# Recorded (pytest record_property) by every test whose DUT only compiled: numerics not compared.
+COMPILE_ONLY_PROPERTY = ("numerics", "not compared: compile-only")
 
 
 @dataclass(frozen=True)
@@ -35,29 +43,30 @@ def run_on_device(workload: Workload, device: jax.Device) -> Any:
     return _to_numpy(jax.jit(workload.fn)(*args))
 
 
-def run_sharded(workload: Workload, arg_shardings: Any) -> Any:
-    """Run `workload` with arguments placed by `arg_shardings` (NamedShardings, a pytree prefix of
-    the args), under their mesh so that sharding constraints inside the workload apply."""
-    mesh = jax.tree.leaves(arg_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))[0].mesh
-    args = jax.device_put(workload.args, arg_shardings)
-    with jax.set_mesh(mesh):
-        return _to_numpy(jax.jit(workload.fn)(*args))
+def _mesh_of(arg_shardings: Any) -> jax.sharding.Mesh | None:
+    leaves = jax.tree.leaves(arg_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    return next((s.mesh for s in leaves if isinstance(s, jax.sharding.NamedSharding)), None)
+
+
+@dataclass(frozen=True)
+class EquivalenceResult:
+    collectives: CollectivesCheck
+    comparison: ComparisonResult | None  # None when the DUT only compiles
+
+    def metrics(self) -> dict[str, Any]:
+        numbers = self.comparison.metrics() if self.comparison else dict([COMPILE_ONLY_PROPERTY])
+        return {**self.collectives.metrics(), **numbers}
 
 
 class EquivalenceTester:
-    """Compares the device under test with the CPU single-device golden."""
+    """Compares the device under test with a golden (the CPU single-device run, or given arrays)."""
 
-    def __init__(self, config: ComparisonConfig, dut_devices: Sequence[jax.Device]) -> None:
+    def __init__(self, config: ComparisonConfig, dut: DeviceUnderTest) -> None:
         self.config = config
-        self.dut_devices = list(dut_devices)
+        self.dut = dut
 
     def run_golden(self, workload: Workload) -> Any:
         return run_on_device(workload, golden_device())
-
-    def run_dut(self, workload: Workload, arg_shardings: Any = None) -> Any:
-        if arg_shardings is None:
-            return run_on_device(workload, self.dut_devices[0])
-        return run_sharded(workload, arg_shardings)
 
     def test(
         self,
@@ -66,8 +75,47 @@ class EquivalenceTester:
         *,
         arg_shardings: Any = None,
         mask: np.ndarray | None = None,
-    ) -> ComparisonResult:
+        collectives: Mapping[str, int] | None = None,
+    ) -> EquivalenceResult:
         """Run both sides (the DUT runs `golden` itself when `dut` is None) and assert equivalence."""
-        expected = self.run_golden(golden)
-        actual = self.run_dut(dut or golden, arg_shardings)
-        return assert_equivalent(expected, actual, self.config, mask)
+        return self.test_against(
+            lambda: self.run_golden(golden),
+            dut or golden,
+            arg_shardings=arg_shardings,
+            mask=mask,
+            collectives=collectives,
+        )
+
+    def test_against(
+        self,
+        expected: Callable[[], Any],
+        workload: Workload,
+        *,
+        arg_shardings: Any = None,
+        mask: np.ndarray | None = None,
+        collectives: Mapping[str, int] | None = None,
+    ) -> EquivalenceResult:
+        """Compile `workload` on the DUT (arguments placed by `arg_shardings`, NamedShardings as a
+        pytree prefix of the args, else on the DUT's first device), check its collectives against
+        `collectives`, run it and compare with `expected()` (called only when there is an output
+        to compare it with)."""
+        if arg_shardings is None:
+            arg_shardings = jax.tree.map(
+                lambda _: jax.sharding.SingleDeviceSharding(self.dut.devices[0]), workload.args
+            )
+        mesh = _mesh_of(arg_shardings)
+        if self.dut.compile_only:
+            # Shapes and placements are all a compile needs; the DUT would hold no data anyway.
+            shardings = jax.tree.broadcast(arg_shardings, workload.args)
+            args = jax.tree.map(
+                lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), workload.args, shardings
+            )
+        else:
+            args = jax.device_put(workload.args, arg_shardings)
+        with jax.set_mesh(mesh) if mesh is not None else nullcontext():
+            lowered = jax.jit(workload.fn).lower(*args)
+        compiled, check = check_collectives(lowered, self.dut.platform, collectives or {})
+        if self.dut.compile_only:
+            return EquivalenceResult(check, None)
+        actual = _to_numpy(compiled(*args))
+        return EquivalenceResult(check, assert_equivalent(expected(), actual, self.config, mask))

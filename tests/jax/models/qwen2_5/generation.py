@@ -1,9 +1,11 @@
 """Batched autoregressive generation with a static-shape KV cache, on one device or a mesh.
 
 Prompts are left-padded to a length bucket, so every row's last prompt token sits in the
-same column and every row writes the same cache slot at each step: one scalar write index,
-one compiled prefill per (batch, prompt bucket, cache length) and one compiled decode step
-per (batch, cache length). The cache is split like the KV heads (`KV_AXES`): a device holds
+same column and every row writes the same cache slot at each step: one scalar write index.
+Prefill runs in chunks of at most `prefill_chunk` tokens, each attending to the cache, so its
+temporary memory (a chunk's attention scores against the cache, B x heads x chunk x S) grows
+with the prompt, not with its square. One compiled prefill chunk and one decode step per
+(batch, chunk, cache length). The cache is split like the KV heads (`KV_AXES`): a device holds
 the keys and values of exactly the heads it computes, rows split over `batch`.
 """
 
@@ -20,11 +22,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tests.infra.mesh import BATCH_AXIS
+from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS
+from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.model import KV_AXES, Qwen2ForCausalLM, init_cache, positions_from_mask
 from tests.jax.models.qwen2_5.partitioning import constrain, logical_to_spec
+from tests.jax.models.qwen2_5.tensor_parallel import forward_all_reduces
 
 MIN_PROMPT_BUCKET = 16
+# Tokens per prefill chunk: large enough that a chunk's GEMMs run at full speed, small enough
+# that its attention scores (B x heads x chunk x S float32) stay far below the weights.
+PREFILL_CHUNK = 256
 
 
 class GenerationError(ValueError):
@@ -67,15 +74,31 @@ def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax
     return jax.random.categorical(key, jnp.where(logits >= threshold, logits, -jnp.inf)).astype(jnp.int32)
 
 
-def _replicated(tokens: jax.Array) -> jax.Array:
-    """The chosen tokens on every device, so that every process can read all of them."""
+def next_token(logits: jax.Array, greedy: bool, key: jax.Array, sampling: tuple) -> jax.Array:
+    """(B, V) logits of the model dtype, split over `model` by vocabulary -> (B,) int32 on every device.
+
+    Greedy: each device's argmax of its vocabulary slice, then the best of those (two small
+    all-gathers of B x model-axis values and indices). Sampling sorts the whole distribution,
+    so the logits are gathered over `model` first (one all-gather of B x V): a sort over a
+    split axis would be partitioned into many collectives that differ between compilers.
+    With a split batch, the chosen tokens are then gathered over `batch` (one all-gather).
+    """
+    logits = logits.astype(jnp.float32)
+    if greedy:
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+        tokens = sample(constrain(logits, ("batch", None)), key, *sampling)
+    # Every device (and so every process) can read all the chosen tokens.
     return constrain(tokens, (None,))
 
 
-def next_token(logits: jax.Array, greedy: bool, key: jax.Array, sampling: tuple) -> jax.Array:
-    """(B, V) logits of the model dtype -> (B,) int32."""
-    logits = logits.astype(jnp.float32)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32) if greedy else sample(logits, key, *sampling)
+def step_collectives(cfg: Qwen2Config, mesh: Mesh, greedy: bool) -> dict[str, int]:
+    """The collectives of a prefill chunk or decode step on `mesh` (XLA:CPU and the TT compiler
+    alike): the forward's all-reduces, then `next_token`'s all-gathers. A scoring chunk has only
+    the forward's (its logits stay split)."""
+    split_model, split_batch = mesh.shape[MODEL_AXIS] > 1, mesh.shape[BATCH_AXIS] > 1
+    gathers = (2 if greedy else 1) * split_model + split_batch
+    return {"all_reduce": forward_all_reduces(cfg) if split_model else 0, "all_gather": gathers}
 
 
 @dataclass
@@ -98,8 +121,43 @@ class GenerationResult:
 
 
 def bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
-    """The next power of two >= length (and >= minimum): the shapes prompts are padded to."""
+    """The next power of two >= length (and >= minimum)."""
     return max(minimum, 1 << (max(length, 1) - 1).bit_length())
+
+
+def prompt_bucket(length: int, chunk: int) -> int:
+    """The padded prompt length: a power of two (>= 16) up to one chunk, then whole chunks, so a
+    2,050-token prompt pads to 2,304 (chunk 256), not 4,096."""
+    short = bucket(length)
+    return short if short <= chunk else -(-length // chunk) * chunk
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a batch of token sequences is laid out for the model."""
+
+    rows: int  # real rows
+    batch: int  # rows, padded to a multiple of the batch axis
+    prompt_len: int  # the padded prompt length (prompt_bucket)
+    max_len: int  # cache slots: the prompt, then room for the new tokens
+    chunk: int  # prefill chunk width; divides prompt_len
+
+    def host_inputs(self, sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[np.ndarray, ...]:
+        """ids and positions (batch, prompt_len) and key validity (batch, max_len): the sequences
+        left-padded, rows beyond `rows` repeating the first (their output is dropped)."""
+        padded = list(sequences) + [sequences[0]] * (self.batch - self.rows)
+        ids = np.full((self.batch, self.prompt_len), pad_token_id, np.int32)
+        key_valid = np.zeros((self.batch, self.max_len), bool)
+        for row, tokens in enumerate(padded):
+            ids[row, self.prompt_len - len(tokens) :] = tokens
+            key_valid[row, self.prompt_len - len(tokens) : self.prompt_len] = True
+        positions = np.asarray(positions_from_mask(key_valid[:, : self.prompt_len]))
+        return ids, positions, key_valid
+
+
+def _abstract(x):
+    """The shape, dtype and placement of an argument: all a compile needs."""
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
 
 
 @dataclass
@@ -110,9 +168,12 @@ class Generator:
     eos_token_ids: Sequence[int]
     pad_token_id: int
     mesh: Mesh | None = None
+    prefill_chunk: int = PREFILL_CHUNK
     compiled: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.prefill_chunk < MIN_PROMPT_BUCKET:
+            raise GenerationError(f"the prefill chunk must be >= {MIN_PROMPT_BUCKET} tokens, got {self.prefill_chunk}")
         self.graphdef, self.state = nnx.split(self.model)
         self.dtype = self.model.model.norm.weight.dtype
 
@@ -120,29 +181,42 @@ class Generator:
     def batch_multiple(self) -> int:
         return 1 if self.mesh is None else self.mesh.shape[BATCH_AXIS]
 
-    def _replicated_sharding(self) -> jax.sharding.Sharding:
+    def layout(self, lengths: Sequence[int], max_new_tokens: int) -> Layout:
+        """The layout of sequences of `lengths` followed by `max_new_tokens`; refuses what the
+        model's context cannot hold."""
+        if not lengths or min(lengths) < 1:
+            raise GenerationError("every prompt needs at least one token")
+        if max_new_tokens < 0:
+            raise GenerationError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        longest, context = max(lengths), self.model.cfg.max_position_embeddings
+        if longest + max_new_tokens > context:
+            raise GenerationError(
+                f"a prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds the model's context of "
+                f"{context} tokens: shorten the prompt or lower max_new_tokens"
+            )
+        prompt_len = prompt_bucket(longest, self.prefill_chunk)
+        max_len = prompt_len + (bucket(max_new_tokens, minimum=1) if max_new_tokens else 0)
+        batch = -(-len(lengths) // self.batch_multiple) * self.batch_multiple
+        return Layout(len(lengths), batch, prompt_len, max_len, min(prompt_len, self.prefill_chunk))
+
+    # --- placement -------------------------------------------------------------------------
+
+    def _sharding(self, spec: P) -> jax.sharding.Sharding:
         if self.mesh is None:
             return jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        return NamedSharding(self.mesh, P())
+        return NamedSharding(self.mesh, spec)
 
     def _rows(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
         """Host arrays (every process holds the same) placed with rows split over `batch`; each
         process contributes only its own devices' rows, so this also works across processes."""
-        if self.mesh is None:
-            return tuple(jax.device_put(x) for x in arrays)
-        sharding = NamedSharding(self.mesh, P(BATCH_AXIS, None))
-        return tuple(jax.make_array_from_callback(x.shape, sharding, lambda index, x=x: x[index]) for x in arrays)
+        placed = []
+        for x in arrays:
+            sharding = self._sharding(P(BATCH_AXIS, *[None] * (x.ndim - 1)))
+            placed.append(jax.make_array_from_callback(x.shape, sharding, lambda index, x=x: x[index]))
+        return tuple(placed)
 
-    def _compile(self, kind: str, fn: Callable, args: tuple, donate: tuple[int, ...], static: tuple[int, ...] = ()):
-        """AOT-compile `fn` once per argument shapes; `compiled` counts exactly what was built."""
-        shapes = tuple(
-            (x.shape, str(x.dtype)) if hasattr(x, "shape") else x for x in jax.tree.leaves(args[len(static) :])
-        )
-        key = (kind, args[: len(static)], shapes)
-        if key not in self.compiled:
-            jitted = jax.jit(fn, donate_argnums=donate, static_argnums=static)
-            self.compiled[key] = self._in_mesh(lambda: jitted.lower(*args).compile())
-        return self.compiled[key]
+    def _row_spec(self, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=self._sharding(P(BATCH_AXIS, *[None] * (len(shape) - 1))))
 
     def _in_mesh(self, thunk: Callable):
         if self.mesh is None:
@@ -150,22 +224,78 @@ class Generator:
         with jax.set_mesh(self.mesh):
             return thunk()
 
-    def _prefill(self, greedy, state, ids, positions, key_valid, cache, key, sampling):
+    def _cache_maker(self, layout: Layout) -> Callable:
+        cfg, dtype = self.model.cfg, self.dtype
+        sharding = None if self.mesh is None else NamedSharding(self.mesh, logical_to_spec(KV_AXES))
+        return jax.jit(lambda: init_cache(cfg, layout.batch, layout.max_len, dtype), out_shardings=sharding)
+
+    def _empty_cache(self, layout: Layout):
+        return self._in_mesh(self._cache_maker(layout))
+
+    # --- the compiled steps ----------------------------------------------------------------
+
+    def _prefill(self, greedy, state, ids, positions, key_valid, cache, start, key, sampling):
+        """One chunk of the prompt into the cache; the next token from the chunk's last column."""
         model = nnx.merge(self.graphdef, state)
-        logits, cache = model.step(ids, positions, key_valid, cache, 0)
-        return _replicated(next_token(logits[:, -1], greedy, key, sampling)), cache
+        hidden, cache = model.model(ids, positions, key_valid, cache, start)
+        logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V): only the column that predicts
+        return next_token(logits, greedy, key, sampling), cache
 
     def _decode(self, greedy, state, tokens, positions, key_valid, cache, start, key, sampling):
         model = nnx.merge(self.graphdef, state)
         key_valid = key_valid.at[:, start].set(True)
-        logits, cache = model.step(tokens[:, None], positions[:, None], key_valid, cache, start)
-        return _replicated(next_token(logits[:, 0], greedy, key, sampling)), positions + 1, key_valid, cache
+        hidden, cache = model.model(tokens[:, None], positions[:, None], key_valid, cache, start)
+        logits = model.logits(hidden)[:, 0]
+        return next_token(logits, greedy, key, sampling), positions + 1, key_valid, cache
 
-    def _empty_cache(self, batch: int, max_len: int):
-        cfg = self.model.cfg
-        sharding = None if self.mesh is None else NamedSharding(self.mesh, logical_to_spec(KV_AXES))
-        make = jax.jit(lambda: init_cache(cfg, batch, max_len, self.dtype), out_shardings=sharding)
-        return self._in_mesh(make)
+    def _score(self, state, ids, positions, key_valid, cache, start):
+        """One chunk of a teacher-forced sequence into the cache, with the logits of every column."""
+        model = nnx.merge(self.graphdef, state)
+        hidden, cache = model.model(ids, positions, key_valid, cache, start)
+        return model.logits(hidden), cache  # (B, chunk, V)
+
+    def _steps(self, layout: Layout, greedy: bool) -> dict[str, tuple]:
+        """For each step: its function, abstract arguments, donated and static argument numbers."""
+        batch, chunk = layout.batch, layout.chunk
+        state = jax.tree.map(_abstract, self.state)
+        cache = jax.eval_shape(self._cache_maker(layout))
+        key_valid = self._row_spec((batch, layout.max_len), jnp.bool_)
+        scalar = jax.ShapeDtypeStruct((), jnp.int32)
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+        sampling = (jax.ShapeDtypeStruct((), jnp.float32), scalar, jax.ShapeDtypeStruct((), jnp.float32))
+        ids = self._row_spec((batch, chunk), jnp.int32)
+        tokens = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=self._sharding(P()))
+        positions = self._row_spec((batch,), jnp.int32)
+        return {
+            "prefill": (self._prefill, (greedy, state, ids, ids, key_valid, cache, scalar, key, sampling), (5,), (0,)),
+            "decode": (
+                self._decode,
+                (greedy, state, tokens, positions, key_valid, cache, scalar, key, sampling),
+                (4, 5),
+                (0,),
+            ),
+            "score": (self._score, (state, ids, ids, key_valid, cache, scalar), (4,), ()),
+        }
+
+    def _lower(self, fn: Callable, args: tuple, donate: tuple[int, ...], static: tuple[int, ...]):
+        jitted = jax.jit(fn, donate_argnums=donate, static_argnums=static)
+        return self._in_mesh(lambda: jitted.lower(*args))
+
+    def _compiled(self, kind: str, layout: Layout, greedy: bool = True):
+        """The step `kind` for `layout`, compiled once per shapes; `compiled` counts what was built."""
+        key = (kind, greedy if kind != "score" else None, layout.batch, layout.chunk, layout.max_len)
+        if key not in self.compiled:
+            self.compiled[key] = self._lower(*self._steps(layout, greedy)[kind]).compile()
+        return self.compiled[key]
+
+    def lower(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: SamplingConfig = SamplingConfig()):
+        """The prefill chunk and the decode step a request runs, lowered but not compiled: what a
+        compile-only device is checked with. {"prefill": Lowered, "decode": Lowered}."""
+        layout = self.layout([len(p) for p in prompts], max_new_tokens)
+        steps = self._steps(layout, sampling.greedy)
+        return {kind: self._lower(*steps[kind]) for kind in ("prefill", "decode")}
+
+    # --- requests --------------------------------------------------------------------------
 
     def generate(
         self,
@@ -180,80 +310,49 @@ class Generator:
 
         `on_tokens` receives, after every step, each row's new token (None for finished rows).
         """
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise GenerationError("every prompt needs at least one token")
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        longest = max(map(len, prompts))
-        context = self.model.cfg.max_position_embeddings
-        if longest + max_new_tokens > context:
-            raise GenerationError(
-                f"a prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds the model's context of "
-                f"{context} tokens: shorten the prompt or lower max_new_tokens"
-            )
-        rows = len(prompts)
-        batch = -(-rows // self.batch_multiple) * self.batch_multiple
-        # Rows that only fill the batch axis repeat the first prompt; their output is dropped.
-        padded = list(prompts) + [prompts[0]] * (batch - rows)
-        prompt_len = bucket(longest)
-        max_len = prompt_len + bucket(max_new_tokens, minimum=1)
-
-        ids = np.full((batch, prompt_len), self.pad_token_id, np.int32)
-        key_valid = np.zeros((batch, max_len), bool)
-        for row, prompt in enumerate(padded):
-            ids[row, prompt_len - len(prompt) :] = prompt
-            key_valid[row, prompt_len - len(prompt) : prompt_len] = True
-        positions = np.asarray(positions_from_mask(key_valid[:, :prompt_len]))
-        ids, positions, key_valid = self._rows(ids, positions, key_valid)
+        layout = self.layout([len(p) for p in prompts], max_new_tokens)
+        ids, positions, key_valid = layout.host_inputs(prompts, self.pad_token_id)
         seed_key = jax.random.key(sampling.seed)
         params = (jnp.float32(sampling.temperature or 1.0), jnp.int32(sampling.top_k), jnp.float32(sampling.top_p))
-        greedy = sampling.greedy
 
         started = time.perf_counter()
-        cache = self._empty_cache(batch, max_len)
-        prefill_args = (greedy, self.state, ids, positions, key_valid, cache, jax.random.fold_in(seed_key, 0), params)
-        prefill = self._compile("prefill", self._prefill, prefill_args, donate=(5,), static=(0,))
-        # The decode step takes the tokens as prefill returns them: on every device.
-        tokens_like = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=self._replicated_sharding())
-        decode_args = (
-            greedy,
-            self.state,
-            tokens_like,
-            positions[:, -1],
-            key_valid,
-            cache,
-            jnp.int32(prompt_len),
-            seed_key,
-            params,
-        )
-        decode = self._compile("decode", self._decode, decode_args, donate=(4, 5), static=(0,))
+        prefill = self._compiled("prefill", layout, sampling.greedy)
+        decode = self._compiled("decode", layout, sampling.greedy)
         compile_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        tokens, cache = prefill(*prefill_args[1:])
+        cache = self._empty_cache(layout)
+        (valid,) = self._rows(key_valid)
+        for start in range(0, layout.prompt_len, layout.chunk):
+            window = slice(start, start + layout.chunk)
+            chunk_ids, chunk_positions = self._rows(ids[:, window], positions[:, window])
+            key = jax.random.fold_in(seed_key, 0)
+            tokens, cache = prefill(self.state, chunk_ids, chunk_positions, valid, cache, jnp.int32(start), key, params)
         tokens_host = np.asarray(tokens)
         prefill_seconds = time.perf_counter() - started
 
-        generated: list[list[int]] = [[] for _ in range(rows)]
-        finished = [False] * rows
+        generated: list[list[int]] = [[] for _ in range(layout.rows)]
+        finished = [False] * layout.rows
         eos = set(self.eos_token_ids)
-        positions = positions[:, -1] + 1
+        (next_positions,) = self._rows(positions[:, -1] + 1)
         started = time.perf_counter()
         for step in range(max_new_tokens):
             if step:
-                tokens, positions, key_valid, cache = decode(
+                tokens, next_positions, valid, cache = decode(
                     self.state,
                     tokens,
-                    positions,
-                    key_valid,
+                    next_positions,
+                    valid,
                     cache,
-                    jnp.int32(prompt_len + step - 1),
+                    jnp.int32(layout.prompt_len + step - 1),
                     jax.random.fold_in(seed_key, step),
                     params,
                 )
                 tokens_host = np.asarray(tokens)
             emitted: list[int | None] = []
-            for row in range(rows):
+            for row in range(layout.rows):
                 if finished[row]:
                     emitted.append(None)
                     continue
@@ -267,3 +366,36 @@ class Generator:
                 break
         decode_seconds = time.perf_counter() - started
         return GenerationResult([list(p) for p in prompts], generated, prefill_seconds, decode_seconds, compile_seconds)
+
+    def score(self, sequences: Sequence[Sequence[int]], first: Sequence[int]) -> list[np.ndarray]:
+        """Teacher forcing: each whole sequence through the model at once (a chunked prefill), and
+        for row i the logits that predict its tokens first[i] .. len-1, as (len - first[i], V)
+        arrays of the model dtype. Chunks holding none of those columns compute no logits."""
+        if any(not 1 <= f < len(s) for s, f in zip(sequences, first, strict=True)):
+            raise GenerationError("score needs 1 <= first < len(sequence) for every sequence")
+        layout = self.layout([len(s) for s in sequences], 0)
+        ids, positions, key_valid = layout.host_inputs(sequences, self.pad_token_id)
+        # Column c of the padded row predicts token c + 1; row i's token j sits at column offset_i + j.
+        offsets = [layout.prompt_len - len(s) for s in sequences]
+        wanted_from = min(o + f - 1 for o, f in zip(offsets, first, strict=True))
+        prefill = self._compiled("prefill", layout)
+        score = self._compiled("score", layout)
+        cache = self._empty_cache(layout)
+        (valid,) = self._rows(key_valid)
+        columns = []
+        for start in range(0, layout.prompt_len, layout.chunk):
+            window = slice(start, start + layout.chunk)
+            chunk = (*self._rows(ids[:, window], positions[:, window]), valid, cache, jnp.int32(start))
+            if start + layout.chunk <= wanted_from:
+                _, cache = prefill(
+                    self.state, *chunk, jax.random.key(0), (jnp.float32(1), jnp.int32(0), jnp.float32(1))
+                )
+            else:
+                logits, cache = score(self.state, *chunk)
+                columns.append((start, np.asarray(logits)))
+        stacked = np.concatenate([logits for _, logits in columns], axis=1)
+        base = columns[0][0]
+        return [
+            stacked[i, o + f - 1 - base : o + len(s) - 1 - base]
+            for i, (s, f, o) in enumerate(zip(sequences, first, offsets, strict=True))
+        ]

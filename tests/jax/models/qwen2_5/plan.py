@@ -1,19 +1,19 @@
 """The tensor-parallel plan of a model on a mesh, verified by compiling it with shape-only weights.
 
-    python -m tests.jax.models.qwen2_5.plan --mesh 1x32 [--json]
+    python -m tests.jax.models.qwen2_5.plan --mesh 1x32 [--device tt] [--json]
 
 No weights are needed: the forward pass is lowered and compiled for abstract (shape, dtype,
-sharding) parameters, and the compiled HLO is read back for its collectives and memory.
+sharding) parameters, and the compiled HLO is read back for its collectives and memory. With
+--device tt the same forward is also compiled by the TT plugin (no card needed: a mock system
+descriptor is made once per plugin version) and its TTNN collectives are reported beside.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import jax
 import jax.numpy as jnp
@@ -21,14 +21,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from tests.infra.devices import configure_jax
+from tests.infra.collectives import compile_and_count
+from tests.infra.devices import CPU, TT, DeviceUnavailableError, configure_jax, platform_devices
 from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS, MeshError, MeshShape, make_mesh
+from tests.infra.tt_plugin import TTPluginError, enable_compile_only, has_card
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, Qwen2Config
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.tensor_parallel import (
     TensorParallelError,
+    abstract_model,
     batch_sharding,
-    param_sharding,
     tensor_parallel_config,
 )
 
@@ -65,6 +67,8 @@ class PlanReport:
     temp_bytes_per_device: int
     seq_len: int
     batch: int
+    # The same forward compiled by the TT plugin (plan --device tt): its TTNN collectives.
+    ttnn_collectives: dict[str, int] | None = None
 
     def check(self) -> list[str]:
         """What falls short of the plan's promises (empty when it holds)."""
@@ -77,15 +81,12 @@ class PlanReport:
             problems.append(f"{self.all_gathers} all-gathers in the forward pass")
         if self.other_collectives:
             problems.append(f"unexpected collectives: {self.other_collectives}")
+        if self.ttnn_collectives is not None and self.ttnn_collectives != self.planned_collectives():
+            problems.append(f"TTNN collectives {self.ttnn_collectives}, planned {self.planned_collectives()}")
         return problems
 
-
-_COLLECTIVE = re.compile(r"=\s*\S+\s+(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(")
-
-
-def count_collectives(hlo_text: str) -> Counter:
-    """Collective ops in compiled HLO text (async start/done pairs counted once)."""
-    return Counter(_COLLECTIVE.findall(hlo_text))
+    def planned_collectives(self) -> dict[str, int]:
+        return {"all_reduce": 2 * self.num_layers + 1, "all_gather": 0}
 
 
 _ROLE_ORDER = (
@@ -114,25 +115,36 @@ def _role_key(role: str) -> int:
     return next(i for i, name in enumerate(_ROLE_ORDER) if f".{name}." in f".{role}")
 
 
+def lower_forward(cfg: Qwen2Config, mesh: Mesh, dtype_name: str, seq_len: int) -> jax.stages.Lowered:
+    """The padded forward of `cfg` on `mesh` for `seq_len` tokens per batch slot, lowered with
+    shape-only weights."""
+    model = abstract_model(cfg, jnp.dtype(dtype_name), mesh)
+    graphdef, state = nnx.split(model)
+    tokens = jax.ShapeDtypeStruct((mesh.shape[BATCH_AXIS], seq_len), jnp.int32, sharding=batch_sharding(mesh))
+
+    def forward(state, ids, positions, mask):
+        return nnx.merge(graphdef, state)(ids, positions, mask)
+
+    with jax.set_mesh(mesh):
+        return jax.jit(forward).lower(state, tokens, tokens, tokens)
+
+
 def build_report(
     cfg: Qwen2Config, mesh: Mesh, dtype_name: str = "bfloat16", seq_len: int = DEFAULT_SEQ_LEN
 ) -> PlanReport:
-    """Lay `cfg` out on `mesh`, compile its forward for `seq_len` tokens per row, and report."""
+    """Lay `cfg` out on `mesh`, compile its forward for `seq_len` tokens per row with XLA:CPU, and report."""
     dtype = jnp.dtype(dtype_name)
     model_axis, batch = mesh.shape[MODEL_AXIS], mesh.shape[BATCH_AXIS]
-    tp_cfg, heads = tensor_parallel_config(cfg, model_axis)
+    _, heads = tensor_parallel_config(cfg, model_axis)
     original = dict(
         nnx.to_flat_state(nnx.state(nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))))
     )
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0))))
 
     rows: dict[str, list[int]] = {}
     strict_ideal = 0
     layouts: dict[str, str] = {}
-    shaped = []
-    for path, variable in nnx.to_flat_state(abstract):
-        sharding = param_sharding(variable, mesh)
-        shaped.append((path, variable.replace(jax.ShapeDtypeStruct(variable.shape, dtype, sharding=sharding))))
+    for path, variable in nnx.to_flat_state(nnx.state(abstract_model(cfg, dtype, mesh))):
+        sharding = variable.get_value().sharding
         local = int(np.prod(sharding.shard_shape(variable.shape))) * dtype.itemsize
         full = int(np.prod(original[path].shape)) * dtype.itemsize
         split = MODEL_AXIS in [a for a in sharding.spec if a]
@@ -156,20 +168,12 @@ def build_report(
         layouts[role] = layout
 
     params = [ParamRow(role, layouts[role], *rows[role]) for role in sorted(rows, key=_role_key)]
-    state = nnx.from_flat_state(shaped)
-    tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32, sharding=batch_sharding(mesh))
-
-    def forward(state, ids, positions, mask):
-        return nnx.merge(graphdef, state)(ids, positions, mask)
-
-    with jax.set_mesh(mesh):
-        compiled = jax.jit(forward).lower(state, tokens, tokens, tokens).compile()
-    collectives = count_collectives(compiled.as_text())
+    compiled, collectives = compile_and_count(lower_forward(cfg, mesh, dtype_name, seq_len), CPU)
     memory = compiled.memory_analysis()
     per_device = sum(r.per_device_bytes for r in params)
     ideal = sum(r.ideal_per_device_bytes for r in params)
-    all_reduces = collectives.pop("all-reduce", 0)
-    all_gathers = collectives.pop("all-gather", 0)
+    all_reduces = collectives.pop("all_reduce", 0)
+    all_gathers = collectives.pop("all_gather", 0)
     return PlanReport(
         mesh=f"{batch}x{model_axis}",
         dtype=dtype_name,
@@ -189,6 +193,12 @@ def build_report(
         seq_len=seq_len,
         batch=batch,
     )
+
+
+def with_ttnn_collectives(report: PlanReport, cfg: Qwen2Config, tt_mesh: Mesh) -> PlanReport:
+    """`report` with the TTNN collectives of the same forward compiled by the TT plugin for `tt_mesh`."""
+    _, collectives = compile_and_count(lower_forward(cfg, tt_mesh, report.dtype, report.seq_len), TT)
+    return replace(report, ttnn_collectives={"all_reduce": 0, "all_gather": 0, **collectives})
 
 
 def _mib(n: int) -> str:
@@ -213,6 +223,10 @@ def format_report(report: PlanReport) -> str:
         f"{report.param_bytes_ratio_strict:.4f} against total / model axis)",
         f"all-reduces: {report.all_reduces} = {report.all_reduces_per_layer:g} per layer x {layers} + 1 (embedding)",
         f"all-gathers: {report.all_gathers}; other collectives: {report.other_collectives or 'none'}",
+    ]
+    if report.ttnn_collectives is not None:
+        lines.append(f"TT plugin (TTNN): {report.ttnn_collectives}")
+    lines += [
         f"temporary memory per device (forward, batch {report.batch} x {report.seq_len} tokens): "
         f"{_mib(report.temp_bytes_per_device)}",
     ]
@@ -228,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per row for the temporary-memory figure"
     )
+    parser.add_argument(
+        "--device",
+        choices=[CPU, TT],
+        default=CPU,
+        help="tt: also compile with the TT plugin and report its TTNN collectives (no card needed)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args(argv)
 
@@ -239,12 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.seq_len < 1:
         print("error: --seq-len must be >= 1", file=sys.stderr)
         return 2
-    # Before the first device query starts the CPU backend: enough simulated devices.
-    configure_jax(cpu_devices=shape.size)
     try:
-        mesh = make_mesh(shape, jax.devices())
-        report = build_report(QWEN2_5_7B, mesh, args.dtype, args.seq_len)
-    except (MeshError, TensorParallelError) as err:
+        if args.device == TT and not has_card():
+            enable_compile_only(lambda line: print(line, file=sys.stderr, flush=True))
+        # Before the first device query starts a backend: enough simulated devices, and the
+        # TT plugin only when asked for.
+        configure_jax(cpu_devices=shape.size, platform=args.device)
+        report = build_report(QWEN2_5_7B, make_mesh(shape, platform_devices(CPU)), args.dtype, args.seq_len)
+        if args.device == TT:
+            report = with_ttnn_collectives(report, QWEN2_5_7B, make_mesh(shape, platform_devices(TT)))
+    except (MeshError, TensorParallelError, TTPluginError, DeviceUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(report), indent=2) if args.json else format_report(report))

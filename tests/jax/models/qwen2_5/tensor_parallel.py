@@ -222,6 +222,29 @@ def shard_model(model: Qwen2ForCausalLM, mesh: Mesh) -> Qwen2ForCausalLM:
     return build_model(model.cfg, dtype, plan, _in_memory_source(model), lambda v: param_sharding(v, mesh))
 
 
+def abstract_model(cfg: Qwen2Config, dtype: jnp.dtype, mesh: Mesh) -> Qwen2ForCausalLM:
+    """The padded tensor-parallel model of `cfg` for `mesh` with shape-only weights
+    (ShapeDtypeStructs placed where `shard_model` would put them): enough to lower and compile."""
+    tp_cfg, _ = tensor_parallel_config(cfg, mesh.shape[MODEL_AXIS])
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0))))
+    shaped = [
+        (path, variable.replace(jax.ShapeDtypeStruct(variable.shape, dtype, sharding=param_sharding(variable, mesh))))
+        for path, variable in nnx.to_flat_state(abstract)
+    ]
+    return nnx.merge(graphdef, nnx.from_flat_state(shaped))
+
+
+# All-reduces per piece of the model under this layout, on a model axis > 1: one per row-parallel
+# product (its partial sums) and one for the embedding lookup (each device contributes the rows it
+# owns). Column-parallel and vocab-parallel outputs stay split and need none; no weight is gathered.
+ALL_REDUCES = {"column_parallel": 0, "row_parallel": 1, "embedding": 1, "attention": 1, "decoder_layer": 2}
+
+
+def forward_all_reduces(cfg: Qwen2Config) -> int:
+    """The whole forward: two per layer (attention, MLP) and one for the embedding."""
+    return ALL_REDUCES["decoder_layer"] * cfg.num_layers + ALL_REDUCES["embedding"]
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """(B, T) inputs: rows split over `batch`, replicated over `model`."""
     return NamedSharding(mesh, P("batch", None))

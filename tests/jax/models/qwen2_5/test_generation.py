@@ -15,12 +15,14 @@ import torch
 from jax.sharding import NamedSharding
 
 from tests.infra.cli import run_cli
-from tests.jax.models.qwen2_5.generation import GenerationError, Generator, SamplingConfig, sample
+from tests.infra.collectives import check_collectives
+from tests.infra.testers import COMPILE_ONLY_PROPERTY
+from tests.jax.models.qwen2_5.generation import GenerationError, Generator, SamplingConfig, sample, step_collectives
 from tests.jax.models.qwen2_5.hf_golden import load_hf
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import KV_AXES, init_cache
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
-from tests.jax.models.qwen2_5.tensor_parallel import batch_sharding, shard_model
+from tests.jax.models.qwen2_5.tensor_parallel import batch_sharding, forward_all_reduces, shard_model
 from tests.jax.models.qwen2_5.workloads import left_padded_batch
 
 pytestmark = [pytest.mark.model_test, pytest.mark.push]
@@ -67,6 +69,18 @@ def generator(model, mesh=None) -> Generator:
     return Generator(shard_model(model, mesh) if mesh is not None else model, EOS, 0, mesh)
 
 
+def compiles_as_planned(gen: Generator, sampling: SamplingConfig, mesh, dut, record_property) -> bool:
+    """The request's prefill chunk and decode step compile on the device under test with exactly
+    the planned collectives; True when there is also data to compare (not compile-only)."""
+    planned = step_collectives(gen.model.cfg, mesh, sampling.greedy)
+    for kind, lowered in gen.lower(PROMPTS, NEW_TOKENS, sampling).items():
+        _, check = check_collectives(lowered, dut.platform, planned)
+        record_property(f"{kind}_collectives", str(check))
+    if dut.compile_only:
+        record_property(*COMPILE_ONLY_PROPERTY)
+    return not dut.compile_only
+
+
 def test_greedy_matches_hugging_face_single_device(model_for, hf_greedy):
     result = generator(model_for()).generate(PROMPTS, NEW_TOKENS)
     assert result.generated_token_ids == hf_greedy
@@ -74,16 +88,29 @@ def test_greedy_matches_hugging_face_single_device(model_for, hf_greedy):
 
 
 @pytest.mark.tensor_parallel
-def test_greedy_on_mesh_matches_single_device_and_hugging_face(mesh, model_for, hf_greedy):
-    result = generator(model_for(), mesh).generate(PROMPTS, NEW_TOKENS)
-    assert result.generated_token_ids == hf_greedy
+def test_greedy_on_mesh_matches_single_device_and_hugging_face(mesh, dut, model_for, hf_greedy, record_property):
+    gen = generator(model_for(), mesh)
+    if compiles_as_planned(gen, SamplingConfig(), mesh, dut, record_property):
+        assert gen.generate(PROMPTS, NEW_TOKENS).generated_token_ids == hf_greedy
+
+
+@pytest.mark.tensor_parallel
+def test_sampling_on_mesh_matches_single_device(mesh, dut, model_for, record_property):
+    """Random bits do not depend on the sharding (partitionable threefry), so a seed draws the
+    same tokens on a mesh as on one device (float32: no logit is near enough to flip a draw)."""
+    config = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    gen = generator(model_for(), mesh)
+    if compiles_as_planned(gen, config, mesh, dut, record_property):
+        single = generator(model_for()).generate(PROMPTS, 12, config).generated_token_ids
+        assert gen.generate(PROMPTS, 12, config).generated_token_ids == single
 
 
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("preset", ["gqa28x4", "gqa14x2_tied", "mha8"])
-def test_cached_decode_equals_full_recompute(preset, mesh, model_for):
+def test_cached_decode_equals_full_recompute(preset, mesh, dut, model_for, record_property):
     """Prefill 8 rows, then decode 6 tokens one at a time through the sharded cache; each step's
-    logits must equal a full forward over the whole sequence so far."""
+    logits must equal a full forward over the whole sequence so far. The cached step compiles to
+    the forward's all-reduces and nothing else."""
     model = model_for(preset)
     sharded = shard_model(model, mesh)
     prompt_len, steps = 10, 6
@@ -100,6 +127,13 @@ def test_cached_decode_equals_full_recompute(preset, mesh, model_for):
         key_valid = np.zeros((8, max_len), bool)
         key_valid[:, :prompt_len] = full.attention_mask[:, :prompt_len]
         args = jax.device_put((full.input_ids[:, :prompt_len], full.positions[:, :prompt_len], key_valid), rows)
+        _, check = check_collectives(
+            step.lower(sharded, *args, cache, 0), dut.platform, {"all_reduce": forward_all_reduces(model.cfg)}
+        )
+        record_property("collectives", str(check))
+        if dut.compile_only:
+            record_property(*COMPILE_ONLY_PROPERTY)
+            return
         logits, cache = step(sharded, *args, cache, 0)
         cached = [np.asarray(logits[:, -1])]
         for t in range(prompt_len, max_len - 1):

@@ -16,7 +16,7 @@ from flax import nnx
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from tests.infra.comparison import ComparisonConfig, assert_equivalent
-from tests.infra.testers import run_on_device
+from tests.infra.testers import EquivalenceTester
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
 from tests.jax.models.qwen2_5.hf_golden import additive_mask, load_hf, to_numpy, to_torch
 from tests.jax.models.qwen2_5.loader import load_model
@@ -57,9 +57,12 @@ def models(tiny_checkpoint):
     return get
 
 
-def run_module(module: nnx.Module, *inputs, device, output=lambda out: out) -> np.ndarray:
-    """`output(module(*inputs))` jitted on `device`, as float32 numpy."""
-    return np.asarray(run_on_device(module_workload(module, *inputs, output=output), device), np.float32)
+def check_module(golden, module: nnx.Module, *inputs, dut, config, record_property, mask=None, output=lambda out: out):
+    """`output(module(*inputs))` on the device under test against the Hugging Face `golden` array."""
+    workload = module_workload(module, *inputs, output=output)
+    result = EquivalenceTester(config, dut).test_against(lambda: golden, workload, mask=mask)
+    for key, value in result.metrics().items():
+        record_property(key, value)
 
 
 def hidden_states(cfg, dtype: str, seed: int = 1) -> np.ndarray:
@@ -77,31 +80,41 @@ def check(golden, actual, config, record_property, mask=None):
 
 @PRESETS
 @DTYPES
-def test_embedding(preset, dtype, models, dut_devices, record_property):
+def test_embedding(preset, dtype, models, dut, record_property):
     hf, ours = models(preset, dtype)
     batch = left_padded_batch(ours.cfg.vocab_size, LENGTHS, SEQ_LEN)
     with torch.no_grad():
         golden = to_numpy(hf.model.embed_tokens(to_torch(batch.input_ids).long()))
-    actual = run_module(ours.model.embed_tokens, batch.input_ids, device=dut_devices[0])
-    check(golden, actual, MODULE_TOLERANCE[dtype], record_property)
+    check_module(
+        golden,
+        ours.model.embed_tokens,
+        batch.input_ids,
+        dut=dut,
+        config=MODULE_TOLERANCE[dtype],
+        record_property=record_property,
+    )
 
 
 @PRESETS
 @DTYPES
-def test_rmsnorm(preset, dtype, models, dut_devices, record_property):
+def test_rmsnorm(preset, dtype, models, dut, record_property):
     hf, ours = models(preset, dtype)
     x = hidden_states(ours.cfg, dtype)
     with torch.no_grad():
         golden = to_numpy(hf.model.layers[0].input_layernorm(to_torch(x, dtype)))
-    actual = run_module(
-        ours.model.layers[0].input_layernorm, jnp.asarray(x, getattr(jnp, dtype)), device=dut_devices[0]
+    check_module(
+        golden,
+        ours.model.layers[0].input_layernorm,
+        jnp.asarray(x, getattr(jnp, dtype)),
+        dut=dut,
+        config=MODULE_TOLERANCE[dtype],
+        record_property=record_property,
     )
-    check(golden, actual, MODULE_TOLERANCE[dtype], record_property)
 
 
 @PRESETS
 @DTYPES
-def test_rope(preset, dtype, models, dut_devices, record_property):
+def test_rope(preset, dtype, models, record_property):
     """cos/sin tables (float32, large positions included) and their application to q and k."""
     hf, ours = models(preset, dtype)
     cfg = ours.cfg
@@ -132,7 +145,7 @@ def _attention_inputs(ours, dtype):
 
 @PRESETS
 @DTYPES
-def test_attention(preset, dtype, models, dut_devices, record_property):
+def test_attention(preset, dtype, models, dut, record_property):
     hf, ours = models(preset, dtype)
     batch, x, mask = _attention_inputs(ours, dtype)
     with torch.no_grad():
@@ -141,32 +154,41 @@ def test_attention(preset, dtype, models, dut_devices, record_property):
             hidden_states=to_torch(x, dtype), position_embeddings=pos_emb, attention_mask=additive_mask(mask, dtype)
         )
     cos, sin = rope_cos_sin(jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta)
-    actual = run_module(
+    check_module(
+        to_numpy(golden),
         ours.model.layers[0].self_attn,
         jnp.asarray(x, getattr(jnp, dtype)),
         cos,
         sin,
         mask,
-        device=dut_devices[0],
+        dut=dut,
+        config=MODULE_TOLERANCE[dtype],
+        record_property=record_property,
+        mask=batch.valid,
         output=hidden_only,
     )
-    check(to_numpy(golden), actual, MODULE_TOLERANCE[dtype], record_property, mask=batch.valid)
 
 
 @PRESETS
 @DTYPES
-def test_mlp(preset, dtype, models, dut_devices, record_property):
+def test_mlp(preset, dtype, models, dut, record_property):
     hf, ours = models(preset, dtype)
     x = hidden_states(ours.cfg, dtype)
     with torch.no_grad():
         golden = to_numpy(hf.model.layers[0].mlp(to_torch(x, dtype)))
-    actual = run_module(ours.model.layers[0].mlp, jnp.asarray(x, getattr(jnp, dtype)), device=dut_devices[0])
-    check(golden, actual, MODULE_TOLERANCE[dtype], record_property)
+    check_module(
+        golden,
+        ours.model.layers[0].mlp,
+        jnp.asarray(x, getattr(jnp, dtype)),
+        dut=dut,
+        config=MODULE_TOLERANCE[dtype],
+        record_property=record_property,
+    )
 
 
 @PRESETS
 @DTYPES
-def test_decoder_layer(preset, dtype, models, dut_devices, record_property):
+def test_decoder_layer(preset, dtype, models, dut, record_property):
     hf, ours = models(preset, dtype)
     batch, x, mask = _attention_inputs(ours, dtype)
     with torch.no_grad():
@@ -175,21 +197,24 @@ def test_decoder_layer(preset, dtype, models, dut_devices, record_property):
             to_torch(x, dtype), attention_mask=additive_mask(mask, dtype), position_embeddings=pos_emb
         )
     cos, sin = rope_cos_sin(jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta)
-    actual = run_module(
+    check_module(
+        to_numpy(golden),
         ours.model.layers[1],
         jnp.asarray(x, getattr(jnp, dtype)),
         cos,
         sin,
         mask,
-        device=dut_devices[0],
+        dut=dut,
+        config=MODULE_TOLERANCE[dtype],
+        record_property=record_property,
+        mask=batch.valid,
         output=hidden_only,
     )
-    check(to_numpy(golden), actual, MODULE_TOLERANCE[dtype], record_property, mask=batch.valid)
 
 
 @PRESETS
 @DTYPES
-def test_logits_left_padded_batch(preset, dtype, models, dut_devices, record_property):
+def test_logits_left_padded_batch(preset, dtype, models, dut, record_property):
     hf, ours = models(preset, dtype)
     batch = left_padded_batch(ours.cfg.vocab_size, LENGTHS, SEQ_LEN)
     with torch.no_grad():
@@ -198,5 +223,14 @@ def test_logits_left_padded_batch(preset, dtype, models, dut_devices, record_pro
             attention_mask=to_torch(batch.attention_mask).long(),
             position_ids=to_torch(batch.positions).long(),
         ).logits
-    actual = run_module(ours, batch.input_ids, batch.positions, batch.attention_mask, device=dut_devices[0])
-    check(to_numpy(golden), actual, LOGITS_TOLERANCE[dtype], record_property, mask=batch.valid)
+    check_module(
+        to_numpy(golden),
+        ours,
+        batch.input_ids,
+        batch.positions,
+        batch.attention_mask,
+        dut=dut,
+        config=LOGITS_TOLERANCE[dtype],
+        record_property=record_property,
+        mask=batch.valid,
+    )

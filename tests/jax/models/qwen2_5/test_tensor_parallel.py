@@ -22,15 +22,18 @@ from jax.sharding import PartitionSpec as P
 
 from tests.infra.cli import run_cli
 from tests.infra.comparison import ComparisonConfig
-from tests.infra.mesh import MODEL_AXIS
+from tests.infra.devices import CPU, TT, platform_devices
+from tests.infra.mesh import MODEL_AXIS, MeshShape, make_mesh
 from tests.infra.testers import EquivalenceTester
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, TINY_PRESETS
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM, attention_mask, rope_cos_sin
-from tests.jax.models.qwen2_5.plan import build_report
+from tests.jax.models.qwen2_5.plan import build_report, with_ttnn_collectives
 from tests.jax.models.qwen2_5.tensor_parallel import (
+    ALL_REDUCES,
     HeadPlan,
     TensorParallelError,
+    forward_all_reduces,
     pad_model,
     plan_heads,
     shard_model,
@@ -73,15 +76,27 @@ def placed_like(module: nnx.Module, mesh, *input_specs: P) -> tuple:
 
 
 def run_equivalence(
-    golden_module, sharded_module, inputs, specs, mesh, dut_devices, config, record_property, mask=None, output=None
+    golden_module,
+    sharded_module,
+    inputs,
+    specs,
+    mesh,
+    dut,
+    config,
+    all_reduces,
+    record_property,
+    mask=None,
+    output=None,
 ):
+    """The sharded module against the golden one; its compiled program must hold exactly
+    `all_reduces` all-reduces and nothing else (no weight is ever gathered)."""
     output = output or (lambda out: out)
-    tester = EquivalenceTester(config, dut_devices)
-    result = tester.test(
+    result = EquivalenceTester(config, dut).test(
         module_workload(golden_module, *inputs, output=output),
         module_workload(sharded_module, *inputs, output=output),
         arg_shardings=placed_like(sharded_module, mesh, *specs),
         mask=mask,
+        collectives={"all_reduce": all_reduces},
     )
     for key, value in result.metrics().items():
         record_property(key, value)
@@ -101,29 +116,33 @@ def activations(width: int, seed: int = 3) -> np.ndarray:
     ],
     ids=["column_parallel", "row_parallel"],
 )
-def test_parallel_projection(projection, input_spec, mesh, golden_model, dut_devices, record_property):
+def test_parallel_projection(projection, input_spec, mesh, golden_model, dut, record_property):
     golden = golden_model("gqa28x4")
     sharded = shard_model(golden, mesh)
     module, sharded_module = (getattr(m.model.layers[0].mlp, projection) for m in (golden, sharded))
     x = activations(module.kernel.shape[0])
-    run_equivalence(module, sharded_module, (x,), (input_spec,), mesh, dut_devices, OP_TOLERANCE, record_property)
+    kind = "column_parallel" if projection == "gate_proj" else "row_parallel"
+    run_equivalence(
+        module, sharded_module, (x,), (input_spec,), mesh, dut, OP_TOLERANCE, ALL_REDUCES[kind], record_property
+    )
 
 
-def test_vocab_parallel_embedding(mesh, golden_model, dut_devices, record_property):
+def test_vocab_parallel_embedding(mesh, golden_model, dut, record_property):
     golden = golden_model("gqa28x4")
     sharded = shard_model(golden, mesh)
     batch = left_padded_batch(golden.cfg.vocab_size, LENGTHS, SEQ_LEN)
-    result = run_equivalence(
+    # A lookup plus zeros from the other devices: exact (atol 0).
+    run_equivalence(
         golden.model.embed_tokens,
         sharded.model.embed_tokens,
         (batch.input_ids,),
         (P("batch", None),),
         mesh,
-        dut_devices,
+        dut,
         ComparisonConfig(atol=0.0),
+        ALL_REDUCES["embedding"],
         record_property,
     )
-    assert result.max_abs_diff == 0.0  # a lookup plus zeros from the other devices: exact
 
 
 def _attention_inputs(cfg):
@@ -136,11 +155,11 @@ def _attention_inputs(cfg):
 
 @PRESETS
 @pytest.mark.parametrize(
-    "module",
-    [lambda m: m.model.layers[0].self_attn, lambda m: m.model.layers[1]],
+    ("module", "kind"),
+    [(lambda m: m.model.layers[0].self_attn, "attention"), (lambda m: m.model.layers[1], "decoder_layer")],
     ids=["attention_with_padded_heads", "decoder_layer"],
 )
-def test_layer(module, preset, mesh, golden_model, dut_devices, record_property):
+def test_layer(module, kind, preset, mesh, golden_model, dut, record_property):
     golden = golden_model(preset)
     sharded = shard_model(golden, mesh)
     batch, inputs, specs = _attention_inputs(golden.cfg)
@@ -150,8 +169,9 @@ def test_layer(module, preset, mesh, golden_model, dut_devices, record_property)
         inputs,
         specs,
         mesh,
-        dut_devices,
+        dut,
         OP_TOLERANCE,
+        ALL_REDUCES[kind],
         record_property,
         mask=batch.valid,
         output=hidden_only,
@@ -160,7 +180,7 @@ def test_layer(module, preset, mesh, golden_model, dut_devices, record_property)
 
 @PRESETS
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_logits(preset, dtype, mesh, golden_model, dut_devices, record_property):
+def test_logits(preset, dtype, mesh, golden_model, dut, record_property):
     golden = golden_model(preset, dtype)
     sharded = shard_model(golden, mesh)
     batch = left_padded_batch(golden.cfg.vocab_size, LENGTHS, SEQ_LEN)
@@ -171,8 +191,9 @@ def test_logits(preset, dtype, mesh, golden_model, dut_devices, record_property)
         inputs,
         (P("batch", None),) * 3,
         mesh,
-        dut_devices,
+        dut,
         LOGITS_TOLERANCE[dtype],
+        forward_all_reduces(golden.cfg),
         record_property,
         mask=batch.valid,
     )
@@ -265,9 +286,14 @@ def test_grouped_padding_is_exact_and_appended_padding_is_not(golden_model):
     assert np.abs(appended - reference).max() > 1e-2
 
 
-def test_7b_plan_on_mesh(mesh, record_property):
-    """Real 7B shapes, no weights: bytes within 5% of ideal, 2 all-reduces per layer, no all-gather."""
-    report = build_report(QWEN2_5_7B, mesh, "bfloat16", seq_len=256)
+def test_7b_plan_on_mesh(mesh, dut, record_property):
+    """Real 7B shapes, no weights: bytes within 5% of ideal, 2 all-reduces per layer, no all-gather,
+    on XLA:CPU and, with --device tt, in the TT plugin's TTNN program too."""
+    shape = MeshShape(mesh.shape["batch"], mesh.shape["model"])
+    report = build_report(QWEN2_5_7B, make_mesh(shape, platform_devices(CPU)), "bfloat16", seq_len=256)
+    if dut.platform == TT:
+        report = with_ttnn_collectives(report, QWEN2_5_7B, mesh)
+        assert report.ttnn_collectives == {"all_reduce": 57, "all_gather": 0}
     for key in ("param_bytes_ratio", "param_bytes_ratio_strict", "all_reduces", "temp_bytes_per_device"):
         record_property(key, getattr(report, key))
     assert report.check() == []
@@ -285,6 +311,16 @@ def test_plan_cli_json():
     report = json.loads(done.stdout)
     assert report["mesh"] == "1x8" and report["all_reduces"] == 57 and report["all_gathers"] == 0
     assert report["query_heads"].startswith("28 -> 32")
+
+
+def test_plan_cli_reports_the_tt_compilers_collectives(dut):
+    """`plan --device tt`: the full 28-layer 7B compiled by the TT plugin too (no card needed)."""
+    if dut.platform != TT:
+        pytest.skip("compiles with the TT plugin: run with --device tt (--compile-only without a card)")
+    done = _plan_cli("--mesh", "1x8", "--device", "tt", "--json", "--seq-len", "64")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["ttnn_collectives"] == {"all_reduce": 57, "all_gather": 0} and report["all_reduces"] == 57
 
 
 @pytest.mark.parametrize(
@@ -320,9 +356,9 @@ def _host_bytes_available() -> int:
 
 
 @pytest.mark.nightly
-def test_7b_width_logits(mesh, wide_golden, dut_platform, dut_devices, record_property):
+def test_7b_width_logits(mesh, wide_golden, dut, record_property):
     """Full 7B widths (3584 hidden, 18944 MLP, 28:4 heads of 128, 152064 vocab), 2 layers, bfloat16."""
-    if dut_platform == "cpu":
+    if dut.platform == CPU:
         # Simulated devices share host memory: every `batch` row of the mesh holds a full copy.
         weights = sum(x.nbytes for x in jax.tree.leaves(nnx.state(wide_golden)))
         need, have = int(1.1 * weights * mesh.shape["batch"]), _host_bytes_available()
@@ -339,8 +375,9 @@ def test_7b_width_logits(mesh, wide_golden, dut_platform, dut_devices, record_pr
         inputs,
         (P("batch", None),) * 3,
         mesh,
-        dut_devices,
+        dut,
         LOGITS_TOLERANCE["bfloat16"],
+        forward_all_reduces(wide_golden.cfg),
         record_property,
         mask=batch.valid,
     )
