@@ -18,8 +18,10 @@ from typing import TextIO
 
 from transformers import PreTrainedTokenizerBase
 
+from tests.infra.mesh import MeshShape
+from tests.jax.models.qwen2_5.audit import Comparison
 from tests.jax.models.qwen2_5.generation import GenerationError, GenerationResult, SamplingConfig
-from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, Pipeline, configure_for, resolve_model_path
+from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, Checkpoint, configure_for, resolve_model_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=1.0, help="1.0 is off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    parser.add_argument(
+        "--compare-single-device",
+        action="store_true",
+        help="also generate on one device and audit where the mesh's tokens differ (greedy only)",
+    )
     cluster = parser.add_argument_group("multi-process runs (every process runs the same command; process 0 prints)")
     cluster.add_argument("--coordinator", help="HOST:PORT of process 0's coordination service")
     cluster.add_argument("--num-processes", type=int, default=1)
@@ -62,22 +69,30 @@ class Streamer:
             self.printed = text
 
 
-def report(result: GenerationResult, tokenizer, mesh: str, dtype: str, as_json: bool, streamed: bool) -> None:
+def report(
+    result: GenerationResult,
+    tokenizer,
+    mesh: str,
+    dtype: str,
+    as_json: bool,
+    streamed: bool,
+    comparison: Comparison | None,
+) -> None:
     texts = [tokenizer.decode(g, skip_special_tokens=True) for g in result.generated_token_ids]
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "mesh": mesh,
-                    "dtype": dtype,
-                    "prompt_token_ids": result.prompt_token_ids,
-                    "generated_token_ids": result.generated_token_ids,
-                    "text": texts,
-                    "prefill_tokens_per_second": result.prefill_tokens_per_second,
-                    "decode_tokens_per_second": result.decode_tokens_per_second,
-                }
-            )
-        )
+        record = {
+            "mesh": mesh,
+            "dtype": dtype,
+            "prompt_token_ids": result.prompt_token_ids,
+            "generated_token_ids": result.generated_token_ids,
+            "text": texts,
+            "prefill_tokens_per_second": result.prefill_tokens_per_second,
+            "decode_tokens_per_second": result.decode_tokens_per_second,
+        }
+        if comparison is not None:
+            audits = {str(i): audit.to_dict() for i, audit in comparison.differing.items()}
+            record["comparison"] = {**comparison.summary(), "audits": audits}
+        print(json.dumps(record))
         return
     if streamed:
         print()
@@ -92,22 +107,38 @@ def report(result: GenerationResult, tokenizer, mesh: str, dtype: str, as_json: 
         f"prefill {result.prefill_tokens_per_second:,.1f} tok/s, decode {result.decode_tokens_per_second:,.1f} tok/s "
         f"(compile {result.compile_seconds:.1f} s, not included)"
     )
+    if comparison is not None:
+        print(f"mesh {mesh} vs 1x1: {comparison.describe()}")
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+    if args.compare_single_device and not sampling.greedy:
+        raise GenerationError("--compare-single-device audits greedy decoding: leave --temperature at 0")
+    if args.compare_single_device and args.coordinator is not None:
+        raise GenerationError("--compare-single-device runs in one process: drop --coordinator")
     mesh = configure_for(args.mesh, args.coordinator, args.num_processes, args.process_id)
-    pipeline = Pipeline.load(resolve_model_path(args.model_path), mesh, args.dtype)
-    prompts = [pipeline.encode(p, args.chat) for p in args.prompt]
+    if args.compare_single_device and mesh.size == 1:
+        raise GenerationError("--compare-single-device compares a mesh with one device: choose a --mesh like 1x8")
+    checkpoint = Checkpoint.open(resolve_model_path(args.model_path))
+    prompts = [checkpoint.encode(p, args.chat) for p in args.prompt]
+    generator = checkpoint.load(mesh, args.dtype)
     speaks = args.process_id == 0
     stream = speaks and not args.json and len(prompts) == 1
-    streamer = Streamer(pipeline.tokenizer, out) if stream else None
-    result = pipeline.generator.generate(prompts, args.max_new_tokens, sampling, streamer)
+    streamer = Streamer(checkpoint.tokenizer, out) if stream else None
+    result = generator.generate(prompts, args.max_new_tokens, sampling, streamer)
+    comparison = None
+    if args.compare_single_device:
+        single = checkpoint.load(MeshShape(1, 1), args.dtype)
+        reference = single.generate(prompts, args.max_new_tokens).generated_token_ids
+        comparison = Comparison(args.dtype)
+        for i, prompt in enumerate(prompts):
+            comparison.audit(i, single, generator, prompt, reference[i], result.generated_token_ids[i])
     if speaks:
         with redirect_stdout(out):
-            report(result, pipeline.tokenizer, mesh.name, args.dtype, args.json, stream)
+            report(result, checkpoint.tokenizer, mesh.name, args.dtype, args.json, stream, comparison)
     return 0
 
 

@@ -92,12 +92,12 @@ def next_token(logits: jax.Array, greedy: bool, key: jax.Array, sampling: tuple)
     return constrain(tokens, (None,))
 
 
-def step_collectives(cfg: Qwen2Config, mesh: Mesh, greedy: bool) -> dict[str, int]:
-    """The collectives of a prefill chunk or decode step on `mesh` (XLA:CPU and the TT compiler
-    alike): the forward's all-reduces, then `next_token`'s all-gathers. A scoring chunk has only
-    the forward's (its logits stay split)."""
+def step_collectives(cfg: Qwen2Config, mesh: Mesh, kind: str, greedy: bool = True) -> dict[str, int]:
+    """The collectives of a compiled step on `mesh` (XLA:CPU and the TT compiler alike): the
+    forward's all-reduces, then, for a prefill chunk or a decode step, `next_token`'s all-gathers.
+    A scoring chunk has only the forward's: its logits stay split."""
     split_model, split_batch = mesh.shape[MODEL_AXIS] > 1, mesh.shape[BATCH_AXIS] > 1
-    gathers = (2 if greedy else 1) * split_model + split_batch
+    gathers = 0 if kind == "score" else (2 if greedy else 1) * split_model + split_batch
     return {"all_reduce": forward_all_reduces(cfg) if split_model else 0, "all_gather": gathers}
 
 
@@ -180,6 +180,33 @@ class Generator:
     @property
     def batch_multiple(self) -> int:
         return 1 if self.mesh is None else self.mesh.shape[BATCH_AXIS]
+
+    @property
+    def devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.size
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights over all devices (padding and replicas included)."""
+        leaves = jax.tree.leaves(self.state)
+        return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in leaves) * self.devices
+
+    def peak_bytes(self, layout: Layout, kinds: Sequence[str] = ("prefill", "decode")) -> int:
+        """The most memory one of the steps `kinds` of `layout` holds at once, over all devices:
+        arguments (weights, cache, inputs), outputs that do not reuse a donated buffer, and the
+        compiler's temporaries, from the compiled programs' own memory analysis (compiling them
+        needs no weights: a generator of `abstract_model` answers before anything is loaded)."""
+        peak = 0
+        for kind in kinds:
+            memory = self._compiled(kind, layout).memory_analysis()
+            step = (
+                memory.argument_size_in_bytes
+                + memory.output_size_in_bytes
+                - memory.alias_size_in_bytes
+                + memory.temp_size_in_bytes
+            )
+            peak = max(peak, step)
+        return peak * self.devices
 
     def layout(self, lengths: Sequence[int], max_new_tokens: int) -> Layout:
         """The layout of sequences of `lengths` followed by `max_new_tokens`; refuses what the
@@ -289,11 +316,14 @@ class Generator:
         return self.compiled[key]
 
     def lower(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: SamplingConfig = SamplingConfig()):
-        """The prefill chunk and the decode step a request runs, lowered but not compiled: what a
-        compile-only device is checked with. {"prefill": Lowered, "decode": Lowered}."""
+        """The steps a request runs, lowered but not compiled (what a compile-only device is
+        checked with): {"prefill": ..., "decode": ...}, and "score", the teacher-forcing chunk of
+        the same prompts."""
         layout = self.layout([len(p) for p in prompts], max_new_tokens)
         steps = self._steps(layout, sampling.greedy)
-        return {kind: self._lower(*steps[kind]) for kind in ("prefill", "decode")}
+        lowered = {kind: self._lower(*steps[kind]) for kind in ("prefill", "decode")}
+        lowered["score"] = self._lower(*self._steps(self.layout([len(p) for p in prompts], 0), True)["score"])
+        return lowered
 
     # --- requests --------------------------------------------------------------------------
 

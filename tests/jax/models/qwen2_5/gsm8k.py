@@ -13,19 +13,32 @@ period and everything up to "#### ", case-insensitively, with the gold answer tr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
 import re
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from tests.infra.mesh import MeshShape
-from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, Pipeline, configure_for, resolve_model_path
+from tests.infra.runs import (
+    ResultLog,
+    RunError,
+    Stopped,
+    StopSignals,
+    available_host_bytes,
+    check_writable,
+    write_atomically,
+)
+from tests.jax.models.qwen2_5.audit import Comparison, SequenceAudit, audit_sequence, mcnemar_p_value
+from tests.jax.models.qwen2_5.generation import PREFILL_CHUNK, Generator
+from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, Checkpoint, configure_for, resolve_model_path
+from tests.jax.models.qwen2_5.tensor_parallel import tensor_parallel_config
 
 STOP_SEQUENCES = ("Question:", "</s>", "<|im_end|>")
 INVALID = "[invalid]"
@@ -128,6 +141,7 @@ def accuracy(flags: Sequence[bool]) -> dict[str, float]:
 class Graded:
     index: int
     generated: str
+    tokens: list[int]  # the generated token ids, cut where generation stopped
     strict: str
     flexible: str
     gold: str
@@ -135,12 +149,13 @@ class Graded:
     flexible_correct: bool
 
 
-def grade(index: int, generated: str, problem: Problem) -> Graded:
+def grade(index: int, tokens: Sequence[int], generated: str, problem: Problem) -> Graded:
     strict, flexible = strict_extract(generated), flexible_extract(generated)
     gold = normalize(problem.answer)
     return Graded(
         index,
         generated,
+        list(tokens),
         strict,
         flexible,
         gold,
@@ -149,49 +164,86 @@ def grade(index: int, generated: str, problem: Problem) -> Graded:
     )
 
 
+METRICS = {"strict-match": "strict_correct", "flexible-extract": "flexible_correct"}
+
+
 def scores(graded: Sequence[Graded]) -> dict[str, dict[str, float]]:
-    return {
-        "strict-match": accuracy([g.strict_correct for g in graded]),
-        "flexible-extract": accuracy([g.flexible_correct for g in graded]),
-    }
+    return {metric: accuracy([getattr(g, flag) for g in graded]) for metric, flag in METRICS.items()}
 
 
-def evaluate(
-    pipeline: Pipeline,
-    problems: Sequence[Problem],
-    prompts: Sequence[str],
-    *,
-    chat: bool,
-    batch_size: int,
-    max_new_tokens: int,
-) -> list[Graded]:
-    """Greedy completions for `prompts`, batched through the generator, graded against `problems`."""
-    tokenizer = pipeline.tokenizer
+def stops_at_sequences(tokenizer) -> Callable[[list[int]], bool]:
+    """The generation stop rule: a stop sequence appeared in the text so far."""
 
     def hit_stop(tokens: list[int]) -> bool:
         text = tokenizer.decode(tokens, skip_special_tokens=False)
         return any(s in text for s in STOP_SEQUENCES)
 
+    return hit_stop
+
+
+def complete(
+    generator: Generator,
+    checkpoint: Checkpoint,
+    problems: Sequence[Problem],
+    token_ids: Sequence[list[int]],
+    batch: Sequence[int],
+    max_new_tokens: int,
+    between_steps: Callable[[], None] = lambda: None,
+) -> list[Graded]:
+    """Greedy completions of the problems `batch` (indices), graded. `between_steps` runs after
+    every decode step (where a run may stop)."""
+    result = generator.generate(
+        [token_ids[i] for i in batch],
+        max_new_tokens,
+        on_tokens=lambda _: between_steps(),
+        stop=stops_at_sequences(checkpoint.tokenizer),
+    )
     graded = []
-    with tqdm(total=len(prompts), desc=f"gsm8k {pipeline.mesh}", unit="problem", file=sys.stderr) as bar:
-        for start in range(0, len(prompts), batch_size):
-            batch = [pipeline.encode(p, chat) for p in prompts[start : start + batch_size]]
-            result = pipeline.generator.generate(batch, max_new_tokens, stop=hit_stop)
-            for offset, tokens in enumerate(result.generated_token_ids):
-                text = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True))
-                graded.append(grade(start + offset, text, problems[start + offset]))
-            bar.update(len(batch))
+    for index, tokens in zip(batch, result.generated_token_ids, strict=True):
+        text = truncate_at_stop(checkpoint.tokenizer.decode(tokens, skip_special_tokens=True))
+        graded.append(grade(index, tokens, text, problems[index]))
     return graded
 
 
-def compare_runs(reference: Sequence[Graded], candidate: Sequence[Graded]) -> dict:
-    """Per-problem agreement of a mesh run with the single-device run."""
-    same_text = [a.generated == b.generated for a, b in zip(reference, candidate, strict=True)]
-    same_answers = [(a.strict, a.flexible) == (b.strict, b.flexible) for a, b in zip(reference, candidate, strict=True)]
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Problem indices in batches of similar prompt length, longest first, as lm-evaluation-harness
+    orders its requests: a long prompt pads only its neighbours, and the largest batch runs first.
+    Results are keyed by problem index, so their order is restored whatever the batches."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def paired_scores(reference: Sequence[Graded], candidate: Sequence[Graded]) -> dict:
+    """Both runs' scores with their standard errors, the difference, and the exact McNemar test on
+    the discordant problems (right in one run, wrong in the other)."""
+    report = {}
+    for metric, flag in METRICS.items():
+        single_only = sum(getattr(a, flag) and not getattr(b, flag) for a, b in zip(reference, candidate, strict=True))
+        mesh_only = sum(getattr(b, flag) and not getattr(a, flag) for a, b in zip(reference, candidate, strict=True))
+        single, mesh = accuracy([getattr(g, flag) for g in reference]), accuracy([getattr(g, flag) for g in candidate])
+        report[metric] = {
+            "single_device": single,
+            "mesh": mesh,
+            "difference": mesh["accuracy"] - single["accuracy"],
+            "discordant": {"single_device_only": single_only, "mesh_only": mesh_only},
+            "mcnemar_p_value": mcnemar_p_value(single_only, mesh_only),
+        }
+    return report
+
+
+def compare_runs(reference: Sequence[Graded], candidate: Sequence[Graded], comparison: Comparison) -> dict:
+    """The mesh run against the single-device run: the audit's verdict and counts, agreement of
+    text and extracted answers, and the paired scores."""
+    pairs = list(zip(reference, candidate, strict=True))
+    same_answers = [(a.strict, a.flexible) == (b.strict, b.flexible) for a, b in pairs]
+    paired = paired_scores(reference, candidate)
     return {
-        "generated_text_agreement": sum(same_text) / len(same_text),
-        "extracted_answer_agreement": sum(same_answers) / len(same_answers),
-        "disagreeing_problems": [g.index for g, same in zip(reference, same_answers, strict=True) if not same],
+        **comparison.summary(),
+        "generated_text_agreement": sum(a.generated == b.generated for a, b in pairs) / len(pairs),
+        "extracted_answer_agreement": sum(same_answers) / len(pairs),
+        "disagreeing_problems": [a.index for a, same in zip(reference, same_answers, strict=True) if not same],
+        "scores": paired,
+        "mcnemar_p_value": paired["strict-match"]["mcnemar_p_value"],
     }
 
 
@@ -205,23 +257,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-fewshot", type=int, default=5, help="exemplars per prompt (Qwen reports 4-shot)")
     parser.add_argument("--data-file", type=Path, help="test problems as jsonl (question, answer); default: the hub")
     parser.add_argument("--fewshot-file", type=Path, help="exemplars as jsonl; default: train.jsonl beside --data-file")
-    parser.add_argument("--output", type=Path, help="write settings, per-problem results and scores as JSON")
-    parser.add_argument("--compare-single-device", action="store_true", help="also run one device and compare")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="write settings, per-problem results and scores as JSON; finished problems are appended to "
+        "OUTPUT.progress.jsonl as they finish, and rerunning the same command resumes from it",
+    )
+    parser.add_argument(
+        "--compare-single-device", action="store_true", help="also run one device and audit every difference"
+    )
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template (instruct models)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=PREFILL_CHUNK,
+        help="prompt tokens per prefill step: prefill memory grows with it (default %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        help="GiB of host memory the run may use (default: what the kernel reports available); a run estimated "
+        "to need more is refused before it starts",
+    )
     return parser.parse_args(argv)
 
 
 def load_problems(args: argparse.Namespace) -> tuple[list[Problem], list[str]]:
-    for name in ("limit", "batch_size", "max_new_tokens"):
+    for name in ("limit", "batch_size", "max_new_tokens", "prefill_chunk"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.num_fewshot < 0:
         raise DataError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if args.memory_budget is not None and not args.memory_budget > 0:
+        raise DataError(f"--memory-budget must be a positive number of GiB, got {args.memory_budget}")
     problems = load_split("test", args.data_file)[: args.limit]
+    if not problems:
+        raise DataError(f"{args.data_file or 'the test split'} holds no problems")
     fewshot_file = args.fewshot_file
     if fewshot_file is None and args.data_file is not None:
         fewshot_file = args.data_file.parent / "train.jsonl"
@@ -230,53 +305,228 @@ def load_problems(args: argparse.Namespace) -> tuple[list[Problem], list[str]]:
     return problems, [build_prompt(p, ex) for p, ex in zip(problems, exemplars, strict=True)]
 
 
+def check_context(token_ids: Sequence[list[int]], max_new_tokens: int, context: int) -> None:
+    """Every prompt and its new tokens fit the model's context, or one error naming the worst."""
+    too_long = [i for i, ids in enumerate(token_ids) if len(ids) + max_new_tokens > context]
+    if too_long:
+        worst = max(too_long, key=lambda i: len(token_ids[i]))
+        raise DataError(
+            f"{len(too_long)} of {len(token_ids)} prompts do not fit the model's context of {context:,} tokens with "
+            f"--max-new-tokens {max_new_tokens} (problem {worst}: {len(token_ids[worst]):,} prompt tokens): "
+            "lower --num-fewshot or --max-new-tokens"
+        )
+
+
+GIB = 2**30
+
+
+def check_memory(plans: dict[str, Generator], layouts: dict[str, list], budget: int, args) -> str:
+    """Refuse a run whose estimated peak host memory exceeds `budget`: every model's weights (all
+    resident at once), plus the largest compiled step of any of them beyond its own weights.
+    Returns the estimate in words."""
+    weights = {name: plan.weight_bytes for name, plan in plans.items()}
+    steps = {name: max(plans[name].peak_bytes(layout, kinds) for layout, kinds in layouts[name]) for name in plans}
+    need = max(steps[name] + sum(w for other, w in weights.items() if other != name) for name in plans)
+    held = " + ".join(f"{w / GIB:.2f} GiB ({name})" for name, w in weights.items())
+    step = max(s - weights[n] for n, s in steps.items())
+    estimate = (
+        f"an estimated {need / GIB:.2f} GiB of host memory (weights {held}, the largest step {step / GIB:.2f} GiB "
+        f"more) of {budget / GIB:.2f} GiB available"
+    )
+    if need > budget:
+        fixes = f"lower --batch-size (now {args.batch_size}) or --prefill-chunk (now {args.prefill_chunk})"
+        if args.compare_single_device:
+            fixes += ", or run without --compare-single-device"
+        raise RunError(f"this run needs {estimate}: {fixes}")
+    return estimate
+
+
+@dataclass
+class Record:
+    """One finished problem: each run's graded completion, and the audit when compared."""
+
+    index: int
+    runs: dict[str, Graded]
+    audit: SequenceAudit | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "runs": {name: asdict(g) for name, g in self.runs.items()},
+            "audit": None if self.audit is None else self.audit.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> Record:
+        audit = None if entry["audit"] is None else SequenceAudit.from_dict(entry["audit"])
+        return cls(entry["index"], {name: Graded(**g) for name, g in entry["runs"].items()}, audit)
+
+
+@dataclass
+class Evaluation:
+    """A GSM8K run in progress: its settings, what is finished, and where it is written."""
+
+    settings: dict
+    problems: list[Problem]
+    prompts: list[str]
+    meshes: list[MeshShape]
+    compare: bool
+    records: dict[int, Record] = field(default_factory=dict)
+
+    def scores(self) -> dict[str, dict]:
+        done = [self.records[i] for i in sorted(self.records)]
+        return {m.name: scores([r.runs[m.name] for r in done]) for m in self.meshes} if done else {}
+
+    def comparison(self) -> dict | None:
+        if not self.compare or not self.records:
+            return None
+        done = [self.records[i] for i in sorted(self.records)]
+        mesh, single = (m.name for m in self.meshes)
+        audits = Comparison(self.settings["dtype"], {r.index: r.audit for r in done})
+        return compare_runs([r.runs[single] for r in done], [r.runs[mesh] for r in done], audits)
+
+    def print_scores(self) -> None:
+        for name, score in self.scores().items():
+            strict, flexible = score["strict-match"], score["flexible-extract"]
+            print(
+                f"mesh {name}: strict-match {strict['accuracy']:.4f} ± {strict['stderr']:.4f}, "
+                f"flexible-extract {flexible['accuracy']:.4f} ± {flexible['stderr']:.4f} ({len(self.records)} problems)"
+            )
+        comparison = self.comparison()
+        if comparison is not None:
+            mesh = self.meshes[0].name
+            strict = comparison["scores"]["strict-match"]
+            audits = Comparison(self.settings["dtype"], {i: r.audit for i, r in self.records.items()})
+            print(f"mesh {mesh} vs 1x1: {audits.describe()}")
+            print(
+                f"  strict-match {strict['mesh']['accuracy']:.4f} vs {strict['single_device']['accuracy']:.4f} "
+                f"(difference {strict['difference']:+.4f}, exact McNemar p = {strict['mcnemar_p_value']:.3f}); "
+                f"extracted answers agree on {comparison['extracted_answer_agreement']:.2%}, "
+                f"generated text on {comparison['generated_text_agreement']:.2%} of problems"
+            )
+
+    def result(self) -> dict:
+        result = {"settings": self.settings, "scores": self.scores()}
+        comparison = self.comparison()
+        if comparison is not None:
+            result["comparison"] = comparison
+        result["problems"] = [
+            {
+                "prompt_id": i,
+                "prompt": self.prompts[i],
+                **{name: asdict(g) for name, g in self.records[i].runs.items()},
+                **({"audit": self.records[i].to_dict()["audit"]} if self.compare else {}),
+            }
+            for i in sorted(self.records)
+        ]
+        return result
+
+
+def progress_path(output: Path) -> Path:
+    return output.with_name(output.name + ".progress.jsonl")
+
+
 def run(args: argparse.Namespace) -> int:
     problems, prompts = load_problems(args)
+    if args.output is not None:
+        check_writable(args.output, "--output")
+        check_writable(progress_path(args.output), "the progress file")
     mesh = configure_for(args.mesh)
-    model_path = resolve_model_path(args.model_path)
+    if args.compare_single_device and mesh.size == 1:
+        raise DataError("--compare-single-device compares a mesh with one device: choose a --mesh like 1x8")
+    checkpoint = Checkpoint.open(resolve_model_path(args.model_path))
+    tensor_parallel_config(checkpoint.cfg, mesh.model)  # a mesh that cannot split this model fails here
+    token_ids = [checkpoint.encode(p, args.chat) for p in prompts]
+    check_context(token_ids, args.max_new_tokens, checkpoint.cfg.max_position_embeddings)
+    meshes = [mesh] + ([MeshShape(1, 1)] if args.compare_single_device else [])
     settings = {
-        "model_path": str(model_path),
+        "model_path": str(checkpoint.path),
         "mesh": mesh.name,
         "dtype": args.dtype,
         "num_fewshot": args.num_fewshot,
         "fewshot_seed": FEWSHOT_SEED,
         "chat": args.chat,
         "limit": len(problems),
+        "prompts_sha256": hashlib.sha256("\0".join(prompts).encode()).hexdigest(),
         "max_new_tokens": args.max_new_tokens,
         "stop_sequences": list(STOP_SEQUENCES),
         "batch_size": args.batch_size,
+        "prefill_chunk": args.prefill_chunk,
+        "compare_single_device": args.compare_single_device,
     }
-    options = {"chat": args.chat, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
-    runs = {}
-    meshes = [mesh] + ([MeshShape(1, 1)] if args.compare_single_device and mesh.size > 1 else [])
-    for run_mesh in meshes:
-        pipeline = Pipeline.load(model_path, run_mesh, args.dtype)
-        runs[run_mesh.name] = evaluate(pipeline, problems, prompts, **options)
-        del pipeline
-    result = {"settings": settings, "scores": {name: scores(graded) for name, graded in runs.items()}}
-    if len(runs) == 2:
-        result["comparison"] = compare_runs(runs["1x1"], runs[mesh.name])
-    result["problems"] = [
-        {"prompt_id": i, "prompt": prompts[i], **{name: asdict(graded[i]) for name, graded in runs.items()}}
-        for i in range(len(problems))
-    ]
+    evaluation = Evaluation(settings, problems, prompts, meshes, args.compare_single_device)
+    log = None
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_suffix(args.output.suffix + ".partial")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.output)  # never a half-written result file
-    for name, score in result["scores"].items():
-        strict, flexible = score["strict-match"], score["flexible-extract"]
-        print(
-            f"mesh {name}: strict-match {strict['accuracy']:.4f} ± {strict['stderr']:.4f}, "
-            f"flexible-extract {flexible['accuracy']:.4f} ± {flexible['stderr']:.4f} ({len(problems)} problems)"
-        )
-    if "comparison" in result:
-        comparison = result["comparison"]
-        print(
-            f"mesh {mesh.name} vs 1x1: extracted answers agree on {comparison['extracted_answer_agreement']:.2%}, "
-            f"generated text on {comparison['generated_text_agreement']:.2%} of problems"
-        )
+        log = ResultLog(progress_path(args.output), settings)
+        evaluation.records = {r.index: r for r in map(Record.from_dict, log.open())}
+        if evaluation.records:
+            print(f"resuming from {log.path}: reusing {len(evaluation.records)} finished problems", file=sys.stderr)
+    else:
+        print("no --output: results are not saved as they finish and the run cannot resume", file=sys.stderr)
+    batches = length_sorted_batches([len(ids) for ids in token_ids], args.batch_size)
+    todo = [batch for batch in batches if not all(i in evaluation.records for i in batch)]
+
+    if not todo:
+        return finish(evaluation, args.output)
+    plans = {m.name: checkpoint.plan(m, args.dtype, args.prefill_chunk) for m in meshes}
+    layouts = {}
+    for name, plan in plans.items():
+        needed = {plan.layout([len(token_ids[i]) for i in batch], args.max_new_tokens) for batch in todo}
+        steps = [(layout, ("prefill", "decode")) for layout in needed]
+        if args.compare_single_device and todo:
+            longest = max(len(token_ids[i]) for batch in todo for i in batch)
+            steps.append((plan.layout([longest + args.max_new_tokens], 0), ("prefill", "score")))
+        layouts[name] = steps
+    budget = int(args.memory_budget * GIB) if args.memory_budget else available_host_bytes()
+    print(f"memory: {check_memory(plans, layouts, budget, args)}", file=sys.stderr)
+
+    generators = {m.name: checkpoint.load(m, args.dtype, plans[m.name]) for m in meshes}
+    try:
+        with (
+            StopSignals() as signals,
+            tqdm(
+                total=len(problems),
+                initial=len(evaluation.records),
+                desc=f"gsm8k {mesh}",
+                unit="problem",
+                file=sys.stderr,
+            ) as bar,
+        ):
+            for batch in todo:
+                runs = {
+                    name: complete(gen, checkpoint, problems, token_ids, batch, args.max_new_tokens, signals.check)
+                    for name, gen in generators.items()
+                }
+                for position, index in enumerate(batch):
+                    if index in evaluation.records:
+                        continue
+                    record = Record(index, {name: graded[position] for name, graded in runs.items()})
+                    if args.compare_single_device:
+                        single, sharded = record.runs["1x1"].tokens, record.runs[mesh.name].tokens
+                        if single != sharded:
+                            gens = generators["1x1"], generators[mesh.name]
+                            record.audit = audit_sequence(*gens, token_ids[index], single, sharded, args.dtype)
+                    evaluation.records[index] = record
+                    if log is not None:
+                        log.append(record.to_dict())
+                bar.update(len(batch))
+                signals.check()
+    except Stopped as stop:
+        saved = f"; they are saved in {log.path}: rerun the same command to resume" if log else ""
+        print(f"stopped by {stop} after {len(evaluation.records)} of {len(problems)} problems{saved}", file=sys.stderr)
+        evaluation.print_scores()
+        return stop.exit_code
+    finally:
+        if log is not None:
+            log.close()
+    return finish(evaluation, args.output)
+
+
+def finish(evaluation: Evaluation, output: Path | None) -> int:
+    """The scores on stdout first, then the result file, written whole or not at all."""
+    evaluation.print_scores()
+    if output is not None:
+        write_atomically(output, json.dumps(evaluation.result(), indent=2))
     return 0
 
 
@@ -284,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except (*EXPECTED_ERRORS, DataError) as err:
+    except (*EXPECTED_ERRORS, DataError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,5 @@
-"""A checkpoint ready to generate: weights on a device or a mesh, tokenizer, EOS ids, generator.
+"""A checkpoint ready to generate: its config, tokenizer and EOS ids, then generators on a device
+or a mesh, planned (shape-only weights: compiled, memory known) before they are loaded.
 
 Shared by the generate and GSM8K command lines.
 """
@@ -18,10 +19,10 @@ from tests.infra.devices import configure_jax
 from tests.infra.distributed import ClusterError, join_cluster
 from tests.infra.mesh import MeshError, MeshShape, make_mesh
 from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
-from tests.jax.models.qwen2_5.config import ConfigError
-from tests.jax.models.qwen2_5.generation import GenerationError, Generator
+from tests.jax.models.qwen2_5.config import ConfigError, Qwen2Config
+from tests.jax.models.qwen2_5.generation import PREFILL_CHUNK, GenerationError, Generator
 from tests.jax.models.qwen2_5.loader import CheckpointError, load_model
-from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError
+from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, abstract_model
 
 # What a user can get wrong; the command lines print these as one line and exit 2.
 EXPECTED_ERRORS = (ConfigError, CheckpointError, MeshError, TensorParallelError, GenerationError, ClusterError)
@@ -68,26 +69,26 @@ def configure_for(mesh: str, coordinator: str | None = None, num_processes: int 
     return shape
 
 
-@dataclass
-class Pipeline:
-    model_path: Path
-    mesh: MeshShape
-    dtype: str
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint directory's config, tokenizer and EOS ids: everything but the weights."""
+
+    path: Path
+    cfg: Qwen2Config
     tokenizer: PreTrainedTokenizerBase
-    generator: Generator
+    eos_token_ids: list[int]
+    pad_token_id: int
 
     @classmethod
-    def load(cls, model_path: Path, mesh: MeshShape, dtype: str) -> Pipeline:
-        """Load the checkpoint in `dtype` and place it on `mesh` (1x1: one device)."""
-        device_mesh = make_mesh(mesh, jax.devices()) if mesh.size > 1 else None
+    def open(cls, path: Path) -> Checkpoint:
+        cfg = Qwen2Config.from_pretrained(path)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
-            raise CheckpointError(f"{model_path} has no usable tokenizer: {err}") from err
-        model = load_model(model_path, getattr(jnp, dtype), mesh=device_mesh, progress=True)
-        eos = eos_token_ids(model_path, tokenizer)
+            raise CheckpointError(f"{path} has no usable tokenizer: {err}") from err
+        eos = eos_token_ids(path, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-        return cls(model_path, mesh, dtype, tokenizer, Generator(model, eos, pad, device_mesh))
+        return cls(path, cfg, tokenizer, eos, pad)
 
     def encode(self, prompt: str, chat: bool) -> list[int]:
         """Token ids of `prompt`, as one user turn of the chat template when `chat`."""
@@ -98,3 +99,22 @@ class Pipeline:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(prompt)["input_ids"]
+
+    def _mesh(self, shape: MeshShape) -> jax.sharding.Mesh | None:
+        return make_mesh(shape, jax.devices()) if shape.size > 1 else None
+
+    def plan(self, shape: MeshShape, dtype: str, prefill_chunk: int = PREFILL_CHUNK) -> Generator:
+        """A generator with shape-only weights: it compiles its steps and reports their memory
+        before anything is loaded; `load` reuses what it compiled."""
+        mesh = self._mesh(shape)
+        model = abstract_model(self.cfg, getattr(jnp, dtype), mesh)
+        return Generator(model, self.eos_token_ids, self.pad_token_id, mesh, prefill_chunk)
+
+    def load(self, shape: MeshShape, dtype: str, plan: Generator | None = None) -> Generator:
+        """The weights in `dtype` on `shape` (1x1: one device), as `plan` laid them out (and with
+        its compiled steps), or with the default prefill chunk."""
+        mesh = self._mesh(shape)
+        model = load_model(self.path, getattr(jnp, dtype), mesh=mesh, progress=True)
+        if plan is None:
+            return Generator(model, self.eos_token_ids, self.pad_token_id, mesh)
+        return Generator(model, self.eos_token_ids, self.pad_token_id, mesh, plan.prefill_chunk, plan.compiled)

@@ -203,7 +203,8 @@ def build_model(
     return nnx.merge(graphdef, nnx.from_flat_state(built))
 
 
-def _in_memory_source(model: Qwen2ForCausalLM) -> ParamSource:
+def in_memory_source(model: Qwen2ForCausalLM) -> ParamSource:
+    """Region reads of an in-memory model's (unpadded) parameters."""
     values = dict(nnx.to_flat_state(nnx.state(model)))
     return lambda path: nullcontext(lambda index: np.asarray(values[path][...][index]))
 
@@ -212,23 +213,32 @@ def pad_model(model: Qwen2ForCausalLM, plan: HeadPlan) -> Qwen2ForCausalLM:
     """`model` with its heads laid out by `plan` (padded queries, replicated KV heads), on one device."""
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     dtype = model.model.norm.weight.dtype
-    return build_model(model.cfg, dtype, plan, _in_memory_source(model), lambda variable: device)
+    return build_model(model.cfg, dtype, plan, in_memory_source(model), lambda variable: device)
 
 
 def shard_model(model: Qwen2ForCausalLM, mesh: Mesh) -> Qwen2ForCausalLM:
     """The padded, tensor-parallel copy of an in-memory `model`, every weight placed on `mesh`."""
     _, plan = tensor_parallel_config(model.cfg, mesh.shape[MODEL_AXIS])
     dtype = model.model.norm.weight.dtype
-    return build_model(model.cfg, dtype, plan, _in_memory_source(model), lambda v: param_sharding(v, mesh))
+    return build_model(model.cfg, dtype, plan, in_memory_source(model), lambda v: param_sharding(v, mesh))
 
 
-def abstract_model(cfg: Qwen2Config, dtype: jnp.dtype, mesh: Mesh) -> Qwen2ForCausalLM:
-    """The padded tensor-parallel model of `cfg` for `mesh` with shape-only weights
-    (ShapeDtypeStructs placed where `shard_model` would put them): enough to lower and compile."""
-    tp_cfg, _ = tensor_parallel_config(cfg, mesh.shape[MODEL_AXIS])
+def abstract_model(cfg: Qwen2Config, dtype: jnp.dtype, mesh: Mesh | None) -> Qwen2ForCausalLM:
+    """The model of `cfg` with shape-only weights (ShapeDtypeStructs) placed where loading it would
+    put them: padded and sharded over `mesh`, or on the default device. Enough to lower and compile
+    (and to read a compiled step's memory) before any weight is read."""
+    tp_cfg, _ = tensor_parallel_config(cfg, 1 if mesh is None else mesh.shape[MODEL_AXIS])
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0))))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shaped = [
-        (path, variable.replace(jax.ShapeDtypeStruct(variable.shape, dtype, sharding=param_sharding(variable, mesh))))
+        (
+            path,
+            variable.replace(
+                jax.ShapeDtypeStruct(
+                    variable.shape, dtype, sharding=device if mesh is None else param_sharding(variable, mesh)
+                )
+            ),
+        )
         for path, variable in nnx.to_flat_state(abstract)
     ]
     return nnx.merge(graphdef, nnx.from_flat_state(shaped))

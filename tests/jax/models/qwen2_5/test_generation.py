@@ -70,10 +70,10 @@ def generator(model, mesh=None) -> Generator:
 
 
 def compiles_as_planned(gen: Generator, sampling: SamplingConfig, mesh, dut, record_property) -> bool:
-    """The request's prefill chunk and decode step compile on the device under test with exactly
-    the planned collectives; True when there is also data to compare (not compile-only)."""
-    planned = step_collectives(gen.model.cfg, mesh, sampling.greedy)
+    """The request's prefill chunk, decode step and scoring chunk compile on the device under test
+    with exactly the planned collectives; True when there is also data to compare (not compile-only)."""
     for kind, lowered in gen.lower(PROMPTS, NEW_TOKENS, sampling).items():
+        planned = step_collectives(gen.model.cfg, mesh, kind, sampling.greedy)
         _, check = check_collectives(lowered, dut.platform, planned)
         record_property(f"{kind}_collectives", str(check))
     if dut.compile_only:
