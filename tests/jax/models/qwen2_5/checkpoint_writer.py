@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.loader import INDEX_FILE, SINGLE_FILE, hf_name
+from tests.jax.models.qwen2_5.loader import INDEX_FILE, SINGLE_FILE, CheckpointError, hf_name
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -135,16 +135,22 @@ def demo_checkpoint(cache_dir: Path | None = None) -> Path:
     target = (cache_dir or demo_cache_dir()) / DEMO_NAME
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}-", dir=target.parent))
     try:
-        model = Qwen2ForCausalLM(DEMO_CONFIG, rngs=nnx.Rngs(0))
-        write_checkpoint(model, build_tokenizer(DEMO_CONFIG.vocab_size), staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}-", dir=target.parent))
         try:
-            staging.rename(target)
-        except OSError:  # another process finished first; theirs is as good as ours
-            shutil.rmtree(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            model = Qwen2ForCausalLM(DEMO_CONFIG, rngs=nnx.Rngs(0))
+            write_checkpoint(model, build_tokenizer(DEMO_CONFIG.vocab_size), staging)
+            try:
+                staging.rename(target)
+            except OSError:  # another process finished first; theirs is as good as ours
+                shutil.rmtree(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot create the demo checkpoint in {target.parent} ({err.strerror or err}): set QWEN2_5_DEMO_CACHE "
+            "to a writable directory, or pass --model-path"
+        ) from err
     return target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,40 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A config.json that does not describe a model this package can run."""
+
+
+_MISSING = object()
+
+
+def _field(hf: dict, name: str, default: Any) -> Any:
+    value = hf.get(name, default)
+    if value is _MISSING or value is None and default is _MISSING:
+        raise ConfigError(f"lacks the field {name!r}")
+    return default if value is None else value
+
+
+def _integer(hf: dict, name: str, default: Any = _MISSING) -> int:
+    """A field that must be a JSON integer >= 1 (a string "2" or a boolean is refused)."""
+    value = _field(hf, name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _positive_number(hf: dict, name: str, default: Any = _MISSING) -> float:
+    """A field that must be a finite JSON number > 0."""
+    value = _field(hf, name, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _boolean(hf: dict, name: str, default: Any = _MISSING) -> bool:
+    """A field that must be JSON true or false (the string "false" is refused: it would read as true)."""
+    value = _field(hf, name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -44,37 +79,54 @@ class Qwen2Config:
         return self.num_heads // self.num_kv_heads
 
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any]) -> Qwen2Config:
-        """From the fields of a Hugging Face Qwen2 `config.json`; refuses features it would ignore."""
+    def from_hf_dict(cls, hf: Any) -> Qwen2Config:
+        """From the fields of a Hugging Face Qwen2 `config.json`: every field the model uses is
+        checked for its JSON type and range (named in the error), and features it would
+        otherwise ignore are refused."""
+        if not isinstance(hf, dict):
+            raise ConfigError(f"must hold a JSON object of fields, not a JSON {type(hf).__name__}")
         if hf.get("model_type") != "qwen2":
             raise ConfigError(
                 f"model_type is {hf.get('model_type')!r}, not 'qwen2': this is not a Qwen2/Qwen2.5 checkpoint"
             )
         if hf.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"hidden_act {hf['hidden_act']!r} is not supported (Qwen2 uses silu)")
-        if hf.get("use_sliding_window", False):
+        if _boolean(hf, "use_sliding_window", False):
             raise ConfigError("use_sliding_window=true is not supported: Qwen2.5 checkpoints use full attention")
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ConfigError(f"rope_scaling must be a JSON object or null, got {rope!r}")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise ConfigError(f"RoPE scaling {rope_type!r} is not supported; remove rope_scaling to use plain RoPE")
-        theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-        try:
-            return cls(
-                vocab_size=hf["vocab_size"],
-                hidden_size=hf["hidden_size"],
-                intermediate_size=hf["intermediate_size"],
-                num_layers=hf["num_hidden_layers"],
-                num_heads=hf["num_attention_heads"],
-                num_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
-                head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-                rope_theta=float(theta),
-                rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                max_position_embeddings=hf.get("max_position_embeddings", 32768),
-            )
-        except KeyError as err:
-            raise ConfigError(f"config.json lacks the field {err.args[0]!r}") from err
+        num_layers = _integer(hf, "num_hidden_layers")
+        # transformers' bookkeeping of each layer's attention; only its kinds matter here (its length
+        # is transformers' concern: the weights decide how many layers there are).
+        layer_types = hf.get("layer_types") or []
+        if not isinstance(layer_types, list) or set(layer_types) - {"full_attention"}:
+            raise ConfigError(f"layer_types other than 'full_attention' are not supported, got {layer_types!r}")
+        hidden, heads = _integer(hf, "hidden_size"), _integer(hf, "num_attention_heads")
+        # null is Hugging Face's "not set": KV heads default to the query heads, head_dim to hidden / heads.
+        head_dim = hf.get("head_dim")
+        if head_dim is None:
+            if hidden % heads:
+                raise ConfigError(
+                    f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}: set head_dim"
+                )
+            head_dim = hidden // heads
+        return cls(
+            vocab_size=_integer(hf, "vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=_integer(hf, "intermediate_size"),
+            num_layers=num_layers,
+            num_heads=heads,
+            num_kv_heads=_integer(hf, "num_key_value_heads", heads),
+            head_dim=_integer({"head_dim": head_dim}, "head_dim"),
+            rope_theta=_positive_number(rope, "rope_theta", _positive_number(hf, "rope_theta", 10000.0)),
+            rms_norm_eps=_positive_number(hf, "rms_norm_eps", 1e-6),
+            tie_word_embeddings=_boolean(hf, "tie_word_embeddings", False),
+            max_position_embeddings=_integer(hf, "max_position_embeddings", 32768),
+        )
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path) -> Qwen2Config:
@@ -82,9 +134,13 @@ class Qwen2Config:
         if not path.is_file():
             raise ConfigError(f"{path} does not exist: point at a Hugging Face checkpoint directory")
         try:
-            return cls.from_hf_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as err:
+            fields = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path} is not valid JSON: {err}") from err
+        try:
+            return cls.from_hf_dict(fields)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The Hugging Face `Qwen2Config` fields that describe the same model."""

@@ -1,5 +1,6 @@
-"""Fixtures of the Qwen2.5 tests: random Hugging Face checkpoints of the tiny presets."""
+"""Fixtures of the Qwen2.5 tests: random Hugging Face checkpoints of the tiny presets, GSM8K data."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,14 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private cache directory for the generate CLI's embedded default checkpoint."""
     return tmp_path_factory.mktemp("demo_cache")
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir(pytestconfig: pytest.Config) -> Path:
+    """The GSM8K jsonl files (openai/grade-school-math, MIT) beside the project: ../shared/data/gsm8k."""
+    path = Path(os.environ.get("GSM8K_DATA_DIR") or pytestconfig.rootpath.parent / "shared" / "data" / "gsm8k")
+    if not (path / "test.jsonl").is_file():
+        pytest.skip(
+            f"GSM8K data not found at {path}: set GSM8K_DATA_DIR to a directory with test.jsonl and train.jsonl"
+        )
+    return path

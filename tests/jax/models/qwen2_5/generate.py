@@ -18,6 +18,7 @@ from typing import TextIO
 
 from transformers import PreTrainedTokenizerBase
 
+from tests.infra.distributed import DEFAULT_TIMEOUT
 from tests.infra.mesh import MeshShape
 from tests.jax.models.qwen2_5.audit import Comparison
 from tests.jax.models.qwen2_5.generation import GenerationError, GenerationResult, SamplingConfig
@@ -48,6 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cluster.add_argument("--coordinator", help="HOST:PORT of process 0's coordination service")
     cluster.add_argument("--num-processes", type=int, default=1)
     cluster.add_argument("--process-id", type=int, default=0)
+    cluster.add_argument(
+        "--cluster-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for every process to join (default %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -114,12 +121,17 @@ def report(
 def run(args: argparse.Namespace, out: TextIO) -> int:
     if args.max_new_tokens < 1:
         raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    for prompt in args.prompt:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise GenerationError(f"--prompt is not valid UTF-8 text (at character {err.start}): pass UTF-8") from err
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     if args.compare_single_device and not sampling.greedy:
         raise GenerationError("--compare-single-device audits greedy decoding: leave --temperature at 0")
     if args.compare_single_device and args.coordinator is not None:
         raise GenerationError("--compare-single-device runs in one process: drop --coordinator")
-    mesh = configure_for(args.mesh, args.coordinator, args.num_processes, args.process_id)
+    mesh = configure_for(args.mesh, args.coordinator, args.num_processes, args.process_id, args.cluster_timeout)
     if args.compare_single_device and mesh.size == 1:
         raise GenerationError("--compare-single-device compares a mesh with one device: choose a --mesh like 1x8")
     checkpoint = Checkpoint.open(resolve_model_path(args.model_path))

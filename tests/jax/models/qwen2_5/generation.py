@@ -11,6 +11,7 @@ the keys and values of exactly the heads it computes, rows split over `batch`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,12 +49,14 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise GenerationError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.seed < 2**63:
+            raise GenerationError(f"seed must be an integer in [0, 2**63), got {self.seed}")
 
     @property
     def greedy(self) -> bool:

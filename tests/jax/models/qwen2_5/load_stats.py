@@ -1,11 +1,14 @@
-"""Time and peak host memory of loading a checkpoint onto a mesh, measured in this process.
+"""Time and peak host memory of loading a checkpoint onto a mesh (and of a prefill), in this process.
 
     python -m tests.jax.models.qwen2_5.load_stats --model-path DIR --mesh 1x8 [--dtype float32] [--naive]
+        [--prefill-tokens N [--batch B] [--prefill-chunk C]]
 
 Prints one JSON object. The peak is the growth of the resident set over its size once JAX
 is up (the kernel's high-water mark is reset then), so it is the loader's own footprint:
 device buffers plus whatever the loader held at its worst moment. --naive measures the
-straightforward path instead: the whole model on one device, then sharded.
+straightforward path instead: the whole model on one device, then sharded. --prefill-tokens
+then resets the mark again and prefills B prompts of N tokens: the growth is the prefill's own
+footprint (cache, activations, temporaries), reported beside the compiled steps' estimate.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from tests.infra.mesh import make_mesh
+from tests.jax.models.qwen2_5.generation import PREFILL_CHUNK, Generator
 from tests.jax.models.qwen2_5.loader import load_model, tensor_files
 from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, configure_for
 from tests.jax.models.qwen2_5.tensor_parallel import shard_model
@@ -30,21 +34,29 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+def _reset_peak() -> int:
+    """Reset the kernel's high-water mark of this process's resident set; the current size in KiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kib("VmRSS")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.jax.models.qwen2_5.load_stats")
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--mesh", default="1x8")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--naive", action="store_true", help="load on one device, then shard")
+    parser.add_argument("--prefill-tokens", type=int, help="then prefill prompts this long and measure that too")
+    parser.add_argument("--batch", type=int, default=8, help="prompts in the prefill batch")
+    parser.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK)
     args = parser.parse_args(argv)
     try:
         shape = configure_for(args.mesh)
         mesh = make_mesh(shape, jax.devices())
         checkpoint_bytes = sum(f.stat().st_size for f in set(tensor_files(args.model_path).values()))
         jax.block_until_ready(jnp.zeros(1) + 1)  # the backend is up and counted in the baseline
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak resident set size to the current one
-        baseline = _status_kib("VmRSS")
+        baseline = _reset_peak()
         started = time.perf_counter()
         dtype = getattr(jnp, args.dtype)
         if args.naive:
@@ -54,21 +66,34 @@ def main(argv: list[str] | None = None) -> int:
         jax.block_until_ready(jax.tree.leaves(model))
         seconds = time.perf_counter() - started
         peak = _status_kib("VmHWM") - baseline
+        stats = {
+            "mesh": shape.name,
+            "naive": args.naive,
+            "checkpoint_bytes": checkpoint_bytes,
+            "load_seconds": seconds,
+            "peak_rss_growth_bytes": peak * 1024,
+            "peak_over_checkpoint": peak * 1024 / checkpoint_bytes,
+        }
+        if args.prefill_tokens:
+            generator = Generator(model, (), 0, mesh, args.prefill_chunk)
+            prompts = [[100 + i % 1000 for i in range(args.prefill_tokens)]] * args.batch
+            layout = generator.layout([args.prefill_tokens] * args.batch, 1)
+            estimate = generator.peak_bytes(layout) - generator.weight_bytes  # compiles the steps
+            baseline = _reset_peak()
+            generator.generate(prompts, 1)
+            grown = (_status_kib("VmHWM") - baseline) * 1024
+            stats["prefill"] = {
+                "tokens": args.prefill_tokens,
+                "batch": args.batch,
+                "chunk": args.prefill_chunk,
+                "peak_rss_growth_bytes": grown,
+                "over_checkpoint": grown / checkpoint_bytes,
+                "estimated_bytes": estimate,
+            }
     except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(
-        json.dumps(
-            {
-                "mesh": shape.name,
-                "naive": args.naive,
-                "checkpoint_bytes": checkpoint_bytes,
-                "load_seconds": seconds,
-                "peak_rss_growth_bytes": peak * 1024,
-                "peak_over_checkpoint": peak * 1024 / checkpoint_bytes,
-            }
-        )
-    )
+    print(json.dumps(stats))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from tests.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
@@ -27,6 +28,8 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 _MAX_LISTED = 10
+# Stored dtypes a weight may have: converting integers (quantized weights) would be silently wrong.
+_FLOATING = ("F64", "F32", "F16", "BF16")
 
 
 class CheckpointError(ValueError):
@@ -38,6 +41,17 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
 
 
+@contextmanager
+def _opened(file: Path) -> Iterator:
+    """A safetensors file opened for reading, or an error naming the file."""
+    try:
+        handle = safe_open(file, framework="numpy")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({err}): download or save it again") from err
+    with handle:
+        yield handle
+
+
 def tensor_files(model_dir: str | Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it, from the index or the single file."""
     model_dir = Path(model_dir)
@@ -47,16 +61,16 @@ def tensor_files(model_dir: str | Path) -> dict[str, Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as err:
+            files = {str(name): model_dir / str(file) for name, file in weight_map.items()}
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{index} is not a safetensors index (no valid 'weight_map'): {err}") from err
-        files = {name: model_dir / file for name, file in weight_map.items()}
         absent = sorted({str(f.name) for f in files.values() if not f.is_file()})
         if absent:
             raise CheckpointError(f"{index} names shard files that do not exist: {_listing(absent)}")
         return files
     single = model_dir / SINGLE_FILE
     if single.is_file():
-        with safe_open(single, framework="numpy") as f:
+        with _opened(single) as f:
             return {name: single for name in f.keys()}
     if any((model_dir / name).exists() for name in _PICKLE_FILES):
         raise CheckpointError(
@@ -64,6 +78,31 @@ def tensor_files(model_dir: str | Path) -> dict[str, Path]:
             "convert them with transformers: Qwen2ForCausalLM.from_pretrained(d).save_pretrained(d)"
         )
     raise CheckpointError(f"{model_dir} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str  # safetensors' name: F32, BF16, I8, ...
+
+
+def stored_tensors(files: dict[str, Path]) -> dict[str, StoredTensor]:
+    """Every indexed tensor's file, shape and dtype, from the file headers alone; an index that
+    sends a tensor to a shard without it is refused."""
+    found: dict[str, StoredTensor] = {}
+    for file in sorted(set(files.values())):
+        with _opened(file) as handle:
+            for name in handle.keys():
+                piece = handle.get_slice(name)
+                found[name] = StoredTensor(file, tuple(piece.get_shape()), piece.get_dtype())
+    misplaced = sorted(name for name, file in files.items() if name not in found or found[name].file != file)
+    if misplaced:
+        where = [f"{name} -> {files[name].name}" for name in misplaced]
+        raise CheckpointError(
+            f"{INDEX_FILE} sends tensors to shards that do not hold them: {_listing(where)}: download it again"
+        )
+    return {name: found[name] for name in files}
 
 
 def hf_name(path: tuple) -> tuple[str, bool]:
@@ -82,24 +121,51 @@ def hf_name(path: tuple) -> tuple[str, bool]:
 
 @contextmanager
 def _open_tensor(file: Path, name: str, transposed: bool, dtype: jnp.dtype) -> Iterator[RegionReader]:
-    """Region reads of one tensor, in this package's layout, memory-mapped only while open."""
-    with safe_open(file, framework="numpy") as handle:
+    """Region reads of one tensor, in this package's layout, memory-mapped only while open.
+    A region holding NaN or infinity is refused: checked where it is read, so at no extra pass
+    over the files."""
+    with _opened(file) as handle:
         tensor = handle.get_slice(name)
 
         def read(index: tuple[slice, ...]) -> np.ndarray:
             region = tensor[index[1], index[0]].T if transposed else tensor[index]
+            if not np.isfinite(region).all():
+                raise CheckpointError(f"{name} in {file} holds NaN or infinite values: the checkpoint is corrupt")
             return np.ascontiguousarray(region, dtype=dtype)
 
         yield read
 
 
-def _stored_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
-    """Every tensor's shape, from the file headers alone."""
-    shapes = {}
-    for file in sorted(set(files.values())):
-        with safe_open(file, framework="numpy") as handle:
-            shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
-    return shapes
+def check_checkpoint(model_dir: str | Path, cfg: Qwen2Config) -> dict[str, Path]:
+    """The tensor files of a checkpoint whose headers match `cfg`: every tensor the model needs,
+    with its shape and a floating dtype, and nothing it does not use; else an error naming them."""
+    files = tensor_files(model_dir)
+    abstract = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    wanted: dict[str, tuple[int, ...]] = {}
+    for path, variable in nnx.to_flat_state(nnx.state(abstract)):
+        name, transposed = hf_name(path)
+        shape = tuple(variable.shape)
+        wanted[name] = shape[::-1] if transposed else shape
+    missing = sorted(set(wanted) - set(files))
+    unexpected = sorted(set(files) - set(wanted))
+    if missing:
+        raise CheckpointError(f"checkpoint {model_dir} is missing tensors the model needs: {_listing(missing)}")
+    if unexpected:
+        raise CheckpointError(
+            f"checkpoint {model_dir} has tensors this Qwen2 model does not use: {_listing(unexpected)} "
+            "(is config.json, e.g. tie_word_embeddings or num_hidden_layers, the one these weights were saved with?)"
+        )
+    stored = stored_tensors(files)
+    mismatched = [f"{n} has shape {stored[n].shape}, expected {s}" for n, s in wanted.items() if stored[n].shape != s]
+    if mismatched:
+        raise CheckpointError(f"checkpoint {model_dir} has tensors of the wrong shape: {_listing(sorted(mismatched))}")
+    integral = [f"{n} ({t.dtype} in {t.file.name})" for n, t in stored.items() if t.dtype not in _FLOATING]
+    if integral:
+        raise CheckpointError(
+            f"checkpoint {model_dir} has non-floating-point tensors: {_listing(sorted(integral))}; only "
+            f"{', '.join(_FLOATING)} weights load (quantized checkpoints are not supported)"
+        )
+    return files
 
 
 def load_model(
@@ -112,32 +178,8 @@ def load_model(
     `progress` shows a progress bar over the tensors on stderr.
     """
     cfg = Qwen2Config.from_pretrained(model_dir)
-    files = tensor_files(model_dir)
     _, plan = tensor_parallel_config(cfg, 1 if mesh is None else mesh.shape[MODEL_AXIS])
-    abstract = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-
-    wanted: dict[str, tuple[tuple[int, ...], bool]] = {}
-    for path, variable in nnx.to_flat_state(nnx.state(abstract)):
-        name, transposed = hf_name(path)
-        shape = tuple(variable.shape)
-        wanted[name] = (shape[::-1] if transposed else shape, transposed)
-    missing = sorted(set(wanted) - set(files))
-    unexpected = sorted(set(files) - set(wanted))
-    if missing:
-        raise CheckpointError(f"checkpoint {model_dir} is missing tensors the model needs: {_listing(missing)}")
-    if unexpected:
-        raise CheckpointError(
-            f"checkpoint {model_dir} has tensors this Qwen2 model does not use: {_listing(unexpected)} "
-            "(is config.json, e.g. tie_word_embeddings or num_hidden_layers, the one these weights were saved with?)"
-        )
-    stored = _stored_shapes(files)
-    mismatched = [
-        f"{name} has shape {stored[name]}, expected {shape}"
-        for name, (shape, _) in wanted.items()
-        if stored[name] != shape
-    ]
-    if mismatched:
-        raise CheckpointError(f"checkpoint {model_dir} has tensors of the wrong shape: {_listing(sorted(mismatched))}")
+    files = check_checkpoint(model_dir, cfg)
 
     def source(path: tuple):
         name, transposed = hf_name(path)

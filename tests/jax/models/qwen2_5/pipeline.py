@@ -14,31 +14,71 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import Qwen2Config as HFQwen2Config
 
 from tests.infra.devices import configure_jax
-from tests.infra.distributed import ClusterError, join_cluster
+from tests.infra.distributed import DEFAULT_TIMEOUT, ClusterError, check_cluster, join_cluster
 from tests.infra.mesh import MeshError, MeshShape, make_mesh
 from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 from tests.jax.models.qwen2_5.config import ConfigError, Qwen2Config
 from tests.jax.models.qwen2_5.generation import PREFILL_CHUNK, GenerationError, Generator
-from tests.jax.models.qwen2_5.loader import CheckpointError, load_model
+from tests.jax.models.qwen2_5.loader import CheckpointError, check_checkpoint, load_model
 from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, abstract_model
 
 # What a user can get wrong; the command lines print these as one line and exit 2.
 EXPECTED_ERRORS = (ConfigError, CheckpointError, MeshError, TensorParallelError, GenerationError, ClusterError)
 
 
-def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """From generation_config.json (Qwen2.5: 151643 and 151645), else config.json, else the tokenizer."""
+def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[int]:
+    """From generation_config.json (Qwen2.5: 151643 and 151645), else config.json, else the
+    tokenizer; each must be a token id of the model's vocabulary (a string "2" is refused: it
+    would never match a generated id, and generation would never stop on it)."""
     for name in ("generation_config.json", "config.json"):
         path = model_path / name
-        if path.is_file():
-            eos = json.loads(path.read_text()).get("eos_token_id")
-            if eos is not None:
-                return eos if isinstance(eos, list) else [eos]
+        if not path.is_file():
+            continue
+        try:
+            fields = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+        if not isinstance(fields, dict):
+            raise CheckpointError(f"{path} must hold a JSON object of fields")
+        eos = fields.get("eos_token_id")
+        if eos is None:
+            continue
+        ids = eos if isinstance(eos, list) else [eos]
+        if not ids or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab_size for i in ids):
+            raise CheckpointError(
+                f"{path}: eos_token_id must be a token id or a non-empty list of them in [0, {vocab_size}), got {eos!r}"
+            )
+        return ids
     if tokenizer.eos_token_id is None:
         raise CheckpointError(f"{model_path} declares no EOS token (generation_config.json eos_token_id)")
     return [tokenizer.eos_token_id]
+
+
+# A tokenizer is one of these sets of files (Qwen2's byte-level BPE).
+_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
+
+def load_tokenizer(model_path: Path, cfg: Qwen2Config) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, checked against the model: present, loadable, and no token id
+    beyond the model's vocabulary (an embedding lookup would silently clamp it)."""
+    if not any(all((model_path / f).is_file() for f in files) for files in _TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{model_path} has no tokenizer: tokenizer.json (or vocab.json and merges.txt) is missing"
+        )
+    try:
+        # The validated config goes in, so transformers does not read config.json a second time.
+        tokenizer = AutoTokenizer.from_pretrained(model_path, config=HFQwen2Config(**cfg.to_hf_dict()))
+    except Exception as err:  # transformers raises many types here; the user needs the file and the reason
+        raise CheckpointError(f"the tokenizer in {model_path} cannot be loaded: {type(err).__name__}: {err}") from err
+    if len(tokenizer) > cfg.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer in {model_path} has {len(tokenizer):,} tokens but the model's vocabulary is "
+            f"{cfg.vocab_size:,}: tokenizer and weights come from different models"
+        )
+    return tokenizer
 
 
 def resolve_model_path(model_path: Path | None) -> Path:
@@ -56,16 +96,23 @@ def resolve_model_path(model_path: Path | None) -> Path:
     return model_path
 
 
-def configure_for(mesh: str, coordinator: str | None = None, num_processes: int = 1, process_id: int = 0) -> MeshShape:
+def configure_for(
+    mesh: str,
+    coordinator: str | None = None,
+    num_processes: int = 1,
+    process_id: int = 0,
+    cluster_timeout: float = DEFAULT_TIMEOUT,
+) -> MeshShape:
     """Parse a mesh and, before JAX starts, ask for the simulated CPU devices it needs; with a
     coordinator, join a multi-process run in which each process holds its share of them."""
     shape = MeshShape.parse(mesh)
+    check_cluster(coordinator, num_processes, process_id, cluster_timeout)
     if coordinator is None:
         configure_jax(cpu_devices=shape.size)
     elif shape.size % num_processes:
         raise ClusterError(f"mesh {shape} ({shape.size} devices) does not split evenly over {num_processes} processes")
     else:
-        join_cluster(coordinator, num_processes, process_id, shape.size // num_processes)
+        join_cluster(coordinator, num_processes, process_id, shape.size // num_processes, cluster_timeout)
     return shape
 
 
@@ -81,12 +128,12 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path: Path) -> Checkpoint:
+        """config.json first (typed), then the tokenizer and generation config, then the weights'
+        headers against the config: every problem is named before anything heavy happens."""
         cfg = Qwen2Config.from_pretrained(path)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{path} has no usable tokenizer: {err}") from err
-        eos = eos_token_ids(path, tokenizer)
+        tokenizer = load_tokenizer(path, cfg)
+        eos = eos_token_ids(path, tokenizer, cfg.vocab_size)
+        check_checkpoint(path, cfg)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         return cls(path, cfg, tokenizer, eos, pad)
 

@@ -1,14 +1,19 @@
-"""One speed measurement in a fresh process: ours or Hugging Face, decode or prefill.
+"""One speed measurement in a fresh process: ours or Hugging Face, decode, prefill or GSM8K.
 
-    python -m tests.jax.models.qwen2_5.speed --side ours|hf --phase decode|prefill
+    python -m tests.jax.models.qwen2_5.speed --side ours|hf --phase decode|prefill|gsm8k
         --model-path DIR --dtype float32|bfloat16 --batch B
 
-Prints {"tokens_per_second": ...}. One process per measurement: PyTorch's OpenMP threads keep
-spinning after its work and XLA's pool does the same, so two runtimes in one process on two
-cores slow each other down and neither figure would be fair.
+Prints {"tokens_per_second": ...} (gsm8k: {"problems_per_minute": ...}). One process per
+measurement: PyTorch's OpenMP threads keep spinning after its work and XLA's pool does the
+same, so two runtimes in one process on two cores slow each other down and neither figure
+would be fair.
 
 decode: greedy tokens/s as extra tokens over extra time between 8 and 40 new tokens after a
 32-token prompt (prefill and compilation excluded). prefill: tokens/s of a 512-token prompt.
+gsm8k: problems per minute of GSM8K-shaped work, batched as each harness batches it: 16 fixed
+prompts of 700-1,000 tokens (5-shot GSM8K prompts under Qwen's tokenizer), longest first in
+batches of B, left-padded, GSM8K_NEW_TOKENS greedy tokens each (no early stop, so both sides do
+the same work); compilation excluded (a warm-up pass over the same batches).
 """
 
 from __future__ import annotations
@@ -20,6 +25,21 @@ import time
 from pathlib import Path
 
 SHORT, LONG, PROMPT_LEN, PREFILL_LEN = 8, 40, 32, 512
+GSM8K_PROBLEMS, GSM8K_NEW_TOKENS = 16, 64
+
+
+def gsm8k_prompts() -> list[list[int]]:
+    """Fixed prompts with the lengths of 5-shot GSM8K prompts, in problem order."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [rng.integers(100, 50_000, n).tolist() for n in rng.integers(700, 1_001, GSM8K_PROBLEMS)]
+
+
+def gsm8k_batches(batch: int) -> list[list[list[int]]]:
+    """The prompts longest first in batches of `batch`, as lm-evaluation-harness and our GSM8K run order them."""
+    prompts = sorted(gsm8k_prompts(), key=len, reverse=True)
+    return [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
 
 
 def _timed(fn, repeat: int = 1) -> float:
@@ -39,6 +59,12 @@ def ours(model_path: Path, dtype: str, batch: int, phase: str) -> float:
     from tests.jax.models.qwen2_5.loader import load_model
 
     gen = Generator(load_model(model_path, getattr(jnp, dtype)), (), 0)
+    if phase == "gsm8k":
+        batches = gsm8k_batches(batch)
+        for prompts in batches:  # compile every layout once
+            gen.generate(prompts, GSM8K_NEW_TOKENS)
+        seconds = _timed(lambda: [gen.generate(prompts, GSM8K_NEW_TOKENS) for prompts in batches])
+        return 60 * GSM8K_PROBLEMS / seconds
     if phase == "prefill":
         prompts = [[100 + i % 1000 for i in range(PREFILL_LEN)]] * batch
         gen.generate(prompts, 1)
@@ -56,6 +82,28 @@ def hugging_face(model_path: Path, dtype: str, batch: int, phase: str) -> float:
 
     model = Qwen2ForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
     with torch.no_grad():
+        if phase == "gsm8k":
+            # As lm-evaluation-harness's HF backend: left-padded batches, one generate call each.
+            padded = []
+            for prompts in gsm8k_batches(batch):
+                width = max(map(len, prompts))
+                ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+                padded.append((ids, mask))
+
+            def run_all() -> None:
+                for ids, mask in padded:
+                    model.generate(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        max_new_tokens=GSM8K_NEW_TOKENS,
+                        min_new_tokens=GSM8K_NEW_TOKENS,
+                        do_sample=False,
+                        pad_token_id=0,
+                    )
+
+            run_all()
+            return 60 * GSM8K_PROBLEMS / _timed(run_all)
         if phase == "prefill":
             ids = torch.tensor([[100 + i % 1000 for i in range(PREFILL_LEN)]] * batch)
             model(ids)
@@ -73,13 +121,14 @@ def hugging_face(model_path: Path, dtype: str, batch: int, phase: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.jax.models.qwen2_5.speed")
     parser.add_argument("--side", choices=["ours", "hf"], required=True)
-    parser.add_argument("--phase", choices=["decode", "prefill"], required=True)
+    parser.add_argument("--phase", choices=["decode", "prefill", "gsm8k"], required=True)
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], required=True)
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
     measure = ours if args.side == "ours" else hugging_face
-    print(json.dumps({"tokens_per_second": measure(args.model_path, args.dtype, args.batch, args.phase)}))
+    unit = "problems_per_minute" if args.phase == "gsm8k" else "tokens_per_second"
+    print(json.dumps({unit: measure(args.model_path, args.dtype, args.batch, args.phase)}))
     return 0
 
 

@@ -28,7 +28,7 @@ from tests.jax.models.qwen2_5.config import QWEN2_5_0_5B, Qwen2Config
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
-from tests.jax.models.qwen2_5.speed import PROMPT_LEN, SHORT
+from tests.jax.models.qwen2_5.speed import GSM8K_NEW_TOKENS, GSM8K_PROBLEMS, PROMPT_LEN, SHORT
 
 pytestmark = pytest.mark.benchmark
 
@@ -91,7 +91,7 @@ def _speed(side: str, phase: str, path: Path, dtype: str, batch: int) -> float:
     args = ["--side", side, "--phase", phase, "--model-path", str(path), "--dtype", dtype, "--batch", str(batch)]
     done = run_cli("tests.jax.models.qwen2_5.speed", *args, timeout=1800)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])["tokens_per_second"]
+    return next(iter(json.loads(done.stdout.strip().splitlines()[-1]).values()))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -129,6 +129,49 @@ def test_prefill_against_hugging_face(dtype, bench_checkpoint, benchmark, report
     ours = benchmark.pedantic(lambda: _speed("ours", "prefill", bench_checkpoint, dtype, 1), rounds=1)
     hf = _speed("hf", "prefill", bench_checkpoint, dtype, 1)
     report.append({"name": f"prefill 512 tokens, {dtype}", "ours": ours, "hf": hf, "ratio": ours / hf, "unit": "tok/s"})
+
+
+def test_gsm8k_throughput_against_hugging_face(bench_checkpoint, benchmark, report):
+    """GSM8K-shaped problems per minute, bfloat16, batches of 8 sorted by length (speed.py): our
+    chunked prefill and cached decode against Hugging Face `generate` batched as
+    lm-evaluation-harness's HF backend batches it."""
+    ours = benchmark.pedantic(lambda: _speed("ours", "gsm8k", bench_checkpoint, "bfloat16", 8), rounds=1)
+    hf = _speed("hf", "gsm8k", bench_checkpoint, "bfloat16", 8)
+    benchmark.extra_info["ratio"] = ours / hf
+    report.append(
+        {
+            "name": f"GSM8K-shaped problems, bfloat16, batch 8 ({GSM8K_PROBLEMS} prompts of 700-1,000 tokens, "
+            f"{GSM8K_NEW_TOKENS} new tokens)",
+            "ours": ours,
+            "hf": hf,
+            "ratio": ours / hf,
+            "unit": "problems/min",
+        }
+    )
+    assert ours >= hf, f"{ours:.1f} problems/minute < Hugging Face {hf:.1f}"
+
+
+def test_prefill_memory_of_4096_tokens_at_batch_8(bench_checkpoint, benchmark, report):
+    """Peak RSS growth of prefilling 8 prompts of 4,096 tokens (bfloat16, one device) over the
+    loaded model, against the checkpoint's size and the compiled steps' own estimate."""
+
+    def run() -> dict:
+        args = ["--model-path", str(bench_checkpoint), "--mesh", "1x1", "--dtype", "bfloat16"]
+        done = run_cli("tests.jax.models.qwen2_5.load_stats", *args, "--prefill-tokens", "4096", "--batch", "8")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["prefill"]
+
+    prefill = benchmark.pedantic(run, rounds=1)
+    report.append(
+        {
+            "name": "prefill 8 x 4,096 tokens, bfloat16: peak RSS growth",
+            "ours": prefill["peak_rss_growth_bytes"] / 2**30,
+            "unit": "GiB",
+            "notes": f"{prefill['over_checkpoint']:.2f}x the 2.0 GB checkpoint; compiled-step estimate "
+            f"{prefill['estimated_bytes'] / 2**30:.2f} GiB",
+        }
+    )
+    assert prefill["peak_rss_growth_bytes"] <= 1.5 * prefill["estimated_bytes"]
 
 
 @pytest.mark.parametrize("mesh_arg", ["2x4", "1x8", "1x32", "8x4"], ids=lambda m: f"mesh_{m}")

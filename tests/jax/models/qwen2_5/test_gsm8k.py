@@ -46,17 +46,6 @@ pytestmark = pytest.mark.push
 
 
 @pytest.fixture(scope="session")
-def gsm8k_dir(pytestconfig: pytest.Config) -> Path:
-    """The GSM8K jsonl files (openai/grade-school-math, MIT) beside the project: ../shared/data/gsm8k."""
-    path = Path(os.environ.get("GSM8K_DATA_DIR") or pytestconfig.rootpath.parent / "shared" / "data" / "gsm8k")
-    if not (path / "test.jsonl").is_file():
-        pytest.skip(
-            f"GSM8K data not found at {path}: set GSM8K_DATA_DIR to a directory with test.jsonl and train.jsonl"
-        )
-    return path
-
-
-@pytest.fixture(scope="session")
 def test_set(gsm8k_dir) -> list[Problem]:
     return read_jsonl(gsm8k_dir / "test.jsonl")
 
