@@ -81,9 +81,8 @@ def write_weights(model: Qwen2ForCausalLM, out_dir: Path, max_shard_bytes: int) 
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     for path, variable in nnx.to_flat_state(nnx.state(model)):
-        name, transposed = hf_name(path)
-        array = np.asarray(jax.device_get(variable[...]))
-        array = np.ascontiguousarray(array.T if transposed else array)
+        name = hf_name(path)
+        array = np.ascontiguousarray(jax.device_get(variable[...]))
         if shards[-1] and size + array.nbytes > max_shard_bytes:
             shards.append({})
             size = 0

@@ -265,18 +265,22 @@ class Generator:
     # --- the compiled steps ----------------------------------------------------------------
 
     def _prefill(self, greedy, state, ids, positions, key_valid, cache, start, key, sampling):
-        """One chunk of the prompt into the cache; the next token from the chunk's last column."""
+        """One chunk of the prompt into the cache; the next token from the chunk's last column,
+        sampled (when not greedy) with the seed's key folded with 0."""
         model = nnx.merge(self.graphdef, state)
         hidden, cache = model.model(ids, positions, key_valid, cache, start)
         logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V): only the column that predicts
-        return next_token(logits, greedy, key, sampling), cache
+        return next_token(logits, greedy, jax.random.fold_in(key, 0), sampling), cache
 
     def _decode(self, greedy, state, tokens, positions, key_valid, cache, start, key, sampling):
+        """One token per row at cache slot `start` (after the prompt, so never 0: the key folded
+        with it differs from prefill's)."""
         model = nnx.merge(self.graphdef, state)
         key_valid = key_valid.at[:, start].set(True)
         hidden, cache = model.model(tokens[:, None], positions[:, None], key_valid, cache, start)
         logits = model.logits(hidden)[:, 0]
-        return next_token(logits, greedy, key, sampling), positions + 1, key_valid, cache
+        tokens = next_token(logits, greedy, jax.random.fold_in(key, start), sampling)
+        return tokens, positions + 1, key_valid, cache
 
     def _score(self, state, ids, positions, key_valid, cache, start):
         """One chunk of a teacher-forced sequence into the cache, with the logits of every column."""
@@ -361,9 +365,10 @@ class Generator:
         for start in range(0, layout.prompt_len, layout.chunk):
             window = slice(start, start + layout.chunk)
             chunk_ids, chunk_positions = self._rows(ids[:, window], positions[:, window])
-            key = jax.random.fold_in(seed_key, 0)
-            tokens, cache = prefill(self.state, chunk_ids, chunk_positions, valid, cache, jnp.int32(start), key, params)
-        tokens_host = np.asarray(tokens)
+            tokens, cache = prefill(
+                self.state, chunk_ids, chunk_positions, valid, cache, np.int32(start), seed_key, params
+            )
+        tokens.block_until_ready()
         prefill_seconds = time.perf_counter() - started
 
         generated: list[list[int]] = [[] for _ in range(layout.rows)]
@@ -372,18 +377,14 @@ class Generator:
         (next_positions,) = self._rows(positions[:, -1] + 1)
         started = time.perf_counter()
         for step in range(max_new_tokens):
-            if step:
-                tokens, next_positions, valid, cache = decode(
-                    self.state,
-                    tokens,
-                    next_positions,
-                    valid,
-                    cache,
-                    jnp.int32(layout.prompt_len + step - 1),
-                    jax.random.fold_in(seed_key, step),
-                    params,
-                )
-                tokens_host = np.asarray(tokens)
+            # The next step is dispatched before this one's tokens are read: the device computes
+            # while the host checks EOS and stop strings (one step is wasted when all rows end).
+            following = None
+            if step + 1 < max_new_tokens:
+                slot = np.int32(layout.prompt_len + step)
+                following = decode(self.state, tokens, next_positions, valid, cache, slot, seed_key, params)
+                _, next_positions, valid, cache = following
+            tokens_host = np.asarray(tokens)
             emitted: list[int | None] = []
             for row in range(layout.rows):
                 if finished[row]:
@@ -395,8 +396,9 @@ class Generator:
                 emitted.append(token)
             if on_tokens is not None:
                 on_tokens(emitted)
-            if all(finished):
+            if all(finished) or following is None:
                 break
+            tokens = following[0]
         decode_seconds = time.perf_counter() - started
         return GenerationResult([list(p) for p in prompts], generated, prefill_seconds, decode_seconds, compile_seconds)
 

@@ -105,30 +105,21 @@ def stored_tensors(files: dict[str, Path]) -> dict[str, StoredTensor]:
     return {name: found[name] for name in files}
 
 
-def hf_name(path: tuple) -> tuple[str, bool]:
-    """The Hugging Face name of a model parameter and whether it is stored transposed.
-
-    The modules mirror Hugging Face's names; only the leaves differ: our (in, out) `kernel`
-    is PyTorch's (out, in) `weight`, and the embedding table is its `weight`.
-    """
-    *modules, leaf = (str(p) for p in path)
-    if leaf == "kernel":
-        return ".".join([*modules, "weight"]), True
-    if leaf == "embedding":
-        return ".".join([*modules, "weight"]), False
-    return ".".join([*modules, leaf]), False
+def hf_name(path: tuple) -> str:
+    """The Hugging Face name of a model parameter: the modules and leaves mirror Hugging Face's
+    names and layouts one to one."""
+    return ".".join(str(p) for p in path)
 
 
 @contextmanager
-def _open_tensor(file: Path, name: str, transposed: bool, dtype: jnp.dtype) -> Iterator[RegionReader]:
-    """Region reads of one tensor, in this package's layout, memory-mapped only while open.
-    A region holding NaN or infinity is refused: checked where it is read, so at no extra pass
-    over the files."""
+def _open_tensor(file: Path, name: str, dtype: jnp.dtype) -> Iterator[RegionReader]:
+    """Region reads of one tensor, memory-mapped only while open. A region holding NaN or
+    infinity is refused: checked where it is read, so at no extra pass over the files."""
     with _opened(file) as handle:
         tensor = handle.get_slice(name)
 
         def read(index: tuple[slice, ...]) -> np.ndarray:
-            region = tensor[index[1], index[0]].T if transposed else tensor[index]
+            region = tensor[index]
             if not np.isfinite(region).all():
                 raise CheckpointError(f"{name} in {file} holds NaN or infinite values: the checkpoint is corrupt")
             return np.ascontiguousarray(region, dtype=dtype)
@@ -143,9 +134,7 @@ def check_checkpoint(model_dir: str | Path, cfg: Qwen2Config) -> dict[str, Path]
     abstract = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0)))
     wanted: dict[str, tuple[int, ...]] = {}
     for path, variable in nnx.to_flat_state(nnx.state(abstract)):
-        name, transposed = hf_name(path)
-        shape = tuple(variable.shape)
-        wanted[name] = shape[::-1] if transposed else shape
+        wanted[hf_name(path)] = tuple(variable.shape)
     missing = sorted(set(wanted) - set(files))
     unexpected = sorted(set(files) - set(wanted))
     if missing:
@@ -182,8 +171,8 @@ def load_model(
     files = check_checkpoint(model_dir, cfg)
 
     def source(path: tuple):
-        name, transposed = hf_name(path)
-        return _open_tensor(files[name], name, transposed, dtype)
+        name = hf_name(path)
+        return _open_tensor(files[name], name, dtype)
 
     if mesh is None:
         device = SingleDeviceSharding(jax.devices()[0])

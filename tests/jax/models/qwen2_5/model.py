@@ -1,7 +1,8 @@
 """Qwen2.5 in Flax NNX, with the numerics of Hugging Face `modeling_qwen2`.
 
 Shapes: B batch, T query tokens, S key tokens, D hidden, K KV heads, G queries per KV head,
-H head_dim, F MLP width, V vocabulary. Weights are stored (in, out) for `x @ W`.
+H head_dim, F MLP width, V vocabulary. Weights are stored (out, in), as PyTorch and the
+checkpoints store them: loading transposes nothing, and XLA:CPU streams them fastest (_dense).
 
 Numerics follow the PyTorch reference so that float32 matches to rounding and bfloat16 to
 the same cast points: matmuls accumulate in float32 and round once (as PyTorch's CPU GEMM
@@ -29,51 +30,76 @@ def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
 
 
-def _dense(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-    """`_matmul` of activations (B, T, ...) against a weight matrix.
+# Rows (batch x tokens) per device up to which a product with a weight is a stream over the
+# weight (a decode step) rather than a GEMM (a prefill chunk).
+FEW_ROWS = 16
 
-    XLA:CPU has no bfloat16 matrix-vector kernel: with one row per device it converts the
-    whole weight to float32 on every call (2.6 GB/s, and a float32 copy of the weights as
-    temporary memory), while two rows (bfloat16 in, float32 accumulation) read it at 31 GB/s,
-    measured on a 2-core host. A decode step with one row per device therefore gets a zero
-    second token; the real rows are unchanged.
+
+def _dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x (B, T, in) times a weight stored (out, in), as PyTorch stores it -> (B, T, out), accumulated
+    in float32 (the caller rounds once). Many rows: one GEMM on every platform. Few rows on
+    XLA:CPU: `_few_rows_on_cpu`; other compilers get the plain product."""
+    if rows_per_device(x) > FEW_ROWS:
+        return _matmul(x, w, "bti,oi->bto")
+    return jax.lax.platform_dependent(x, w, cpu=_few_rows_on_cpu, default=lambda x, w: _matmul(x, w, "bti,oi->bto"))
+
+
+def _few_rows_on_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
+    """A decode step's product on XLA:CPU, whose matrix library (YNNPACK) reads the weight in place
+    only in one form (measured on 2-core hosts, README "Performance"):
+
+    - the weight is the dot's left operand, contracted on its contiguous axis, and the small
+      (out, rows) result reaches its transpose through an optimization barrier: otherwise XLA
+      folds the transpose into the dot, YNNPACK repacks the weight on every call and reads
+      bfloat16 at 6-9 GB/s instead of 18-32 with AMX (float32 at batch 8: 7-9 instead of 14-21);
+    - YNNPACK takes no matrix-vector products: with one bfloat16 row per device XLA's own kernel
+      converts the whole weight to float32 on every call (1.7 GB/s, and a float32 copy of the
+      weights), so a zero second row is added; the real row is unchanged.
+
+    On CPUs without bfloat16 instructions (AVX2 only) this form is compute-bound at 7.5-9 GB/s:
+    YNNPACK's kernels there vectorize over 8 columns and a decode step fills 2. README
+    "Performance" lists the alternatives measured; none was faster through a whole step.
     """
-    if x.dtype != jnp.bfloat16 or rows_per_device(x) != 1:
-        return _matmul(x, w, spec)
-    return _matmul(jnp.concatenate([x, jnp.zeros_like(x)], axis=1), w, spec)[:, :1]
+    one_row = x.dtype == jnp.bfloat16 and rows_per_device(x) == 1
+    if one_row:
+        x = jnp.concatenate([x, jnp.zeros_like(x)], axis=1)
+    y = jax.lax.dot_general(w, x, (((1,), (2,)), ((), ())), preferred_element_type=jnp.float32)  # (out, B, T)
+    y = jnp.transpose(jax.lax.optimization_barrier(y), (1, 2, 0))  # (B, T, out)
+    return y[:, :1] if one_row else y
 
 
 class Linear(nnx.Module):
     def __init__(
         self, in_features: int, out_features: int, *, axes: Axes, use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs
     ):
-        self.kernel = nnx.Param(_INIT(rngs.params(), (in_features, out_features), dtype), axes=tuple(axes))
-        self.bias = nnx.Param(jnp.zeros((out_features,), dtype), axes=(axes[1],)) if use_bias else None
-        self.out_axis = axes[1]
+        """`axes`: the logical axes of the weight, (out, in)."""
+        self.weight = nnx.Param(_INIT(rngs.params(), (out_features, in_features), dtype), axes=tuple(axes))
+        self.bias = nnx.Param(jnp.zeros((out_features,), dtype), axes=(axes[0],)) if use_bias else None
+        self.out_axis = axes[0]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, T, in) -> (B, T, out)."""
-        y = _dense(x, self.kernel[...], "bti,io->bto")
+        y = _dense(x, self.weight[...])
         # A row-parallel layer's partial sums are all-reduced here, still in float32, so a mesh
         # rounds the full sum once, exactly where the single device does.
         y = constrain(y, ("batch", None, self.out_axis))
         if self.bias is not None:
             # The bias joins the float32 accumulator before the single rounding, as addmm does.
             y = y + self.bias[...].astype(jnp.float32)
-        return y.astype(self.kernel.dtype)
+        return y.astype(self.weight.dtype)
 
 
 class Embedding(nnx.Module):
     def __init__(self, vocab_size: int, features: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.embedding = nnx.Param(_INIT(rngs.params(), (vocab_size, features), dtype), axes=("vocab", "embed"))
+        self.weight = nnx.Param(_INIT(rngs.params(), (vocab_size, features), dtype), axes=("vocab", "embed"))
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0)  # (B, T) -> (B, T, D)
+        return jnp.take(self.weight[...], ids, axis=0)  # (B, T) -> (B, T, D)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        """Logits against the embedding table, for tied lm_heads."""
-        table = self.embedding[...]
-        return constrain(_dense(x, table, "btd,vd->btv").astype(table.dtype), ("batch", None, "vocab"))
+        """Logits against the embedding table, for tied lm_heads: (B, T, D) -> (B, T, V)."""
+        table = self.weight[...]  # (V, D): already a weight stored (out, in)
+        return constrain(_dense(x, table).astype(table.dtype), ("batch", None, "vocab"))
 
 
 class RMSNorm(nnx.Module):
@@ -138,10 +164,10 @@ class Attention(nnx.Module):
         q_width, kv_width = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         # Column-parallel q/k/v and row-parallel o_proj: each device computes whole heads.
         common = {"dtype": dtype, "rngs": rngs}
-        self.q_proj = Linear(cfg.hidden_size, q_width, axes=("embed", "q_heads"), use_bias=True, **common)
-        self.k_proj = Linear(cfg.hidden_size, kv_width, axes=("embed", "kv_heads"), use_bias=True, **common)
-        self.v_proj = Linear(cfg.hidden_size, kv_width, axes=("embed", "kv_heads"), use_bias=True, **common)
-        self.o_proj = Linear(q_width, cfg.hidden_size, axes=("q_heads", "embed"), use_bias=False, **common)
+        self.q_proj = Linear(cfg.hidden_size, q_width, axes=("q_heads", "embed"), use_bias=True, **common)
+        self.k_proj = Linear(cfg.hidden_size, kv_width, axes=("kv_heads", "embed"), use_bias=True, **common)
+        self.v_proj = Linear(cfg.hidden_size, kv_width, axes=("kv_heads", "embed"), use_bias=True, **common)
+        self.o_proj = Linear(q_width, cfg.hidden_size, axes=("embed", "q_heads"), use_bias=False, **common)
 
     def __call__(
         self,
@@ -186,9 +212,9 @@ class MLP(nnx.Module):
     def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
         # Column-parallel gate/up and row-parallel down: the MLP width never leaves its device.
         common = {"use_bias": False, "dtype": dtype, "rngs": rngs}
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, axes=("embed", "mlp"), **common)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, axes=("embed", "mlp"), **common)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, axes=("mlp", "embed"), **common)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, axes=("mlp", "embed"), **common)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, axes=("mlp", "embed"), **common)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, axes=("embed", "mlp"), **common)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         gate = self.gate_proj(x)  # (B, T, F)
@@ -260,7 +286,7 @@ class Qwen2ForCausalLM(nnx.Module):
             None
             if cfg.tie_word_embeddings
             else Linear(
-                cfg.hidden_size, cfg.vocab_size, axes=("embed", "vocab"), use_bias=False, dtype=dtype, rngs=rngs
+                cfg.hidden_size, cfg.vocab_size, axes=("vocab", "embed"), use_bias=False, dtype=dtype, rngs=rngs
             )
         )
 

@@ -106,7 +106,7 @@ _ROLE_ORDER = (
 
 
 def _role(path: tuple) -> str:
-    """'layers.q_proj.kernel' for every layer's q_proj kernel, the module path otherwise."""
+    """'layers.q_proj.weight' for every layer's q_proj weight, the module path otherwise."""
     names = [str(p) for p in path if not str(p).isdigit()]
     return "layers." + ".".join(names[-2:]) if "layers" in names else ".".join(names[-2:])
 

@@ -1,7 +1,7 @@
 """One speed measurement in a fresh process: ours or Hugging Face, decode, prefill or GSM8K.
 
     python -m tests.jax.models.qwen2_5.speed --side ours|hf --phase decode|prefill|gsm8k
-        --model-path DIR --dtype float32|bfloat16 --batch B
+        --model-path DIR --dtype float32|bfloat16 --batch B [--cpu-class native|avx2]
 
 Prints {"tokens_per_second": ...} (gsm8k: {"problems_per_minute": ...}). One process per
 measurement: PyTorch's OpenMP threads keep spinning after its work and XLA's pool does the
@@ -23,6 +23,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from tests.infra.cpu_class import emulate_avx2_only
 
 SHORT, LONG, PROMPT_LEN, PREFILL_LEN = 8, 40, 32, 512
 GSM8K_PROBLEMS, GSM8K_NEW_TOKENS = 16, 64
@@ -125,7 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], required=True)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--cpu-class",
+        choices=["native", "avx2"],
+        default="native",
+        help="avx2: pick kernels as an AVX2-only CPU would (tests/infra/cpu_class.py)",
+    )
     args = parser.parse_args(argv)
+    if args.cpu_class == "avx2":
+        emulate_avx2_only()
     measure = ours if args.side == "ours" else hugging_face
     unit = "problems_per_minute" if args.phase == "gsm8k" else "tokens_per_second"
     print(json.dumps({unit: measure(args.model_path, args.dtype, args.batch, args.phase)}))

@@ -125,15 +125,15 @@ ParamSource = Callable[[tuple], AbstractContextManager[RegionReader]]
 
 def head_axis(path: tuple, plan: HeadPlan) -> tuple[int, np.ndarray] | None:
     """For a parameter whose heads `plan` rearranges: the head axis and, per padded head, the
-    original head it holds (-1: zeros). None for every other parameter."""
+    original head it holds (-1: zeros). None for every other parameter. Weights are (out, in):
+    q/k/v hold heads on their output axis (as do their biases), o_proj on its input axis."""
     module, leaf = str(path[-2]), str(path[-1])
-    last = 1 if leaf == "kernel" else 0
     if module == "q_proj":
-        return last, plan.query_sources()
-    if module in ("k_proj", "v_proj"):
-        return last, plan.kv_sources()
-    if module == "o_proj" and leaf == "kernel":
         return 0, plan.query_sources()
+    if module in ("k_proj", "v_proj"):
+        return 0, plan.kv_sources()
+    if module == "o_proj" and leaf == "weight":
+        return 1, plan.query_sources()
     return None
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from jax.sharding import NamedSharding
 
 from tests.infra.cli import run_cli
@@ -144,6 +145,26 @@ def test_cached_decode_equals_full_recompute(preset, mesh, dut, model_for, recor
     recomputed = np.asarray(model(full.input_ids, full.positions, full.attention_mask))
     for i, logits in enumerate(cached):
         np.testing.assert_allclose(logits, recomputed[:, prompt_len - 1 + i], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_cpu_decode_path_stays_on_the_cpu(model_for, platform):
+    """A one-token bfloat16 forward (a decode step's products) exported for another platform
+    carries none of model._few_rows_on_cpu: no zero second row, no optimization barrier, every
+    product on the single real row. (Exported without that platform's hardware; the TT
+    compile-only suite checks the TTNN graph itself.)"""
+    model = model_for(dtype="bfloat16")
+    graph, state = nnx.split(model)
+
+    def forward(state, ids, positions, mask):
+        return nnx.merge(graph, state)(ids, positions, mask)
+
+    args = (state, jnp.ones((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool))
+    texts = {p: jax.export.export(jax.jit(forward), platforms=[p])(*args).mlir_module() for p in ("cpu", platform)}
+    assert "optimization_barrier" in texts["cpu"]  # the CPU path is really taken on the CPU
+    assert "optimization_barrier" not in texts[platform]
+    dots = [line for line in texts[platform].splitlines() if "stablehlo.dot_general" in line]
+    assert dots and not any("tensor<1x2x" in line or "tensor<2x" in line for line in dots)
 
 
 def test_compiles_once_per_shape_bucket(model_for):

@@ -122,7 +122,7 @@ def test_parallel_projection(projection, input_spec, mesh, golden_model, dut, re
     golden = golden_model("gqa28x4")
     sharded = shard_model(golden, mesh)
     module, sharded_module = (getattr(m.model.layers[0].mlp, projection) for m in (golden, sharded))
-    x = activations(module.kernel.shape[0])
+    x = activations(module.weight.shape[1])
     kind = "column_parallel" if projection == "gate_proj" else "row_parallel"
     run_equivalence(
         module, sharded_module, (x,), (input_spec,), mesh, dut, OP_TOLERANCE, ALL_REDUCES[kind], record_property
@@ -210,11 +210,11 @@ def test_weights_are_laid_out_as_planned(preset, mesh, golden_model):
     layer = shard_model(golden, mesh).model.layers[0]
     hd, d = cfg.head_dim, cfg.hidden_size
     expected = [
-        (layer.self_attn.q_proj.kernel, (d, heads.query_heads_per_device * hd)),
-        (layer.self_attn.k_proj.kernel, (d, tp_cfg.num_kv_heads // m * hd)),
-        (layer.self_attn.o_proj.kernel, (heads.query_heads_per_device * hd, d)),
-        (layer.mlp.up_proj.kernel, (d, cfg.intermediate_size // m)),
-        (layer.mlp.down_proj.kernel, (cfg.intermediate_size // m, d)),
+        (layer.self_attn.q_proj.weight, (heads.query_heads_per_device * hd, d)),
+        (layer.self_attn.k_proj.weight, (tp_cfg.num_kv_heads // m * hd, d)),
+        (layer.self_attn.o_proj.weight, (d, heads.query_heads_per_device * hd)),
+        (layer.mlp.up_proj.weight, (cfg.intermediate_size // m, d)),
+        (layer.mlp.down_proj.weight, (d, cfg.intermediate_size // m)),
         (layer.input_layernorm.weight, (d,)),
     ]
     for param, local_shape in expected:
@@ -337,7 +337,7 @@ def wide_golden():
     def randomize(path, x):
         noise = jax.random.normal(next(keys), x.shape, jnp.float32)
         leaf = str(path[-1].key if hasattr(path[-1], "key") else path[-1])
-        if leaf == "weight":  # norms
+        if leaf == "weight" and x.ndim == 1:  # norms
             return (1.0 + 0.1 * noise).astype(x.dtype)
         return (0.1 * noise if leaf == "bias" else 0.03 * noise).astype(x.dtype)
 
