@@ -28,7 +28,7 @@ BF16_NATIVE = "AVX-512 with bfloat16 instructions"
 # pytorch/cpuinfo's `struct cpuinfo_x86_isa` on x86-64: one bool per feature, in the order of
 # its header. The fields cleared are avxvnni and everything from avx512f to avx_ne_convert.
 _ISA_TABLE_SIZE = 85
-_ISA_AVX2, _ISA_AVXVNNI, _ISA_AVX512F, _ISA_AVX_NE_CONVERT = 28, 23, 29, 55
+_ISA_AVX2, _ISA_AVXVNNI, _ISA_AVX512F, _ISA_AMX_BF16, _ISA_AVX_NE_CONVERT = 28, 23, 29, 49, 55
 
 _emulated = False
 

@@ -20,8 +20,8 @@ import json, sys
 import numpy as np
 emulate = sys.argv[1] == "avx2"
 if emulate:
-    from tests.infra.cpu_class import emulate_avx2_only, _jaxlib_isa_table, host_class
-    emulate_avx2_only()
+    from tests.infra import cpu_class
+    cpu_class.emulate_avx2_only()
 from tests.infra.devices import configure_jax
 configure_jax(cpu_devices=1)  # CPU only: an installed TT plugin stays out of this process
 import jax, jax.numpy as jnp
@@ -30,8 +30,9 @@ x = jnp.asarray(np.random.default_rng(1).standard_normal((256, 2)), jnp.bfloat16
 y = jax.jit(lambda w, x: jnp.dot(w, x, preferred_element_type=jnp.float32))(w, x)
 report = {"y": np.asarray(y).ravel().tolist()}
 if emulate:
-    table = _jaxlib_isa_table()
-    report |= {"avx2": table[28], "avx512f": table[29], "amx_bf16": table[49], "class": host_class()["class"]}
+    table = cpu_class._jaxlib_isa_table()
+    fields = {"avx2": cpu_class._ISA_AVX2, "avx512f": cpu_class._ISA_AVX512F, "amx_bf16": cpu_class._ISA_AMX_BF16}
+    report |= {name: table[field] for name, field in fields.items()} | {"class": cpu_class.host_class()["class"]}
 print(json.dumps(report))
 """
 

@@ -40,8 +40,12 @@ def _dense(x: jax.Array, w: jax.Array) -> jax.Array:
     in float32 (the caller rounds once). Many rows: one GEMM on every platform. Few rows on
     XLA:CPU: `_few_rows_on_cpu`; other compilers get the plain product."""
     if rows_per_device(x) > FEW_ROWS:
-        return _matmul(x, w, "bti,oi->bto")
-    return jax.lax.platform_dependent(x, w, cpu=_few_rows_on_cpu, default=lambda x, w: _matmul(x, w, "bti,oi->bto"))
+        return _product(x, w)
+    return jax.lax.platform_dependent(x, w, cpu=_few_rows_on_cpu, default=_product)
+
+
+def _product(x: jax.Array, w: jax.Array) -> jax.Array:
+    return _matmul(x, w, "bti,oi->bto")  # (B, T, in) x (out, in) -> (B, T, out)
 
 
 def _few_rows_on_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
