@@ -12,13 +12,17 @@ are float32, attention softmax is float32.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
+from tests.jax.models.qwen2_5 import streaming_matmul
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.partitioning import Axes, constrain, rows_per_device
+from tests.jax.models.qwen2_5.partitioning import LOGICAL_RULES, Axes, constrain, logical_to_spec, rows_per_device
 
 _INIT = jax.nn.initializers.normal(0.02)
 RESIDUAL = ("batch", None, "embed")
@@ -35,17 +39,50 @@ def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
 FEW_ROWS = 16
 
 
-def _dense(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x (B, T, in) times a weight stored (out, in), as PyTorch stores it -> (B, T, out), accumulated
-    in float32 (the caller rounds once). Many rows: one GEMM on every platform. Few rows on
-    XLA:CPU: `_few_rows_on_cpu`; other compilers get the plain product."""
+def _dense(x: jax.Array, w: jax.Array, axes: Axes) -> jax.Array:
+    """x (B, T, in) times a weight stored (out, in), as PyTorch stores it, with logical `axes`
+    -> (B, T, out), accumulated in float32 (the caller rounds once). Many rows: one GEMM on every
+    platform. Few rows on XLA:CPU: bfloat16 on a CPU without bfloat16 instructions goes to
+    `_streamed` (streaming_matmul.faster_here), the rest to `_few_rows_on_cpu`; other compilers
+    get the plain product."""
     if rows_per_device(x) > FEW_ROWS:
         return _product(x, w)
-    return jax.lax.platform_dependent(x, w, cpu=_few_rows_on_cpu, default=_product)
+    if x.dtype == jnp.bfloat16 and streaming_matmul.faster_here():
+        cpu = functools.partial(_streamed, axes=tuple(axes))
+    else:
+        cpu = _few_rows_on_cpu
+    return jax.lax.platform_dependent(x, w, cpu=cpu, default=_product)
 
 
 def _product(x: jax.Array, w: jax.Array) -> jax.Array:
     return _matmul(x, w, "bti,oi->bto")  # (B, T, in) x (out, in) -> (B, T, out)
+
+
+def _streamed(x: jax.Array, w: jax.Array, *, axes: Axes) -> jax.Array:
+    """The product by streaming_matmul's kernel, on each device's blocks: a custom call has no
+    partitioning rule, and the partitioner would gather the whole weight onto every device. A
+    weight split on its input axis (row-parallel) yields float32 partial sums, all-reduced here
+    before the caller's single rounding, as the partitioner does for `_product`."""
+
+    def per_device(x: jax.Array, w: jax.Array, split_axis: str | None = None) -> jax.Array:
+        y = streaming_matmul.streamed_product(x.reshape(-1, x.shape[-1]), w)  # (B*T, out)
+        y = y.reshape(*x.shape[:2], w.shape[0])  # (B, T, out)
+        return y if split_axis is None else jax.lax.psum(y, split_axis)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return per_device(x, w)
+    weight_spec = logical_to_spec(axes)
+    out_axis, in_axis = weight_spec
+    # A batch the mesh's batch axis does not divide (one sequence on 2x4) is computed whole by
+    # every group, as the partitioner replicates it.
+    batch_axis = LOGICAL_RULES["batch"]
+    batch = batch_axis if x.shape[0] % dict(mesh.shape).get(batch_axis, 1) == 0 else None
+    return jax.shard_map(
+        functools.partial(per_device, split_axis=in_axis),
+        in_specs=(P(batch, None, in_axis), weight_spec),
+        out_specs=P(batch, None, out_axis),
+    )(x, w)
 
 
 def _few_rows_on_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -60,9 +97,8 @@ def _few_rows_on_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
       converts the whole weight to float32 on every call (1.7 GB/s, and a float32 copy of the
       weights), so a zero second row is added; the real row is unchanged.
 
-    On CPUs without bfloat16 instructions (AVX2 only) this form is compute-bound at 7.5-9 GB/s:
-    YNNPACK's kernels there vectorize over 8 columns and a decode step fills 2. README
-    "Performance" lists the alternatives measured; none was faster through a whole step.
+    On CPUs without bfloat16 instructions this form is compute-bound at 7.5-9 GB/s, so bfloat16
+    goes to `_streamed` there.
     """
     one_row = x.dtype == jnp.bfloat16 and rows_per_device(x) == 1
     if one_row:
@@ -79,14 +115,14 @@ class Linear(nnx.Module):
         """`axes`: the logical axes of the weight, (out, in)."""
         self.weight = nnx.Param(_INIT(rngs.params(), (out_features, in_features), dtype), axes=tuple(axes))
         self.bias = nnx.Param(jnp.zeros((out_features,), dtype), axes=(axes[0],)) if use_bias else None
-        self.out_axis = axes[0]
+        self.axes = tuple(axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, T, in) -> (B, T, out)."""
-        y = _dense(x, self.weight[...])
+        y = _dense(x, self.weight[...], self.axes)
         # A row-parallel layer's partial sums are all-reduced here, still in float32, so a mesh
         # rounds the full sum once, exactly where the single device does.
-        y = constrain(y, ("batch", None, self.out_axis))
+        y = constrain(y, ("batch", None, self.axes[0]))
         if self.bias is not None:
             # The bias joins the float32 accumulator before the single rounding, as addmm does.
             y = y + self.bias[...].astype(jnp.float32)
@@ -103,7 +139,7 @@ class Embedding(nnx.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the embedding table, for tied lm_heads: (B, T, D) -> (B, T, V)."""
         table = self.weight[...]  # (V, D): already a weight stored (out, in)
-        return constrain(_dense(x, table).astype(table.dtype), ("batch", None, "vocab"))
+        return constrain(_dense(x, table, ("vocab", "embed")).astype(table.dtype), ("batch", None, "vocab"))
 
 
 class RMSNorm(nnx.Module):

@@ -23,10 +23,19 @@ from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 from tests.jax.models.qwen2_5.config import ConfigError, Qwen2Config
 from tests.jax.models.qwen2_5.generation import PREFILL_CHUNK, GenerationError, Generator
 from tests.jax.models.qwen2_5.loader import CheckpointError, check_checkpoint, load_model
+from tests.jax.models.qwen2_5.streaming_matmul import KernelBuildError, prepare_kernel
 from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, abstract_model
 
 # What a user can get wrong; the command lines print these as one line and exit 2.
-EXPECTED_ERRORS = (ConfigError, CheckpointError, MeshError, TensorParallelError, GenerationError, ClusterError)
+EXPECTED_ERRORS = (
+    ConfigError,
+    CheckpointError,
+    MeshError,
+    TensorParallelError,
+    GenerationError,
+    ClusterError,
+    KernelBuildError,
+)
 
 
 def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[int]:
@@ -104,7 +113,8 @@ def configure_for(
     cluster_timeout: float = DEFAULT_TIMEOUT,
 ) -> MeshShape:
     """Parse a mesh and, before JAX starts, ask for the simulated CPU devices it needs; with a
-    coordinator, join a multi-process run in which each process holds its share of them."""
+    coordinator, join a multi-process run in which each process holds its share of them. Builds
+    the CPU decode kernel where it is used, so a missing compiler is reported before any work."""
     shape = MeshShape.parse(mesh)
     check_cluster(coordinator, num_processes, process_id, cluster_timeout)
     if coordinator is None:
@@ -113,6 +123,7 @@ def configure_for(
         raise ClusterError(f"mesh {shape} ({shape.size} devices) does not split evenly over {num_processes} processes")
     else:
         join_cluster(coordinator, num_processes, process_id, shape.size // num_processes, cluster_timeout)
+    prepare_kernel()
     return shape
 
 

@@ -1,0 +1,167 @@
+// y (M, N) = x (M, K) times w (N, K) transposed, bfloat16 operands accumulated in float32, for few
+// rows M: a decode step's product streamed once from a weight stored (out, in). Why it exists:
+// streaming_matmul.py.
+//
+// bfloat16 values widen to float32 exactly and their products are exact in float32, so the result
+// differs from any other float32-accumulating GEMM only in summation order. Built with AVX2 and
+// FMA; the Python side loads it only on such CPUs.
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Eight weights from k on: a bfloat16 is the upper half of a float32.
+inline __m256 load8(const uint16_t* w) {
+  __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+}
+inline float widen(uint16_t w) { return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128(int32_t(w) << 16))); }
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// How far ahead of each row's cursor to prefetch, in weights. One core keeps too few cache misses
+// in flight to stream at memory speed by itself, and the hardware prefetcher starts over on every
+// row: 4 KB page boundaries stop it and it needs a few lines to ramp up. A row shorter than a page
+// (0.5B's 896 bfloat16s) is therefore prefetched at the same position NB rows on, in the next
+// block; a longer row 1 KB ahead within itself. Measured on 2-core hosts, README "Performance":
+// 896-wide bfloat16 rows went from 14 to 21 GB/s, 4864-wide from 20 to 25.
+template <int NB>
+int64_t prefetch_ahead(int64_t K) {
+  return K * 2 < 4096 ? NB * K : 512;
+}
+
+// NB weight rows against MB rows of x (float32), all of K: NB*MB accumulators stay in registers
+// (at most 8 of the 16 ymm), and each weight vector is widened once per pass over the MB rows.
+template <int NB, int MB>
+void block(const float* x, int64_t K, const uint16_t* w, float* y, int64_t N) {
+  const int64_t ahead = prefetch_ahead<NB>(K);
+  __m256 acc[MB][NB];
+  for (int m = 0; m < MB; ++m)
+    for (int j = 0; j < NB; ++j) acc[m][j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 wv[NB];
+    for (int j = 0; j < NB; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + j * K + k + ahead), _MM_HINT_T0);
+      wv[j] = load8(w + j * K + k);
+    }
+    for (int m = 0; m < MB; ++m) {
+      __m256 xv = _mm256_loadu_ps(x + m * K + k);
+      for (int j = 0; j < NB; ++j) acc[m][j] = _mm256_fmadd_ps(wv[j], xv, acc[m][j]);
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    for (int j = 0; j < NB; ++j) {
+      float sum = hsum(acc[m][j]);
+      for (int64_t t = k; t < K; ++t) sum += widen(w[j * K + t]) * x[m * K + t];
+      y[m * N + j] = sum;
+    }
+  }
+}
+
+template <int NB>
+void rows_of_x(const float* x, int64_t M, int64_t K, const uint16_t* w, float* y, int64_t N) {
+  constexpr int kMaxRows = NB == 4 ? 2 : 4;  // NB * rows <= 8 accumulators
+  for (int64_t m = 0; m < M; m += kMaxRows) {
+    const float* xm = x + m * K;
+    float* ym = y + m * N;
+    switch (std::min<int64_t>(kMaxRows, M - m)) {
+      case 1: block<NB, 1>(xm, K, w, ym, N); break;
+      case 2: block<NB, 2>(xm, K, w, ym, N); break;
+      case 3: if constexpr (kMaxRows >= 3) block<NB, 3>(xm, K, w, ym, N); break;
+      case 4: if constexpr (kMaxRows >= 4) block<NB, 4>(xm, K, w, ym, N); break;
+    }
+  }
+}
+
+// Weight rows [n0, n1): four at a time when x has one or two rows (more independent streams and
+// accumulator chains), two at a time otherwise (each widened weight serves up to four rows).
+void weight_rows(const float* x, int64_t M, int64_t K, const uint16_t* w, float* y, int64_t N, int64_t n0,
+                 int64_t n1) {
+  const int64_t nb = M <= 2 ? 4 : 2;
+  int64_t n = n0;
+  for (; n + nb <= n1; n += nb) {
+    if (nb == 4) rows_of_x<4>(x, M, K, w + n * K, y + n, N);
+    else rows_of_x<2>(x, M, K, w + n * K, y + n, N);
+  }
+  for (; n < n1; ++n) rows_of_x<1>(x, M, K, w + n * K, y + n, N);
+}
+
+// The weight rows are cut into chunks that the calling thread and XLA's intra-op pool take from
+// one counter. The caller never waits on a task that has not started (the pool's threads may all
+// be busy with other devices' work on a simulated mesh): it takes chunks itself until none are
+// left and then waits only for chunks already being computed.
+struct Chunks {
+  std::atomic<int64_t> next{0};
+  int64_t count = 0;
+  int64_t done = 0;
+  std::mutex mu;
+  std::condition_variable all_done;
+
+  template <typename F>
+  void run(F&& work) {
+    int64_t mine = 0;
+    for (int64_t c; (c = next.fetch_add(1)) < count; ++mine) work(c);
+    std::lock_guard<std::mutex> lock(mu);
+    done += mine;
+    if (done == count) all_done.notify_all();
+  }
+};
+
+constexpr int64_t kChunkBytes = 256 * 1024;
+
+void matmul(const float* x, int64_t M, int64_t K, const uint16_t* w, float* y, int64_t N, ffi::ThreadPool& pool) {
+  const int64_t rows = std::max<int64_t>(4, kChunkBytes / (K * 2) / 4 * 4);
+  auto chunks = std::make_shared<Chunks>();
+  chunks->count = (N + rows - 1) / rows;
+  auto work = [=](int64_t c) { weight_rows(x, M, K, w, y, N, c * rows, std::min(N, (c + 1) * rows)); };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks->count - 1);
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([chunks, work] { chunks->run(work); });
+  chunks->run(work);
+  std::unique_lock<std::mutex> lock(chunks->mu);
+  chunks->all_done.wait(lock, [&] { return chunks->done == chunks->count; });
+}
+
+ffi::Error StreamingMatmul(ffi::ThreadPool pool, ffi::BufferR2<ffi::BF16> x, ffi::BufferR2<ffi::BF16> w,
+                           ffi::Result<ffi::BufferR2<ffi::F32>> y) {
+  const int64_t M = x.dimensions()[0], K = x.dimensions()[1], N = w.dimensions()[0];
+  if (w.dimensions()[1] != K) return ffi::Error::InvalidArgument("streaming_matmul: x (M, K) and w (N, K) differ in K");
+  if (M == 0 || N == 0) return ffi::Error::Success();
+  if (K == 0) {
+    std::fill_n(y->typed_data(), M * N, 0.0f);
+    return ffi::Error::Success();
+  }
+  // x is small (M rows): widened once here, it is then read from cache for every weight row. The
+  // buffer lives on this thread, which waits until every chunk has been computed.
+  thread_local std::vector<float> widened;
+  widened.resize(M * K);
+  const uint16_t* xb = reinterpret_cast<const uint16_t*>(x.untyped_data());
+  for (int64_t i = 0; i < M * K; ++i) widened[i] = widen(xb[i]);
+  matmul(widened.data(), M, K, reinterpret_cast<const uint16_t*>(w.untyped_data()), y->typed_data(), N, pool);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(qwen2_5_streaming_matmul, StreamingMatmul,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::BufferR2<ffi::BF16>>()
+                                  .Arg<ffi::BufferR2<ffi::BF16>>()
+                                  .Ret<ffi::BufferR2<ffi::F32>>());

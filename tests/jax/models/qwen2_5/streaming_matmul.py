@@ -1,0 +1,138 @@
+"""A decode step's bfloat16 product on x86-64 CPUs without bfloat16 instructions, at memory speed.
+
+With few rows per device a product with a weight is a stream over the weight, and its speed is
+the speed at which the weight is read. On CPUs without bfloat16 instructions (AVX2 only) XLA:CPU's
+matrix library (YNNPACK) reads a bfloat16 weight at 7.5-10 GB/s, compute-bound: its kernels
+vectorize over 8 columns and a decode step fills 2. No form of the product that XLA accepts
+streams faster (README "Performance" lists the forms measured). `streaming_matmul.cc` widens each
+bfloat16 with a shift, accumulates in float32 with FMA, splits the weight's rows over XLA's
+intra-op threads and prefetches ahead of each row: 19-27 GB/s on the 0.5B shapes, 2 cores.
+
+Where the CPU has bfloat16 dot instructions (AVX512_BF16, AMX) YNNPACK's own kernels read
+22-30 GB/s, faster than this kernel, so it is not used there (`faster_here`).
+
+It is built with the host's C++ compiler on first use (a few seconds) and cached by the hash of
+its source, flags and jaxlib version, so an upgrade rebuilds it. Registered for XLA:CPU only:
+other platforms never see the custom call (model._dense branches on the platform).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+_SOURCE = Path(__file__).with_suffix(".cc")
+TARGET = "qwen2_5_streaming_matmul"
+_FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC")
+
+
+class KernelBuildError(RuntimeError):
+    """The host cannot build the CPU decode kernel."""
+
+
+# XLA:CPU's `--xla_cpu_max_isa` values below AVX-512: with one of them XLA emits no AVX-512.
+_BELOW_AVX512 = {"SSE4_2", "AVX", "AVX2"}
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them; empty where it does not (not Linux, not x86)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return frozenset()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), []))
+
+
+def runs_here() -> bool:
+    """The kernel's instructions, AVX2 and FMA, are on this CPU."""
+    return {"avx2", "fma"} <= _cpu_flags()
+
+
+def streams_faster(cpu_flags: frozenset[str], xla_flags: str) -> bool:
+    """Whether the kernel runs on a CPU with `cpu_flags` and reads bfloat16 weights faster there
+    than XLA:CPU's own kernels: true unless XLA may use bfloat16 dot instructions (AVX512_BF16,
+    AMX_BF16), which it may not when `xla_flags` caps it below AVX-512 (`--xla_cpu_max_isa`, as
+    tests/infra/cpu_class's emulation of an AVX2-only CPU does)."""
+    if not {"avx2", "fma"} <= cpu_flags:
+        return False
+    max_isa = [arg.split("=", 1)[1] for arg in xla_flags.split() if arg.startswith("--xla_cpu_max_isa=")]
+    if max_isa and max_isa[-1].upper() in _BELOW_AVX512:
+        return True
+    return not cpu_flags & {"avx512_bf16", "amx_bf16"}
+
+
+def faster_here() -> bool:
+    """`streams_faster` for this CPU and this process's XLA_FLAGS."""
+    return streams_faster(_cpu_flags(), os.environ.get("XLA_FLAGS", ""))
+
+
+def _cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "qwen2_5-jax"
+
+
+@functools.cache
+def _library() -> Path:
+    """Build (once per source, flags, compiler and jaxlib) and return the shared library."""
+    compiler = os.environ.get("CXX", "g++")
+    command = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir()]
+    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(command).encode() + jaxlib.__version__.encode())
+    library = _cache_dir() / f"streaming_matmul-{key.hexdigest()[:16]}.so"
+    if library.is_file():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name and renamed: concurrent builds (pytest-xdist workers) each
+    # produce a whole library, and no process ever loads a half-written one.
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run([*command, str(_SOURCE), "-o", partial], capture_output=True, text=True)
+    except FileNotFoundError:
+        os.unlink(partial)
+        raise KernelBuildError(
+            f"building the CPU decode kernel needs a C++17 compiler and {compiler!r} was not found: "
+            "install g++ or set CXX to one"
+        ) from None
+    if result.returncode != 0:
+        os.unlink(partial)
+        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise KernelBuildError(
+            f"building the CPU decode kernel with {compiler!r} failed: {last}; it needs a C++17 compiler "
+            "with AVX2 support (g++ >= 7), set CXX to one"
+        )
+    os.replace(partial, library)
+    return library
+
+
+@functools.cache
+def _register() -> None:
+    kernel = ctypes.CDLL(str(_library()))
+    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(kernel.qwen2_5_streaming_matmul), platform="cpu")
+
+
+def prepare_kernel() -> None:
+    """Build and register the kernel now if this CPU uses it (`faster_here`), so that a missing
+    compiler is reported before a long run starts rather than at its first decode step."""
+    if faster_here():
+        _register()
+
+
+def streamed_product(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x (M, in) times a weight stored (out, in) -> (M, out) float32, both bfloat16, on the arrays
+    this device holds."""
+    _register()
+    result = jax.ShapeDtypeStruct((x.shape[0], w.shape[0]), jnp.float32)
+    return jax.ffi.ffi_call(TARGET, result)(x, w)
