@@ -33,13 +33,26 @@ _ISA_AVX2, _ISA_AVXVNNI, _ISA_AVX512F, _ISA_AMX_BF16, _ISA_AVX_NE_CONVERT = 28, 
 _emulated = False
 
 
+def _first_cpu() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo; empty where there is none (not Linux)."""
+    try:
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return {}
+    fields = (line.split(":", 1) for line in first_cpu.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in fields}
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (x86: "avx2", "amx_bf16", ...)."""
+    return frozenset(_first_cpu().get("flags", "").split())
+
+
 def host_class() -> dict:
     """The CPU model, the instruction-set flags that matter and the class they make; `emulated`
     when this process runs as an AVX2-only CPU (emulate_avx2_only)."""
-    first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-    fields = (line.split(":", 1) for line in first_cpu.splitlines() if ":" in line)
-    info = {key.strip(): value.strip() for key, value in fields}
-    flags = set(info.get("flags", "").split())
+    info = _first_cpu()
+    flags = cpu_flags()
     native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
     return {
         "cpu": info.get("model name", "unknown"),

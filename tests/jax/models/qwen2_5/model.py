@@ -22,7 +22,14 @@ from jax.sharding import PartitionSpec as P
 
 from tests.jax.models.qwen2_5 import streaming_matmul
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.partitioning import LOGICAL_RULES, Axes, constrain, logical_to_spec, rows_per_device
+from tests.jax.models.qwen2_5.partitioning import (
+    LOGICAL_RULES,
+    Axes,
+    batch_split,
+    constrain,
+    logical_to_spec,
+    rows_per_device,
+)
 
 _INIT = jax.nn.initializers.normal(0.02)
 RESIDUAL = ("batch", None, "embed")
@@ -76,8 +83,7 @@ def _streamed(x: jax.Array, w: jax.Array, *, axes: Axes) -> jax.Array:
     out_axis, in_axis = weight_spec
     # A batch the mesh's batch axis does not divide (one sequence on 2x4) is computed whole by
     # every group, as the partitioner replicates it.
-    batch_axis = LOGICAL_RULES["batch"]
-    batch = batch_axis if x.shape[0] % dict(mesh.shape).get(batch_axis, 1) == 0 else None
+    batch = LOGICAL_RULES["batch"] if x.shape[0] % batch_split() == 0 else None
     return jax.shard_map(
         functools.partial(per_device, split_axis=in_axis),
         in_specs=(P(batch, None, in_axis), weight_spec),

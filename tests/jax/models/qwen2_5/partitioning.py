@@ -38,9 +38,13 @@ def constrain(x: jax.Array, axes: Axes) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes))
 
 
+def batch_split() -> int:
+    """How many ways the mesh's `batch` axis splits a batch (1 without a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else dict(mesh.shape).get(LOGICAL_RULES["batch"], 1)
+
+
 def rows_per_device(x: jax.Array) -> int:
     """Rows (batch x tokens) of (B, T, ...) activations that each device holds: the batch is
     split over the mesh's `batch` axis when running under a mesh."""
-    mesh = jax.sharding.get_abstract_mesh()
-    batch_split = 1 if mesh.empty else dict(mesh.shape).get(LOGICAL_RULES["batch"], 1)
-    return max(x.shape[0] // batch_split, 1) * x.shape[1]
+    return max(x.shape[0] // batch_split(), 1) * x.shape[1]

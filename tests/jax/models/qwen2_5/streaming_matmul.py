@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
+from tests.infra.cpu_class import cpu_flags
+
 _SOURCE = Path(__file__).with_suffix(".cc")
 TARGET = "qwen2_5_streaming_matmul"
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC")
@@ -46,14 +48,8 @@ _BELOW_AVX512 = {"SSE4_2", "AVX", "AVX2"}
 
 @functools.cache
 def _cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux reports them; empty where it does not (not Linux, not x86)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return frozenset()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    return frozenset(next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), []))
+    """This CPU's flags; none off x86-64, where the kernel cannot run."""
+    return cpu_flags() if platform.machine() in ("x86_64", "AMD64") else frozenset()
 
 
 def runs_here() -> bool:
