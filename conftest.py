@@ -91,15 +91,39 @@ def dut(pytestconfig: pytest.Config) -> DeviceUnderTest:
     return DeviceUnderTest(platform, tuple(devices), compile_only=pytestconfig.getoption("--compile-only"))
 
 
+def _params(item: pytest.Item) -> dict:
+    callspec = getattr(item, "callspec", None)
+    return {} if callspec is None else callspec.params
+
+
+def _tier_by_case(item: pytest.Item) -> None:
+    """Tiers of single cases of a parametrized test: `push_where(**params)` puts the cases whose
+    parameters (fixture parameters such as `mesh` included) equal all of those in `push`;
+    `nightly_unless(**params)` moves every case to `nightly` but those with one of those values."""
+    params = _params(item)
+    for marker in item.iter_markers("push_where"):
+        if all(params.get(key) == value for key, value in marker.kwargs.items()):
+            item.add_marker(pytest.mark.push)
+    for marker in item.iter_markers("nightly_unless"):
+        if not any(params.get(key) == value for key, value in marker.kwargs.items()):
+            item.add_marker(pytest.mark.nightly)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Benchmarks take minutes and measure speed, not correctness: they run only when selected
-    with -m (e.g. `pytest -m benchmark`)."""
-    if "benchmark" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="a benchmark: run with pytest -m benchmark")
+    """Give single cases their tier (_tier_by_case), then deselect what this run is not for, so that a skip always means something is missing:
+    benchmarks (minutes of speed measurement) unless selected with -m (e.g. `pytest -m benchmark`),
+    and under --device tt every test without a device under test (it ran in the CPU run already)."""
+    benchmarks = "benchmark" in (config.getoption("-m") or "")
+    on_tt = config.getoption("--device") == TT
+    keep, dropped = [], []
     for item in items:
-        if "benchmark" in item.keywords:
-            item.add_marker(skip)
+        _tier_by_case(item)
+        cpu_only = on_tt and "dut" not in getattr(item, "fixturenames", ())
+        (dropped if cpu_only or ("benchmark" in item.keywords and not benchmarks) else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -110,10 +134,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         any(tuple(p) == COMPILE_ONLY_PROPERTY for p in report.user_properties)
         for report in terminalreporter.stats.get("passed", [])
     )
+    passed = len(terminalreporter.stats.get("passed", []))
     terminalreporter.write_sep(
         "=",
-        f"TT compile-only: {compiled} passed tests compiled their device-under-test workloads with the TT plugin "
-        f"and checked the TTNN collectives; numerics were not compared (the plugin returns zeros)",
+        f"TT compile-only: {compiled} of {passed} passed tests compiled their device-under-test workloads with the "
+        f"TT plugin and checked the TTNN collectives; numerics were not compared (the plugin returns zeros)",
     )
 
 

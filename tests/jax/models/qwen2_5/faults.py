@@ -1,19 +1,29 @@
-"""Deliberately wrong tensor-parallel layouts, for the tests that must catch them."""
+"""Deliberately wrong tensor-parallel models, for the tests that must catch them.
+
+Each fault of `CATALOG` turns a single-device model into a mesh model that is wrong in one way:
+two gross layouts (query heads reading the wrong KV head) and five subtle faults of the kind a
+compiler or a sharding rule can introduce, each confined to the mesh, most to one device or to
+the decode path alone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from tests.infra.mesh import MODEL_AXIS
-from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
+from tests.jax.models.qwen2_5.model import Attention, Qwen2ForCausalLM, Qwen2Model
 from tests.jax.models.qwen2_5.tensor_parallel import (
     HeadPlan,
     build_model,
     in_memory_source,
     param_sharding,
+    shard_model,
     tensor_parallel_config,
 )
 
@@ -42,3 +52,78 @@ def shard_with_fault(model: Qwen2ForCausalLM, mesh: Mesh, fault: type[HeadPlan])
     dtype = model.model.norm.weight.dtype
     placement = lambda variable: param_sharding(variable, mesh)  # noqa: E731
     return build_model(model.cfg, dtype, fault(**vars(plan)), in_memory_source(model), placement)
+
+
+class LateCacheSlot(Attention):
+    """In decode steps, the first device's KV head is written one slot late (the token at step s
+    lands in slot s + 1): that device attends to an empty slot and never to the token itself."""
+
+    @staticmethod
+    def write(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
+        right = Attention.write(cache, new, start)
+        if new.shape[1] != 1:
+            return right
+        first_device = (jnp.arange(cache.shape[2]) == 0)[None, None, :, None]  # KV heads are split over `model`
+        return jnp.where(first_device, Attention.write(cache, new, start + 1), right)
+
+
+class Bfloat16Softmax(Attention):
+    """The attention softmax computed in the scores' dtype (bfloat16 in a bfloat16 run) instead of
+    float32: the sums of exponentials round at every step."""
+
+    @staticmethod
+    def softmax(scores: jax.Array, visible: jax.Array) -> jax.Array:
+        low = scores.astype(jnp.bfloat16)
+        return jax.nn.softmax(jnp.where(visible, low, jnp.finfo(jnp.bfloat16).min), axis=-1).astype(scores.dtype)
+
+
+class DecodePositionOffByOne(Qwen2Model):
+    """Decode steps (one token per row) rotate their token one position too far; prefill is right."""
+
+    def __call__(self, input_ids, positions, key_valid, cache=None, start=0):
+        shifted = positions + 1 if input_ids.shape[1] == 1 else positions
+        return super().__call__(input_ids, positions=shifted, key_valid=key_valid, cache=cache, start=start)
+
+
+def _swap_attention(model: Qwen2ForCausalLM, kind: type[Attention]) -> Qwen2ForCausalLM:
+    for layer in model.model.layers:
+        layer.self_attn.__class__ = kind
+    return model
+
+
+def _drop_q_bias_on_one_device(model: Qwen2ForCausalLM, layer: int = 1) -> Qwen2ForCausalLM:
+    """One layer's q_proj bias zeroed in the first device's slice (its query heads only)."""
+    bias = model.model.layers[layer].self_attn.q_proj.bias
+    share = bias.shape[0] // bias[...].sharding.mesh.shape[MODEL_AXIS]
+    bias[...] = jax.jit(lambda b: b.at[:share].set(0), out_shardings=bias[...].sharding)(bias[...])
+    return model
+
+
+def _change_norm_eps(model: Qwen2ForCausalLM, eps: float = 1e-4) -> Qwen2ForCausalLM:
+    """Every RMSNorm's epsilon 1e-4 instead of 1e-6."""
+    norms = [model.model.norm]
+    for layer in model.model.layers:
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
+    for norm in norms:
+        norm.eps = eps
+    return model
+
+
+def _decode_position_off_by_one(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:
+    model.model.__class__ = DecodePositionOffByOne
+    return model
+
+
+# Faults that change only weights: their mesh model runs the correct mesh model's compiled programs.
+WEIGHTS_ONLY = ("appended_padding", "shifted_kv_heads", "q_bias_dropped_on_one_device")
+# name -> (single-device model, mesh) -> the faulty mesh model.
+Fault = Callable[[Qwen2ForCausalLM, Mesh], Qwen2ForCausalLM]
+CATALOG: dict[str, Fault] = {
+    "appended_padding": lambda model, mesh: shard_with_fault(model, mesh, AppendedPadding),
+    "shifted_kv_heads": lambda model, mesh: shard_with_fault(model, mesh, ShiftedKVHeads),
+    "decode_position_off_by_one": lambda model, mesh: _decode_position_off_by_one(shard_model(model, mesh)),
+    "late_cache_slot_on_one_device": lambda model, mesh: _swap_attention(shard_model(model, mesh), LateCacheSlot),
+    "q_bias_dropped_on_one_device": lambda model, mesh: _drop_q_bias_on_one_device(shard_model(model, mesh)),
+    "bfloat16_softmax": lambda model, mesh: _swap_attention(shard_model(model, mesh), Bfloat16Softmax),
+    "rms_norm_eps_changed": lambda model, mesh: _change_norm_eps(shard_model(model, mesh)),
+}

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tests.infra.distributed import DEFAULT_TIMEOUT
 from tests.infra.mesh import MeshShape
-from tests.jax.models.qwen2_5.audit import Comparison
+from tests.jax.models.qwen2_5.audit import Generated, MeshAudit, oracle_of
 from tests.jax.models.qwen2_5.generation import GenerationError, GenerationResult, SamplingConfig
 from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, Checkpoint, configure_for, resolve_model_path
 
@@ -83,7 +83,7 @@ def report(
     dtype: str,
     as_json: bool,
     streamed: bool,
-    comparison: Comparison | None,
+    comparison: MeshAudit | None,
 ) -> None:
     texts = [tokenizer.decode(g, skip_special_tokens=True) for g in result.generated_token_ids]
     if as_json:
@@ -144,10 +144,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     comparison = None
     if args.compare_single_device:
         single = checkpoint.load(MeshShape(1, 1), args.dtype)
-        reference = single.generate(prompts, args.max_new_tokens).generated_token_ids
-        comparison = Comparison(args.dtype)
-        for i, prompt in enumerate(prompts):
-            comparison.audit(i, single, generator, prompt, reference[i], result.generated_token_ids[i])
+        reference = single.generate(prompts, args.max_new_tokens)
+        ours, theirs = (
+            {i: Generated(t, top) for i, (t, top) in enumerate(zip(r.generated_token_ids, r.top_logits, strict=True))}
+            for r in (reference, result)
+        )
+        comparison = MeshAudit(args.dtype)
+        comparison.audit(oracle_of(single), generator, dict(enumerate(prompts)), ours, theirs)
     if speaks:
         with redirect_stdout(out):
             report(result, checkpoint.tokenizer, mesh.name, args.dtype, args.json, stream, comparison)

@@ -26,13 +26,16 @@ from jax.sharding import PartitionSpec as P
 from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.model import KV_AXES, Qwen2ForCausalLM, init_cache, positions_from_mask
-from tests.jax.models.qwen2_5.partitioning import constrain, logical_to_spec
+from tests.jax.models.qwen2_5.partitioning import LOGICAL_RULES, batch_split, constrain, logical_to_spec
 from tests.jax.models.qwen2_5.tensor_parallel import forward_all_reduces
 
 MIN_PROMPT_BUCKET = 16
 # Tokens per prefill chunk: large enough that a chunk's GEMMs run at full speed, small enough
 # that its attention scores (B x heads x chunk x S float32) stay far below the weights.
 PREFILL_CHUNK = 256
+# Logits every step records with the token it chose (the audit judges a divergence by them):
+# B x 8 values and ids per step, so a long run keeps them all.
+TOP_K = 8
 
 
 class GenerationError(ValueError):
@@ -77,22 +80,59 @@ def sample(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax
     return jax.random.categorical(key, jnp.where(logits >= threshold, logits, -jnp.inf)).astype(jnp.int32)
 
 
-def next_token(logits: jax.Array, greedy: bool, key: jax.Array, sampling: tuple) -> jax.Array:
-    """(B, V) logits of the model dtype, split over `model` by vocabulary -> (B,) int32 on every device.
+def top_logits(logits: jax.Array, k: int = TOP_K, vocab_split: bool = True) -> jax.Array:
+    """(B, V) float32 logits -> (B, k, 2): the k largest values ([..., 0]) and their token ids
+    ([..., 1], exact in float32 below 2**24), descending, equal values in id order (as argmax).
 
-    Greedy: each device's argmax of its vocabulary slice, then the best of those (two small
-    all-gathers of B x model-axis values and indices). Sampling sorts the whole distribution,
-    so the logits are gathered over `model` first (one all-gather of B x V): a sort over a
-    split axis would be partitioned into many collectives that differ between compilers.
-    With a split batch, the chosen tokens are then gathered over `batch` (one all-gather).
+    Under a mesh, logits split over `model` by vocabulary (`vocab_split`): each device takes the
+    top k of its own slice and one all-gather of B x model-axis x k pairs brings them together, so
+    no logit leaves its device. Each device computes its own rows: XLA's partitioner would gather
+    the whole (B, V) to sort it."""
+
+    def best(values: jax.Array, ids: jax.Array) -> jax.Array:
+        top, where = jax.lax.top_k(values, k)  # stable: the first of equal values wins
+        return jnp.stack([top, jnp.take_along_axis(ids, where, axis=-1).astype(jnp.float32)], axis=-1)
+
+    if logits.shape[-1] >= 2**24:
+        raise GenerationError(f"a vocabulary of {logits.shape[-1]} ids is not exact in float32")
+    mesh = jax.sharding.get_abstract_mesh()
+    vocab_axis = LOGICAL_RULES["vocab"] if vocab_split else None
+
+    def per_device(x: jax.Array) -> jax.Array:  # (b, V / model) -> (b, k, 2)
+        offset = 0 if vocab_axis is None else jax.lax.axis_index(vocab_axis) * x.shape[-1]
+        local = best(x, jnp.broadcast_to(jnp.arange(x.shape[-1]) + offset, x.shape))
+        if vocab_axis is None:
+            return local
+        # In device order, so equal values still come in id order.
+        candidates = jax.lax.all_gather(local, vocab_axis, axis=1, tiled=True)  # (b, model * k, 2)
+        return best(candidates[..., 0], candidates[..., 1])
+
+    if mesh.empty:
+        return best(logits, jnp.broadcast_to(jnp.arange(logits.shape[-1]), logits.shape))
+    batch = LOGICAL_RULES["batch"] if logits.shape[0] % batch_split() == 0 else None
+    # The candidates are the same on every device of a `model` group, so is their best k (a
+    # replication shard_map cannot infer through top_k).
+    spec = {"in_specs": P(batch, vocab_axis), "out_specs": P(batch, None, None), "check_vma": False}
+    return jax.shard_map(per_device, **spec)(logits)
+
+
+def next_token(logits: jax.Array, greedy: bool, key: jax.Array, sampling: tuple) -> tuple[jax.Array, jax.Array]:
+    """(B, V) logits of the model dtype, split over `model` by vocabulary -> (B,) int32 tokens and
+    the step's record (B, TOP_K, 2) (top_logits), both on every device.
+
+    Greedy: the record's first id. Sampling sorts the whole distribution, so the logits are
+    gathered over `model` first (one all-gather of B x V): a sort over a split axis would be
+    partitioned into many collectives that differ between compilers. With a split batch, the
+    record (and a sampled step's tokens) are then gathered over `batch`.
     """
     logits = logits.astype(jnp.float32)
     if greedy:
-        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    else:
-        tokens = sample(constrain(logits, ("batch", None)), key, *sampling)
+        record = constrain(top_logits(logits), (None, None, None))
+        return record[:, 0, 1].astype(jnp.int32), record
+    logits = constrain(logits, ("batch", None))
+    tokens, record = sample(logits, key, *sampling), top_logits(logits, vocab_split=False)
     # Every device (and so every process) can read all the chosen tokens.
-    return constrain(tokens, (None,))
+    return constrain(tokens, (None,)), constrain(record, (None, None, None))
 
 
 def step_collectives(cfg: Qwen2Config, mesh: Mesh, kind: str, greedy: bool = True) -> dict[str, int]:
@@ -100,7 +140,7 @@ def step_collectives(cfg: Qwen2Config, mesh: Mesh, kind: str, greedy: bool = Tru
     forward's all-reduces, then, for a prefill chunk or a decode step, `next_token`'s all-gathers.
     A scoring chunk has only the forward's: its logits stay split."""
     split_model, split_batch = mesh.shape[MODEL_AXIS] > 1, mesh.shape[BATCH_AXIS] > 1
-    gathers = 0 if kind == "score" else (2 if greedy else 1) * split_model + split_batch
+    gathers = 0 if kind == "score" else split_model + (1 if greedy else 2) * split_batch
     return {"all_reduce": forward_all_reduces(cfg) if split_model else 0, "all_gather": gathers}
 
 
@@ -111,6 +151,8 @@ class GenerationResult:
     prefill_seconds: float
     decode_seconds: float
     compile_seconds: float
+    # Per row, (generated, TOP_K, 2) float32: the top logits and ids of the step that chose each token.
+    top_logits: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -165,13 +207,17 @@ def _abstract(x):
 
 @dataclass
 class Generator:
-    """Generation for a (possibly sharded) model. `mesh` is None for a single device."""
+    """Generation for a (possibly sharded) model. `mesh` is None for a single device.
+
+    `exact`: every step computes in float32 on the model's own weights (cast inside the compiled
+    step, so no float32 copy stays resident): the audit's oracle of a bfloat16 run."""
 
     model: Qwen2ForCausalLM
     eos_token_ids: Sequence[int]
     pad_token_id: int
     mesh: Mesh | None = None
     prefill_chunk: int = PREFILL_CHUNK
+    exact: bool = False
     compiled: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -255,7 +301,7 @@ class Generator:
             return thunk()
 
     def _cache_maker(self, layout: Layout) -> Callable:
-        cfg, dtype = self.model.cfg, self.dtype
+        cfg, dtype = self.model.cfg, jnp.float32 if self.exact else self.dtype
         sharding = None if self.mesh is None else NamedSharding(self.mesh, logical_to_spec(KV_AXES))
         return jax.jit(lambda: init_cache(cfg, layout.batch, layout.max_len, dtype), out_shardings=sharding)
 
@@ -264,27 +310,32 @@ class Generator:
 
     # --- the compiled steps ----------------------------------------------------------------
 
+    def _merge(self, state) -> Qwen2ForCausalLM:
+        if self.exact:
+            state = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+        return nnx.merge(self.graphdef, state)
+
     def _prefill(self, greedy, state, ids, positions, key_valid, cache, start, key, sampling):
         """One chunk of the prompt into the cache; the next token from the chunk's last column,
-        sampled (when not greedy) with the seed's key folded with 0."""
-        model = nnx.merge(self.graphdef, state)
+        sampled (when not greedy) with the seed's key folded with 0, and its record."""
+        model = self._merge(state)
         hidden, cache = model.model(ids, positions, key_valid, cache, start)
         logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V): only the column that predicts
-        return next_token(logits, greedy, jax.random.fold_in(key, 0), sampling), cache
+        return *next_token(logits, greedy, jax.random.fold_in(key, 0), sampling), cache
 
     def _decode(self, greedy, state, tokens, positions, key_valid, cache, start, key, sampling):
         """One token per row at cache slot `start` (after the prompt, so never 0: the key folded
-        with it differs from prefill's)."""
-        model = nnx.merge(self.graphdef, state)
+        with it differs from prefill's), and its record."""
+        model = self._merge(state)
         key_valid = key_valid.at[:, start].set(True)
         hidden, cache = model.model(tokens[:, None], positions[:, None], key_valid, cache, start)
         logits = model.logits(hidden)[:, 0]
-        tokens = next_token(logits, greedy, jax.random.fold_in(key, start), sampling)
-        return tokens, positions + 1, key_valid, cache
+        tokens, record = next_token(logits, greedy, jax.random.fold_in(key, start), sampling)
+        return tokens, record, positions + 1, key_valid, cache
 
     def _score(self, state, ids, positions, key_valid, cache, start):
         """One chunk of a teacher-forced sequence into the cache, with the logits of every column."""
-        model = nnx.merge(self.graphdef, state)
+        model = self._merge(state)
         hidden, cache = model.model(ids, positions, key_valid, cache, start)
         return model.logits(hidden), cache  # (B, chunk, V)
 
@@ -365,13 +416,14 @@ class Generator:
         for start in range(0, layout.prompt_len, layout.chunk):
             window = slice(start, start + layout.chunk)
             chunk_ids, chunk_positions = self._rows(ids[:, window], positions[:, window])
-            tokens, cache = prefill(
+            tokens, record, cache = prefill(
                 self.state, chunk_ids, chunk_positions, valid, cache, np.int32(start), seed_key, params
             )
         tokens.block_until_ready()
         prefill_seconds = time.perf_counter() - started
 
         generated: list[list[int]] = [[] for _ in range(layout.rows)]
+        records: list[list[np.ndarray]] = [[] for _ in range(layout.rows)]
         finished = [False] * layout.rows
         eos = set(self.eos_token_ids)
         (next_positions,) = self._rows(positions[:, -1] + 1)
@@ -383,8 +435,8 @@ class Generator:
             if step + 1 < max_new_tokens:
                 slot = np.int32(layout.prompt_len + step)
                 following = decode(self.state, tokens, next_positions, valid, cache, slot, seed_key, params)
-                _, next_positions, valid, cache = following
-            tokens_host = np.asarray(tokens)
+                _, _, next_positions, valid, cache = following
+            tokens_host, record_host = np.asarray(tokens), np.asarray(record)
             emitted: list[int | None] = []
             for row in range(layout.rows):
                 if finished[row]:
@@ -392,15 +444,18 @@ class Generator:
                     continue
                 token = int(tokens_host[row])
                 generated[row].append(token)
+                records[row].append(record_host[row])
                 finished[row] = token in eos or (stop is not None and stop(generated[row]))
                 emitted.append(token)
             if on_tokens is not None:
                 on_tokens(emitted)
             if all(finished) or following is None:
                 break
-            tokens = following[0]
+            tokens, record = following[:2]
         decode_seconds = time.perf_counter() - started
-        return GenerationResult([list(p) for p in prompts], generated, prefill_seconds, decode_seconds, compile_seconds)
+        top = [np.stack(r) if r else np.zeros((0, TOP_K, 2), np.float32) for r in records]
+        prompt_ids = [list(p) for p in prompts]
+        return GenerationResult(prompt_ids, generated, prefill_seconds, decode_seconds, compile_seconds, top)
 
     def score(self, sequences: Sequence[Sequence[int]], first: Sequence[int]) -> list[np.ndarray]:
         """Teacher forcing: each whole sequence through the model at once (a chunked prefill), and
@@ -422,7 +477,7 @@ class Generator:
             window = slice(start, start + layout.chunk)
             chunk = (*self._rows(ids[:, window], positions[:, window]), valid, cache, jnp.int32(start))
             if start + layout.chunk <= wanted_from:
-                _, cache = prefill(
+                _, _, cache = prefill(
                     self.state, *chunk, jax.random.key(0), (jnp.float32(1), jnp.int32(0), jnp.float32(1))
                 )
             else:

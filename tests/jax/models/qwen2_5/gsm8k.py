@@ -35,7 +35,7 @@ from tests.infra.runs import (
     check_writable,
     write_atomically,
 )
-from tests.jax.models.qwen2_5.audit import Comparison, SequenceAudit, audit_sequence, mcnemar_p_value
+from tests.jax.models.qwen2_5.audit import Generated, MeshAudit, SequenceAudit, mcnemar_p_value, oracle_of
 from tests.jax.models.qwen2_5.generation import PREFILL_CHUNK, Generator
 from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, Checkpoint, configure_for, resolve_model_path
 from tests.jax.models.qwen2_5.tensor_parallel import tensor_parallel_config
@@ -147,11 +147,19 @@ class Graded:
     gold: str
     strict_correct: bool
     flexible_correct: bool
+    # Compare mode: per generated token, the top logits and ids of the step that chose it (the audit's evidence).
+    top_logits: list[list[float]] | None = None
+    top_ids: list[list[int]] | None = None
+
+    def generated_run(self) -> Generated:
+        return Generated.from_dict({"tokens": self.tokens, "top_logits": self.top_logits, "top_ids": self.top_ids})
 
 
-def grade(index: int, tokens: Sequence[int], generated: str, problem: Problem) -> Graded:
+def grade(index: int, tokens: Sequence[int], generated: str, problem: Problem, top=None) -> Graded:
+    """`top`: the generation's (n, TOP_K, 2) record, kept when given."""
     strict, flexible = strict_extract(generated), flexible_extract(generated)
     gold = normalize(problem.answer)
+    record = {} if top is None else Generated(list(tokens), top).to_dict()
     return Graded(
         index,
         generated,
@@ -161,6 +169,8 @@ def grade(index: int, tokens: Sequence[int], generated: str, problem: Problem) -
         gold,
         is_correct(strict, problem.answer),
         is_correct(flexible, problem.answer),
+        record.get("top_logits"),
+        record.get("top_ids"),
     )
 
 
@@ -189,9 +199,10 @@ def complete(
     batch: Sequence[int],
     max_new_tokens: int,
     between_steps: Callable[[], None] = lambda: None,
+    keep_records: bool = False,
 ) -> list[Graded]:
-    """Greedy completions of the problems `batch` (indices), graded. `between_steps` runs after
-    every decode step (where a run may stop)."""
+    """Greedy completions of the problems `batch` (indices), graded, with each step's top logits
+    when `keep_records`. `between_steps` runs after every decode step (where a run may stop)."""
     result = generator.generate(
         [token_ids[i] for i in batch],
         max_new_tokens,
@@ -199,9 +210,9 @@ def complete(
         stop=stops_at_sequences(checkpoint.tokenizer),
     )
     graded = []
-    for index, tokens in zip(batch, result.generated_token_ids, strict=True):
+    for index, tokens, top in zip(batch, result.generated_token_ids, result.top_logits, strict=True):
         text = truncate_at_stop(checkpoint.tokenizer.decode(tokens, skip_special_tokens=True))
-        graded.append(grade(index, tokens, text, problems[index]))
+        graded.append(grade(index, tokens, text, problems[index], top if keep_records else None))
     return graded
 
 
@@ -231,7 +242,7 @@ def paired_scores(reference: Sequence[Graded], candidate: Sequence[Graded]) -> d
     return report
 
 
-def compare_runs(reference: Sequence[Graded], candidate: Sequence[Graded], comparison: Comparison) -> dict:
+def compare_runs(reference: Sequence[Graded], candidate: Sequence[Graded], comparison: MeshAudit) -> dict:
     """The mesh run against the single-device run: the audit's verdict and counts, agreement of
     text and extracted answers, and the paired scores."""
     pairs = list(zip(reference, candidate, strict=True))
@@ -320,23 +331,24 @@ def check_context(token_ids: Sequence[list[int]], max_new_tokens: int, context: 
 GIB = 2**30
 
 
-def check_memory(plans: dict[str, Generator], layouts: dict[str, list], budget: int, args) -> str:
+ORACLE = "oracle"  # the audit's float32 oracle: it runs on the single device's weights
+
+
+def check_memory(plans: dict[str, Generator], layouts: dict[str, list], budget: int, fixes: str) -> str:
     """Refuse a run whose estimated peak host memory exceeds `budget`: every model's weights (all
-    resident at once), plus the largest compiled step of any of them beyond its own weights.
-    Returns the estimate in words."""
-    weights = {name: plan.weight_bytes for name, plan in plans.items()}
+    resident at once; the oracle holds none of its own), plus the largest compiled step of any of
+    them beyond the weights it runs on. Returns the estimate in words."""
+    owner = {name: "1x1" if name == ORACLE else name for name in plans}
+    weights = {name: plan.weight_bytes for name, plan in plans.items() if name != ORACLE}
     steps = {name: max(plans[name].peak_bytes(layout, kinds) for layout, kinds in layouts[name]) for name in plans}
-    need = max(steps[name] + sum(w for other, w in weights.items() if other != name) for name in plans)
+    need = max(steps[name] + sum(w for other, w in weights.items() if other != owner[name]) for name in plans)
     held = " + ".join(f"{w / GIB:.2f} GiB ({name})" for name, w in weights.items())
-    step = max(s - weights[n] for n, s in steps.items())
+    step = max(s - weights[owner[n]] for n, s in steps.items())
     estimate = (
         f"an estimated {need / GIB:.2f} GiB of host memory (weights {held}, the largest step {step / GIB:.2f} GiB "
         f"more) of {budget / GIB:.2f} GiB available"
     )
     if need > budget:
-        fixes = f"lower --batch-size (now {args.batch_size}) or --prefill-chunk (now {args.prefill_chunk})"
-        if args.compare_single_device:
-            fixes += ", or run without --compare-single-device"
         raise RunError(f"this run needs {estimate}: {fixes}")
     return estimate
 
@@ -382,7 +394,7 @@ class Evaluation:
             return None
         done = [self.records[i] for i in sorted(self.records)]
         mesh, single = (m.name for m in self.meshes)
-        audits = Comparison(self.settings["dtype"], {r.index: r.audit for r in done})
+        audits = MeshAudit(self.settings["dtype"], {r.index: r.audit for r in done})
         return compare_runs([r.runs[single] for r in done], [r.runs[mesh] for r in done], audits)
 
     def print_scores(self) -> None:
@@ -396,7 +408,7 @@ class Evaluation:
         if comparison is not None:
             mesh = self.meshes[0].name
             strict = comparison["scores"]["strict-match"]
-            audits = Comparison(self.settings["dtype"], {i: r.audit for i, r in self.records.items()})
+            audits = MeshAudit(self.settings["dtype"], {i: r.audit for i, r in self.records.items()})
             print(f"mesh {mesh} vs 1x1: {audits.describe()}")
             print(
                 f"  strict-match {strict['mesh']['accuracy']:.4f} vs {strict['single_device']['accuracy']:.4f} "
@@ -469,18 +481,26 @@ def run(args: argparse.Namespace) -> int:
     if not todo:
         return finish(evaluation, args.output)
     plans = {m.name: checkpoint.plan(m, args.dtype, args.prefill_chunk) for m in meshes}
+    if args.compare_single_device:
+        plans[ORACLE] = oracle_of(plans["1x1"])
     layouts = {}
     for name, plan in plans.items():
         needed = {plan.layout([len(token_ids[i]) for i in batch], args.max_new_tokens) for batch in todo}
-        steps = [(layout, ("prefill", "decode")) for layout in needed]
-        if args.compare_single_device and todo:
+        steps = [] if name == ORACLE else [(layout, ("prefill", "decode")) for layout in needed]
+        if args.compare_single_device:
             longest = max(len(token_ids[i]) for batch in todo for i in batch)
-            steps.append((plan.layout([longest + args.max_new_tokens], 0), ("prefill", "score")))
+            # A batch's differing problems are teacher-forced together (the audit).
+            rows = max(len(batch) for batch in todo)
+            steps.append((plan.layout([longest + args.max_new_tokens] * rows, 0), ("prefill", "score")))
         layouts[name] = steps
     budget = int(args.memory_budget * GIB) if args.memory_budget else available_host_bytes()
-    print(f"memory: {check_memory(plans, layouts, budget, args)}", file=sys.stderr)
+    fixes = f"lower --batch-size (now {args.batch_size}) or --prefill-chunk (now {args.prefill_chunk})"
+    if args.compare_single_device:
+        fixes += ", or run without --compare-single-device"
+    print(f"memory: {check_memory(plans, layouts, budget, fixes)}", file=sys.stderr)
 
     generators = {m.name: checkpoint.load(m, args.dtype, plans[m.name]) for m in meshes}
+    oracle = oracle_of(generators["1x1"], plans[ORACLE].compiled) if args.compare_single_device else None
     try:
         with (
             StopSignals() as signals,
@@ -494,18 +514,27 @@ def run(args: argparse.Namespace) -> int:
         ):
             for batch in todo:
                 runs = {
-                    name: complete(gen, checkpoint, problems, token_ids, batch, args.max_new_tokens, signals.check)
+                    name: complete(
+                        gen, checkpoint, problems, token_ids, batch, args.max_new_tokens, signals.check, oracle is not None
+                    )
                     for name, gen in generators.items()
                 }
-                for position, index in enumerate(batch):
-                    if index in evaluation.records:
-                        continue
-                    record = Record(index, {name: graded[position] for name, graded in runs.items()})
-                    if args.compare_single_device:
-                        single, sharded = record.runs["1x1"].tokens, record.runs[mesh.name].tokens
-                        if single != sharded:
-                            gens = generators["1x1"], generators[mesh.name]
-                            record.audit = audit_sequence(*gens, token_ids[index], single, sharded, args.dtype)
+                fresh = {
+                    index: Record(index, {name: graded[position] for name, graded in runs.items()})
+                    for position, index in enumerate(batch)
+                    if index not in evaluation.records
+                }
+                if oracle is not None:
+                    audits = MeshAudit(args.dtype).audit(
+                        oracle,
+                        generators[mesh.name],
+                        {i: token_ids[i] for i in fresh},
+                        {i: r.runs["1x1"].generated_run() for i, r in fresh.items()},
+                        {i: r.runs[mesh.name].generated_run() for i, r in fresh.items()},
+                    )
+                    for index, audit in audits.items():
+                        fresh[index].audit = audit
+                for index, record in fresh.items():
                     evaluation.records[index] = record
                     if log is not None:
                         log.append(record.to_dict())

@@ -18,11 +18,14 @@ from tests.jax.models.qwen2_5.config import Qwen2Config
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def build_checkpoint(cfg: Qwen2Config, out_dir: Path, *, seed: int = 0, max_shard_size: str = "100KB") -> Path:
+def build_checkpoint(
+    cfg: Qwen2Config, out_dir: Path, *, seed: int = 0, max_shard_size: str = "100KB", bias_scale: float = 0.1
+) -> Path:
     """Save a random `Qwen2ForCausalLM` for `cfg` to `out_dir` (sharded safetensors) and return it.
 
     Hugging Face initializes biases to 0 and norm weights to 1, which would let a loader that
-    drops them pass; every parameter is therefore drawn at random here.
+    drops them pass; every parameter is therefore drawn at random here (biases with standard
+    deviation `bias_scale`).
     """
     torch.manual_seed(seed)
     model = HFQwen2ForCausalLM(HFQwen2Config(**cfg.to_hf_dict()))
@@ -31,7 +34,7 @@ def build_checkpoint(cfg: Qwen2Config, out_dir: Path, *, seed: int = 0, max_shar
             if name.endswith("norm.weight"):
                 param.copy_(1.0 + 0.1 * torch.randn_like(param))
             elif name.endswith("bias"):
-                param.copy_(0.1 * torch.randn_like(param))
+                param.copy_(bias_scale * torch.randn_like(param))
             else:
                 # 0.05, larger than the 0.02 init, so logits spread enough that argmax is meaningful.
                 param.copy_(0.05 * torch.randn_like(param))

@@ -240,16 +240,25 @@ class Attention(nnx.Module):
         q = apply_rope(q, cos[:, :, None, None, :], sin[:, :, None, None, :])
         k = apply_rope(k, cos[:, :, None, :], sin[:, :, None, :])
         if cache is not None:
-            # The cache is split like the KV heads, so each device writes and reads only its own.
-            k = constrain(jax.lax.dynamic_update_slice_in_dim(cache[0], k, start, axis=1), KV_AXES)  # (B, S, K, H)
-            v = constrain(jax.lax.dynamic_update_slice_in_dim(cache[1], v, start, axis=1), KV_AXES)
+            k, v = self.write(cache[0], k, start), self.write(cache[1], v, start)  # (B, S, K, H)
 
         # Scores are rounded to the model dtype before scaling, as Hugging Face's eager path.
         scores = _matmul(q, k, "btkgh,bskh->bkgts").astype(x.dtype) * (hd**-0.5)  # (B, K, G, T, S)
-        scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        probs = self.softmax(scores, mask[:, None, None])
         out = _matmul(probs, v, "bkgts,bskh->btkgh").astype(x.dtype)  # (B, T, K, G, H)
         return self.o_proj(out.reshape(batch, seq, kv * group * hd)), (k, v)
+
+    @staticmethod
+    def write(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
+        """This call's keys or values (B, T, K, H) into the cache (B, S, K, H) at slots start..start+T-1.
+        The cache is split like the KV heads, so each device writes and reads only its own."""
+        return constrain(jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=1), KV_AXES)
+
+    @staticmethod
+    def softmax(scores: jax.Array, visible: jax.Array) -> jax.Array:
+        """Attention probabilities of the scores' dtype from a float32 softmax over the visible keys."""
+        masked = jnp.where(visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        return jax.nn.softmax(masked, axis=-1).astype(scores.dtype)
 
 
 class MLP(nnx.Module):

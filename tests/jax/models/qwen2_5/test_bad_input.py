@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tests.infra.cli import run_cli
+from tests.infra.cli import run_cli, run_cli_calls
 from tests.jax.models.qwen2_5.loader import INDEX_FILE
 
 pytestmark = pytest.mark.push
@@ -134,17 +133,51 @@ CHECKPOINT_ROWS = {
 }
 
 
-@pytest.fixture
-def corrupted(tiny_checkpoint, tmp_path):
-    def make(corruption: Callable[[Path], None]) -> Path:
-        path = Path(shutil.copytree(tiny_checkpoint("gqa28x4"), tmp_path / "checkpoint"))
-        corruption(path)
-        return path
+BAD_ARGUMENTS = [
+    (["--prompt", "a\udcffb"], {}, "--prompt is not valid UTF-8 text"),
+    (["--seed", str(10**23)], {}, "seed must be an integer in [0, 2**63)"),
+    (["--temperature", "nan"], {}, "temperature must be a finite number >= 0, got nan"),
+    (["--temperature", "-1"], {}, "temperature must be a finite number >= 0"),
+    (["--top-p", "nan"], {}, "top_p must be in (0, 1]"),
+    (["--top-k", "-1"], {}, "top_k must be >= 0"),
+    (["--num-processes", "2"], {}, "--num-processes and --process-id need --coordinator HOST:PORT"),
+    (["--process-id", "5", "--num-processes", "2"], {}, "need --coordinator"),
+    (["--coordinator", "127.0.0.1:abc", "--mesh", "2x4"], {}, "--coordinator must be HOST:PORT with a port"),
+    (["--coordinator", "127.0.0.1:1", "--process-id", "3", "--num-processes", "2"], {}, "--process-id must be in"),
+    (["--compare-single-device", "--temperature", "0.7"], {}, "audits greedy decoding"),
+    ([], {"QWEN2_5_DEMO_CACHE": "/sys/qwen2_5_cache"}, "cannot create the demo checkpoint in /sys/qwen2_5_cache"),
+]
+OTHER_COMMANDS_ROWS = ["num_hidden_layers_string", "config_is_a_list", "tie_word_embeddings_string", "int8_weights"]
 
-    return make
+
+@pytest.fixture(scope="module")
+def refusals(tiny_checkpoint, tmp_path_factory, gsm8k_dir, demo_cache):
+    """Every row's command, run once for the whole module: all `generate` calls in one process,
+    all `gsm8k` calls in another, all `load_stats` calls in a third (each a fresh interpreter, as
+    a user's command is; sharing one saves a JAX start-up per row). row -> outcome (and paths)."""
+    paths = {}
+    for row, (corruption, _, _) in CHECKPOINT_ROWS.items():
+        paths[row] = Path(shutil.copytree(tiny_checkpoint("gqa28x4"), tmp_path_factory.mktemp(row) / "checkpoint"))
+        corruption(paths[row])
+    generate = [(["--model-path", str(paths[r]), "--prompt", "Hello", "--max-new-tokens", "2"], {}) for r in paths]
+    base = {"QWEN2_5_DEMO_CACHE": str(demo_cache)}
+    for args, env, _ in BAD_ARGUMENTS:
+        generate.append(((["--prompt", "Hello"] if "--prompt" not in args else []) + args, {**base, **env}))
+    outputs = {row: tmp_path_factory.mktemp(f"out_{row}") / "out.json" for row in OTHER_COMMANDS_ROWS}
+    data = ["--data-file", str(gsm8k_dir / "test.jsonl"), "--limit", "1", "--num-fewshot", "0"]
+    gsm8k = [(["--model-path", str(paths[r]), *data, "--output", str(outputs[r])], {}) for r in OTHER_COMMANDS_ROWS]
+    stats = [(["--model-path", str(paths[r]), "--mesh", "1x1"], {}) for r in OTHER_COMMANDS_ROWS]
+    env = {"JAX_NUM_CPU_DEVICES": "8"}
+    done = run_cli_calls(GENERATE, generate, env)
+    return {
+        "generate": dict(zip([*paths, *range(len(BAD_ARGUMENTS))], done, strict=True)),
+        "gsm8k": dict(zip(OTHER_COMMANDS_ROWS, run_cli_calls(GSM8K, gsm8k, env), strict=True)),
+        "load_stats": dict(zip(OTHER_COMMANDS_ROWS, run_cli_calls(LOAD_STATS, stats, env), strict=True)),
+        "outputs": outputs,
+    }
 
 
-def assert_refused(done: subprocess.CompletedProcess, message: str) -> None:
+def assert_refused(done, message: str) -> None:
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
@@ -152,49 +185,26 @@ def assert_refused(done: subprocess.CompletedProcess, message: str) -> None:
 
 
 @pytest.mark.parametrize("row", list(CHECKPOINT_ROWS))
-def test_a_bad_checkpoint_is_one_error_line(row, corrupted):
-    corruption, message, before_loading = CHECKPOINT_ROWS[row]
-    path = corrupted(corruption)
-    done = run_cli(GENERATE, "--model-path", str(path), "--prompt", "Hello", "--max-new-tokens", "2")
+def test_a_bad_checkpoint_is_one_error_line(row, refusals):
+    _, message, before_loading = CHECKPOINT_ROWS[row]
+    done = refusals["generate"][row]
     assert_refused(done, message)
     if before_loading:
         assert "loading weights" not in done.stderr
 
 
-@pytest.mark.parametrize(
-    "row", ["num_hidden_layers_string", "config_is_a_list", "tie_word_embeddings_string", "int8_weights"]
-)
-def test_the_gsm8k_and_load_stats_commands_refuse_them_too(row, corrupted, gsm8k_dir, tmp_path):
-    corruption, message, _ = CHECKPOINT_ROWS[row]
-    path = corrupted(corruption)
-    out = tmp_path / "out.json"
-    data = ["--data-file", str(gsm8k_dir / "test.jsonl"), "--limit", "1", "--num-fewshot", "0"]
-    assert_refused(run_cli(GSM8K, "--model-path", str(path), *data, "--output", str(out)), message)
+@pytest.mark.parametrize("row", OTHER_COMMANDS_ROWS)
+def test_the_gsm8k_and_load_stats_commands_refuse_them_too(row, refusals):
+    message = CHECKPOINT_ROWS[row][1]
+    assert_refused(refusals["gsm8k"][row], message)
+    out = refusals["outputs"][row]
     assert not out.exists() and not out.with_name(out.name + ".progress.jsonl").exists()
-    assert_refused(run_cli(LOAD_STATS, "--model-path", str(path), "--mesh", "1x1"), message)
+    assert_refused(refusals["load_stats"][row], message)
 
 
-@pytest.mark.parametrize(
-    ("args", "env", "message"),
-    [
-        (["--prompt", "a\udcffb"], {}, "--prompt is not valid UTF-8 text"),
-        (["--seed", str(10**23)], {}, "seed must be an integer in [0, 2**63)"),
-        (["--temperature", "nan"], {}, "temperature must be a finite number >= 0, got nan"),
-        (["--temperature", "-1"], {}, "temperature must be a finite number >= 0"),
-        (["--top-p", "nan"], {}, "top_p must be in (0, 1]"),
-        (["--top-k", "-1"], {}, "top_k must be >= 0"),
-        (["--num-processes", "2"], {}, "--num-processes and --process-id need --coordinator HOST:PORT"),
-        (["--process-id", "5", "--num-processes", "2"], {}, "need --coordinator"),
-        (["--coordinator", "127.0.0.1:abc", "--mesh", "2x4"], {}, "--coordinator must be HOST:PORT with a port"),
-        (["--coordinator", "127.0.0.1:1", "--process-id", "3", "--num-processes", "2"], {}, "--process-id must be in"),
-        (["--compare-single-device", "--temperature", "0.7"], {}, "audits greedy decoding"),
-        ([], {"QWEN2_5_DEMO_CACHE": "/sys/qwen2_5_cache"}, "cannot create the demo checkpoint in /sys/qwen2_5_cache"),
-    ],
-)
-def test_a_bad_argument_is_one_error_line(args, env, message, demo_cache):
-    base = {"QWEN2_5_DEMO_CACHE": str(demo_cache)}
-    prompt = [] if "--prompt" in args else ["--prompt", "Hello"]
-    assert_refused(run_cli(GENERATE, *prompt, *args, env={**base, **env}), message)
+@pytest.mark.parametrize("case", range(len(BAD_ARGUMENTS)), ids=[m for _, _, m in BAD_ARGUMENTS])
+def test_a_bad_argument_is_one_error_line(case, refusals):
+    assert_refused(refusals["generate"][case], BAD_ARGUMENTS[case][2])
     assert not Path("/sys/qwen2_5_cache").exists()
 
 

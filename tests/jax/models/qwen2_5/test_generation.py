@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ import torch
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from tests.infra.cli import run_cli
+from tests.infra.cli import run_cli, run_cli_calls
 from tests.infra.collectives import check_collectives
 from tests.infra.testers import COMPILE_ONLY_PROPERTY
 from tests.jax.models.qwen2_5 import streaming_matmul
@@ -27,7 +28,7 @@ from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.tensor_parallel import batch_sharding, forward_all_reduces, shard_model
 from tests.jax.models.qwen2_5.workloads import left_padded_batch
 
-pytestmark = [pytest.mark.model_test, pytest.mark.push]
+pytestmark = [pytest.mark.model_test]
 
 # Three prompts (divides neither batch axis 2 nor 8: padded rows are exercised) of mixed length.
 PROMPTS = [[5, 17, 300, 42, 8, 99, 123, 7, 64, 11, 2 + 300], [77, 3, 250], [401, 19, 88, 6, 150, 33]]
@@ -83,12 +84,14 @@ def compiles_as_planned(gen: Generator, sampling: SamplingConfig, mesh, dut, rec
     return not dut.compile_only
 
 
+@pytest.mark.push
 def test_greedy_matches_hugging_face_single_device(model_for, hf_greedy):
     result = generator(model_for()).generate(PROMPTS, NEW_TOKENS)
     assert result.generated_token_ids == hf_greedy
     assert max(map(len, hf_greedy)) == NEW_TOKENS  # at least one row ran the full 32 tokens
 
 
+@pytest.mark.push_where(mesh="1x8")
 @pytest.mark.tensor_parallel
 def test_greedy_on_mesh_matches_single_device_and_hugging_face(mesh, dut, model_for, hf_greedy, record_property):
     gen = generator(model_for(), mesh)
@@ -96,6 +99,7 @@ def test_greedy_on_mesh_matches_single_device_and_hugging_face(mesh, dut, model_
         assert gen.generate(PROMPTS, NEW_TOKENS).generated_token_ids == hf_greedy
 
 
+@pytest.mark.nightly_unless(mesh="1x8")
 @pytest.mark.tensor_parallel
 def test_sampling_on_mesh_matches_single_device(mesh, dut, model_for, record_property):
     """Random bits do not depend on the sharding (partitionable threefry), so a seed draws the
@@ -107,6 +111,7 @@ def test_sampling_on_mesh_matches_single_device(mesh, dut, model_for, record_pro
         assert gen.generate(PROMPTS, 12, config).generated_token_ids == single
 
 
+@pytest.mark.nightly_unless(preset="gqa28x4", mesh="1x8")
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("preset", ["gqa28x4", "gqa14x2_tied", "mha8"])
 def test_cached_decode_equals_full_recompute(preset, mesh, dut, model_for, record_property):
@@ -234,22 +239,41 @@ def test_bad_requests(model_for):
         SamplingConfig(top_p=0.0)
 
 
-def _cli(*args: str, cache=None, env=None) -> subprocess.CompletedProcess:
-    demo = {"QWEN2_5_DEMO_CACHE": str(cache)} if cache is not None else {}
-    return run_cli("tests.jax.models.qwen2_5.generate", *args, env={**demo, **(env or {})})
+GENERATE = "tests.jax.models.qwen2_5.generate"
+CLI_MESHES = ["1x1", "2x4", "1x8", "1x32", "8x4"]
+BATCH = ["--prompt", "Hello", "--prompt", "The capital of France", *"--max-new-tokens 6 --json --dtype float32".split()]
+BAD_INPUT = [
+    (["--model-path", "/nonexistent/qwen"], "is not a directory"),
+    (["--mesh", "8by4"], "malformed mesh"),
+    (["--mesh", "1x3"], "model axis of 3 cannot split 4 KV heads"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--prompt", "word " * 2100], "exceeds the model's context of 2048 tokens"),
+]
+
+
+@pytest.fixture(scope="module")
+def cli(tiny_checkpoint, tmp_path_factory, demo_cache):
+    """The generate command's cases, all run in one fresh process (one JAX start-up; every mesh
+    up to 32 devices exists there): name -> outcome."""
+    llama = Path(shutil.copytree(tiny_checkpoint("mha8"), tmp_path_factory.mktemp("llama") / "llama"))
+    config = json.loads((llama / "config.json").read_text())
+    (llama / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    saved = "--mesh 1x8 --chat --max-new-tokens 12 --json --dtype float32".split()
+    calls = {f"embedded_{m}": ["--mesh", m, *BATCH] for m in CLI_MESHES}
+    calls["save_pretrained"] = ["--model-path", str(tiny_checkpoint("gqa28x4")), "--prompt", "Natalia sold clips", *saved]
+    calls["streams"] = ["--prompt", "Hello", "--max-new-tokens", "5"]
+    calls["not_qwen2"] = ["--model-path", str(llama), "--prompt", "Hello"]
+    for i, (args, _) in enumerate(BAD_INPUT):
+        calls[f"bad_{i}"] = (["--prompt", "Hello"] if "--prompt" not in args else []) + args
+    env = {"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": "32"}
+    done = run_cli_calls(GENERATE, [(argv, {}) for argv in calls.values()], env)
+    return dict(zip(calls, done, strict=True))
 
 
 @pytest.mark.tensor_parallel
-@pytest.mark.parametrize("mesh_arg", ["1x1", "2x4", "1x8", "1x32", "8x4"], ids=lambda m: f"mesh_{m}")
-def test_cli_embedded_default(mesh_arg, demo_cache):
-    batch = [
-        "--prompt",
-        "Hello",
-        "--prompt",
-        "The capital of France",
-        *"--max-new-tokens 6 --json --dtype float32".split(),
-    ]
-    done = _cli("--mesh", mesh_arg, *batch, cache=demo_cache)
+@pytest.mark.parametrize("mesh_arg", CLI_MESHES, ids=lambda m: f"mesh_{m}")
+def test_cli_embedded_default(mesh_arg, cli):
+    done = cli[f"embedded_{mesh_arg}"]
     assert done.returncode == 0, done.stderr
     assert "RANDOM weights" in done.stderr
     out = json.loads(done.stdout)
@@ -257,15 +281,13 @@ def test_cli_embedded_default(mesh_arg, demo_cache):
     assert all(1 <= len(g) <= 6 for g in out["generated_token_ids"])
     assert out["prefill_tokens_per_second"] > 0 and out["decode_tokens_per_second"] >= 0
     # The embedded default is one checkpoint: every mesh generates the same greedy tokens.
-    reference = json.loads(_cli(*batch, cache=demo_cache).stdout)
-    assert out["generated_token_ids"] == reference["generated_token_ids"]
+    assert out["generated_token_ids"] == json.loads(cli["embedded_1x1"].stdout)["generated_token_ids"]
 
 
 @pytest.mark.tensor_parallel
-def test_cli_on_save_pretrained_checkpoint_matches_hugging_face(tiny_checkpoint, tmp_path):
+def test_cli_on_save_pretrained_checkpoint_matches_hugging_face(tiny_checkpoint, cli):
     path = tiny_checkpoint("gqa28x4")
-    options = "--mesh 1x8 --chat --max-new-tokens 12 --json --dtype float32".split()
-    done = _cli("--model-path", str(path), "--prompt", "Natalia sold clips", *options)
+    done = cli["save_pretrained"]
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     from transformers import AutoTokenizer
@@ -283,36 +305,30 @@ def test_cli_on_save_pretrained_checkpoint_matches_hugging_face(tiny_checkpoint,
     assert out["generated_token_ids"] == [ref[:stop]]
 
 
-def test_cli_streams_text_and_reports_rates(demo_cache):
-    done = _cli("--prompt", "Hello", "--max-new-tokens", "5", cache=demo_cache)
+def test_cli_streams_text_and_reports_rates(cli):
+    done = cli["streams"]
     assert done.returncode == 0, done.stderr
     assert "1 prompt(s)" in done.stdout and "tok/s" in done.stdout and "loading weights" in done.stderr
 
 
-@pytest.mark.parametrize(
-    ("args", "env", "message"),
-    [
-        (["--model-path", "/nonexistent/qwen"], {}, "is not a directory"),
-        (["--mesh", "8by4"], {}, "malformed mesh"),
-        (["--mesh", "1x3"], {}, "model axis of 3 cannot split 4 KV heads"),
-        (["--mesh", "1x8"], {"JAX_NUM_CPU_DEVICES": "4"}, "needs 8 devices but 4 cpu devices exist"),
-        (["--max-new-tokens", "0"], {}, "--max-new-tokens must be >= 1"),
-        (["--prompt", "word " * 2100], {}, "exceeds the model's context of 2048 tokens"),
-    ],
-)
-def test_cli_bad_input_is_one_line_and_exit_2(args, env, message, demo_cache):
-    base = ["--prompt", "Hello"] if "--prompt" not in args else []
-    done = _cli(*base, *args, cache=demo_cache, env=env)
+def assert_one_error_line(done, message: str) -> None:
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
-def test_cli_refuses_a_checkpoint_that_is_not_qwen2(tiny_checkpoint, tmp_path):
-    import shutil
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)), ids=[m for _, m in BAD_INPUT])
+def test_cli_bad_input_is_one_line_and_exit_2(case, cli):
+    assert_one_error_line(cli[f"bad_{case}"], BAD_INPUT[case][1])
 
-    path = shutil.copytree(tiny_checkpoint("mha8"), tmp_path / "llama")
-    config = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
-    done = _cli("--model-path", str(path), "--prompt", "Hello")
+
+def test_cli_with_too_few_devices_is_one_line_and_exit_2(demo_cache):
+    """The device count is fixed when JAX starts: this case needs a process of its own."""
+    env = {"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": "4"}
+    done = run_cli(GENERATE, "--prompt", "Hello", "--mesh", "1x8", env=env)
+    assert_one_error_line(done, "needs 8 devices but 4 cpu devices exist")
+
+
+def test_cli_refuses_a_checkpoint_that_is_not_qwen2(cli):
+    done = cli["not_qwen2"]
     assert done.returncode == 2 and "not a Qwen2/Qwen2.5 checkpoint" in done.stderr and "Traceback" not in done.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from flax import nnx
 
-from tests.infra.cli import run_cli, start_cli
+from tests.infra.cli import run_cli, run_cli_calls, start_cli
 from tests.infra.mesh import MeshShape
 from tests.jax.models.qwen2_5.checkpoint_writer import build_tokenizer, demo_checkpoint, write_checkpoint
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
@@ -42,7 +42,6 @@ from tests.jax.models.qwen2_5.gsm8k import (
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.pipeline import Checkpoint
 
-pytestmark = pytest.mark.push
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +49,12 @@ def test_set(gsm8k_dir) -> list[Problem]:
     return read_jsonl(gsm8k_dir / "test.jsonl")
 
 
+@pytest.mark.push
 def test_the_test_set_is_complete(test_set):
     assert len(test_set) == 1319
 
 
+@pytest.mark.push
 def test_both_extractors_recover_every_gold_answer(test_set):
     for problem in test_set:
         gold = normalize(problem.answer)
@@ -61,6 +62,7 @@ def test_both_extractors_recover_every_gold_answer(test_set):
         assert normalize(flexible_extract(problem.answer)) == gold, problem.answer
 
 
+@pytest.mark.push
 def test_gold_oracle_scores_100_and_a_shifted_oracle_near_0(test_set):
     gold = scores([grade(i, [], p.answer, p) for i, p in enumerate(test_set)])
     assert gold["strict-match"]["accuracy"] == 1.0 and gold["flexible-extract"]["accuracy"] == 1.0
@@ -69,6 +71,7 @@ def test_gold_oracle_scores_100_and_a_shifted_oracle_near_0(test_set):
         assert metric["accuracy"] < 0.05  # only coincidences: equal answers of neighbouring problems
 
 
+@pytest.mark.push
 @pytest.mark.parametrize(
     ("text", "strict", "flexible"),
     [
@@ -85,6 +88,7 @@ def test_extractors(text, strict, flexible):
     assert flexible_extract(text) == flexible
 
 
+@pytest.mark.push
 def test_normalization_ignores_commas_dollars_trailing_period_and_the_solution():
     assert normalize("$1,234.") == "1234"
     assert normalize("Some work 2+2=4\n#### 1,000") == "1000"
@@ -94,6 +98,7 @@ def test_normalization_ignores_commas_dollars_trailing_period_and_the_solution()
     assert grade(0, [], "so #### $1,000.", Problem("q", "x\n#### 1000")).strict == INVALID
 
 
+@pytest.mark.push
 def test_prompt_matches_the_reference_format():
     exemplars = [Problem("What is 1+1?", "1+1=2\n#### 2"), Problem("What is 2*3?", "2*3=6\n#### 6")]
     prompt = build_prompt(Problem("What is 3-1?", "3-1=2\n#### 2"), exemplars)
@@ -105,6 +110,7 @@ def test_prompt_matches_the_reference_format():
     assert build_prompt(Problem("Q?", "A"), []) == "Question: Q?\nAnswer:"
 
 
+@pytest.mark.push
 def test_fewshot_exemplars_are_seeded_and_drawn_per_problem(gsm8k_dir):
     train = read_jsonl(gsm8k_dir / "train.jsonl")
     first, again = fewshot_exemplars(train, 3, 5), fewshot_exemplars(train, 3, 5)
@@ -114,18 +120,21 @@ def test_fewshot_exemplars_are_seeded_and_drawn_per_problem(gsm8k_dir):
         fewshot_exemplars(train[:2], 1, 5)
 
 
+@pytest.mark.push
 def test_generation_is_cut_at_the_first_stop_sequence():
     assert truncate_at_stop(" 5 apples.\n#### 5\n\nQuestion: more") == " 5 apples.\n#### 5\n\n"
     assert truncate_at_stop(" 7<|im_end|>junk") == " 7"
     assert truncate_at_stop(" no stop") == " no stop"
 
 
+@pytest.mark.push
 def test_accuracy_and_its_standard_error():
     result = accuracy([True, False, True, True])
     assert result["accuracy"] == 0.75
     assert result["stderr"] == pytest.approx(math.sqrt(0.75 * 0.25 / 3))
 
 
+@pytest.mark.push
 def test_bad_jsonl_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "q", "answer": "a"}\n{"question": "q"}\n')
@@ -149,6 +158,7 @@ def test_mesh_completions_equal_single_device(test_set, gsm8k_dir, demo_cache):
     assert all(g.generated for g in single)
 
 
+@pytest.mark.push
 def test_batches_are_sorted_by_length_and_cover_every_problem():
     lengths = [5, 9, 1, 9, 7, 3, 8]
     batches = length_sorted_batches(lengths, 3)
@@ -156,6 +166,7 @@ def test_batches_are_sorted_by_length_and_cover_every_problem():
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
 
 
+@pytest.mark.push
 def test_paired_scores_and_mcnemar():
     def graded(i, strict_correct):
         return Graded(i, "", [], "1", "1", "1", strict_correct, strict_correct)
@@ -168,41 +179,12 @@ def test_paired_scores_and_mcnemar():
     assert strict["mesh"]["stderr"] == pytest.approx(math.sqrt(0.6 * 0.4 / 4))
 
 
+GSM8K = "tests.jax.models.qwen2_5.gsm8k"
+
+
 def _gsm8k_cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
     env = {"QWEN2_5_DEMO_CACHE": str(cache)} if cache else None
-    return run_cli("tests.jax.models.qwen2_5.gsm8k", *args, env=env)
-
-
-def test_cli_on_the_embedded_default(gsm8k_dir, demo_cache, tmp_path):
-    out = tmp_path / "out.json"
-    data = ["--data-file", str(gsm8k_dir / "test.jsonl"), "--output", str(out)]
-    done = _gsm8k_cli(*data, *"--limit 2 --num-fewshot 1 --max-new-tokens 8".split(), cache=demo_cache)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
-    assert result["settings"]["mesh"] == "1x1" and result["settings"]["num_fewshot"] == 1
-    assert set(result["scores"]["1x1"]) == {"strict-match", "flexible-extract"}
-    problem = result["problems"][1]
-    assert problem["prompt_id"] == 1 and problem["prompt"].endswith("Answer:")
-    fields = {"index", "generated", "tokens", "strict", "flexible", "gold", "strict_correct", "flexible_correct"}
-    assert set(problem["1x1"]) == fields
-    assert "strict-match" in done.stdout and "memory: an estimated" in done.stderr
-
-
-@pytest.mark.tensor_parallel
-def test_cli_compare_mode_on_a_save_pretrained_checkpoint(gsm8k_dir, tiny_checkpoint, tmp_path):
-    out = tmp_path / "compare.json"
-    paths = ["--model-path", str(tiny_checkpoint("gqa14x2_tied")), "--data-file", str(gsm8k_dir / "test.jsonl")]
-    # 0-shot: the tiny preset's context is 256 tokens.
-    options = "--mesh 2x4 --compare-single-device --limit 3 --num-fewshot 0 --max-new-tokens 8 --chat --dtype float32"
-    done = _gsm8k_cli(*paths, *options.split(), "--output", str(out))
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
-    comparison = result["comparison"]
-    assert comparison["verdict"] == "identical" and comparison["real_divergences"] == 0
-    assert comparison["extracted_answer_agreement"] == 1.0 and comparison["mcnemar_p_value"] == 1.0
-    assert result["scores"]["2x4"] == result["scores"]["1x1"]
-    assert result["problems"][0]["prompt"].startswith("Question:") and result["problems"][0]["audit"] is None
-    assert "mesh 2x4 vs 1x1: verdict identical" in done.stdout
+    return run_cli(GSM8K, *args, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -214,41 +196,106 @@ def context_checkpoint(tmp_path_factory) -> Path:
     return write_checkpoint(Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(3)), build_tokenizer(640), out)
 
 
-def test_cli_checks_everything_before_any_work(gsm8k_dir, context_checkpoint, tmp_path):
-    """Each of these fails at once, with one error line and exit 2, before a weight is read."""
-    data = ["--model-path", str(context_checkpoint), "--data-file", str(gsm8k_dir / "test.jsonl")]
-    (tmp_path / "a_file").write_text("")
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    cases = [
-        (["--limit", "4", "--output", str(tmp_path)], "is a directory: name a file"),
-        (["--limit", "4", "--output", str(tmp_path / "a_file" / "out.json")], "cannot be written"),
-        (["--limit", "4", "--output", "/proc/gsm8k/out.json"], "cannot be written"),
-        (["--limit", "4", "--max-new-tokens", "2000"], "do not fit the model's context of 4,096 tokens"),
-        (["--limit", "4", "--memory-budget", "0.25"], "lower --batch-size (now 8) or --prefill-chunk (now 256)"),
-        (["--limit", "4", "--prefill-chunk", "0"], "--prefill-chunk must be >= 1"),
+# Each fails at once, with one error line and exit 2, before a weight is read.
+UP_FRONT = [
+    (["--limit", "4", "--output", "{tmp}"], "is a directory: name a file"),
+    (["--limit", "4", "--output", "{tmp}/a_file/out.json"], "cannot be written"),
+    (["--limit", "4", "--output", "/proc/gsm8k/out.json"], "cannot be written"),
+    (["--limit", "4", "--max-new-tokens", "2000"], "do not fit the model's context of 4,096 tokens"),
+    (["--limit", "4", "--memory-budget", "0.25"], "lower --batch-size (now 8) or --prefill-chunk (now 256)"),
+    (["--limit", "4", "--prefill-chunk", "0"], "--prefill-chunk must be >= 1"),
+    (["--data-file", "{tmp}/empty.jsonl"], "holds no problems"),
+]
+BAD_INPUT = [
+    (["--data-file", "/nonexistent/test.jsonl"], "/nonexistent/test.jsonl does not exist"),
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--num-fewshot", "-1"], "--num-fewshot must be >= 0"),
+    (["--mesh", "1x3"], "model axis of 3 cannot split 4 KV heads"),
+    (["--compare-single-device"], "compares a mesh with one device"),
+]
+RESUMABLE = [*"--limit 6 --batch-size 2 --num-fewshot 1 --max-new-tokens 24 --mesh 1x8 --dtype float32".split()]
+
+
+@pytest.fixture(scope="module")
+def cli(gsm8k_dir, demo_cache, tiny_checkpoint, context_checkpoint, tmp_path_factory):
+    """The gsm8k command's cases that need no signal, all run in one fresh process (one JAX start-up):
+    name -> (outcome, output file)."""
+    tmp = tmp_path_factory.mktemp("gsm8k_cli")
+    (tmp / "a_file").write_text("")
+    (tmp / "empty.jsonl").write_text("")
+    test_file = ["--data-file", str(gsm8k_dir / "test.jsonl")]
+    calls, outputs = {}, {}
+    for i, (args, _) in enumerate(UP_FRONT):
+        args = [a.format(tmp=tmp) for a in args]
+        calls[f"up_front_{i}"] = ["--model-path", str(context_checkpoint), *([] if "--data-file" in args else test_file), *args]
+    for i, (args, _) in enumerate(BAD_INPUT):
+        calls[f"bad_{i}"] = ([] if "--data-file" in args else [*test_file, "--limit", "1"]) + args
+    outputs["embedded"] = tmp / "out.json"
+    calls["embedded"] = [*test_file, "--output", str(outputs["embedded"]), *"--limit 2 --num-fewshot 1 --max-new-tokens 8".split()]
+    # 0-shot: the tiny preset's context is 256 tokens.
+    outputs["compare"] = tmp / "compare.json"
+    calls["compare"] = [
+        "--model-path", str(tiny_checkpoint("gqa14x2_tied")), *test_file, "--output", str(outputs["compare"]),
+        *"--mesh 2x4 --compare-single-device --limit 3 --num-fewshot 0 --max-new-tokens 8 --chat --dtype float32".split(),
     ]
-    for args, message in cases:
-        done = _gsm8k_cli(*data, *args)
-        assert done.returncode == 2, (args, done.stderr)
-        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
-        assert "loading weights" not in done.stderr, args
-    done = _gsm8k_cli("--model-path", str(context_checkpoint), "--data-file", str(empty))
-    assert done.returncode == 2 and "holds no problems" in done.stderr
+    outputs["whole"] = tmp / "whole.json"
+    calls["whole"] = [*test_file, *RESUMABLE, "--output", str(outputs["whole"])]
+    # After it, the same output with other settings: refused, the finished run kept.
+    calls["changed"] = [*calls["whole"], "--max-new-tokens", "8"]
+    env = {"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": "8"}
+    done = run_cli_calls(GSM8K, [(argv, {}) for argv in calls.values()], env)
+    return {name: (outcome, outputs.get(name)) for name, outcome in zip(calls, done, strict=True)}
+
+
+def test_cli_on_the_embedded_default(cli):
+    done, out = cli["embedded"]
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["settings"]["mesh"] == "1x1" and result["settings"]["num_fewshot"] == 1
+    assert set(result["scores"]["1x1"]) == {"strict-match", "flexible-extract"}
+    problem = result["problems"][1]
+    assert problem["prompt_id"] == 1 and problem["prompt"].endswith("Answer:")
+    fields = {"index", "generated", "tokens", "strict", "flexible", "gold", "strict_correct", "flexible_correct"}
+    assert {k for k, v in problem["1x1"].items() if v is not None} == fields
+    assert "strict-match" in done.stdout and "memory: an estimated" in done.stderr
 
 
 @pytest.mark.tensor_parallel
+def test_cli_compare_mode_on_a_save_pretrained_checkpoint(cli):
+    done, out = cli["compare"]
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    comparison = result["comparison"]
+    assert comparison["verdict"] == "identical" and comparison["real_divergences"] == 0
+    assert comparison["extracted_answer_agreement"] == 1.0 and comparison["mcnemar_p_value"] == 1.0
+    assert result["scores"]["2x4"] == result["scores"]["1x1"]
+    assert result["problems"][0]["prompt"].startswith("Question:") and result["problems"][0]["audit"] is None
+    # Compare mode keeps each run's step records: the audit's evidence, per generated token.
+    record = result["problems"][0]["2x4"]
+    assert len(record["top_ids"]) == len(record["tokens"]) and all(ids[0] == t for ids, t in zip(record["top_ids"], record["tokens"]))
+    assert "mesh 2x4 vs 1x1: verdict identical" in done.stdout
+
+
+@pytest.mark.parametrize("case", range(len(UP_FRONT)), ids=[m for _, m in UP_FRONT])
+def test_cli_checks_everything_before_any_work(case, cli):
+    done, _ = cli[f"up_front_{case}"]
+    assert done.returncode == 2, done.stderr
+    assert UP_FRONT[case][1] in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "loading weights" not in done.stderr
+
+
+@pytest.mark.nightly_unless(signum=signal.SIGINT)
+@pytest.mark.tensor_parallel
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(signum, gsm8k_dir, demo_cache, tmp_path):
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(signum, gsm8k_dir, demo_cache, tmp_path, cli):
     """Stopped after its first batch, a run exits without a traceback, prints the scores so far and
     keeps its finished problems; the same command then reuses them and ends with exactly the
     result of a run never interrupted."""
-    args = ["--data-file", str(gsm8k_dir / "test.jsonl"), *"--limit 6 --batch-size 2 --num-fewshot 1".split()]
-    args += ["--max-new-tokens", "48", "--mesh", "1x8", "--dtype", "float32"]
+    args = ["--data-file", str(gsm8k_dir / "test.jsonl"), *RESUMABLE]
     env = {"QWEN2_5_DEMO_CACHE": str(demo_cache)}
     out = tmp_path / "resumed.json"
     progress = progress_path(out)
-    process = start_cli("tests.jax.models.qwen2_5.gsm8k", *args, "--output", str(out), env=env)
+    process = start_cli(GSM8K, *args, "--output", str(out), env=env)
     deadline = time.monotonic() + 300
     while not (progress.is_file() and len(progress.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -263,32 +310,23 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(signum, gsm8k_di
     resumed = _gsm8k_cli(*args, "--output", str(out), cache=demo_cache)
     assert resumed.returncode == 0, resumed.stderr
     assert f"reusing {finished} finished problems" in resumed.stderr
-    whole = tmp_path / "whole.json"
-    assert _gsm8k_cli(*args, "--output", str(whole), cache=demo_cache).returncode == 0
+    whole_done, whole = cli["whole"]
+    assert whole_done.returncode == 0, whole_done.stderr
     assert json.loads(out.read_text())["problems"] == json.loads(whole.read_text())["problems"]
     assert json.loads(out.read_text())["scores"] == json.loads(whole.read_text())["scores"]
 
-    changed = _gsm8k_cli(*args, "--max-new-tokens", "8", "--output", str(out), cache=demo_cache)
-    assert changed.returncode == 2 and "holds a run with other settings (max_new_tokens: 48 there, 8 now)" in (
-        changed.stderr
-    )
+
+def test_a_run_with_other_settings_is_refused(cli):
+    done, _ = cli["changed"]
+    assert done.returncode == 2
+    assert "holds a run with other settings (max_new_tokens: 24 there, 8 now)" in done.stderr
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--data-file", "/nonexistent/test.jsonl"], "/nonexistent/test.jsonl does not exist"),
-        (["--limit", "0"], "--limit must be >= 1"),
-        (["--num-fewshot", "-1"], "--num-fewshot must be >= 0"),
-        (["--mesh", "1x3"], "model axis of 3 cannot split 4 KV heads"),
-        (["--compare-single-device"], "compares a mesh with one device"),
-    ],
-)
-def test_cli_bad_input(args, message, gsm8k_dir, demo_cache):
-    base = [] if "--data-file" in args else ["--data-file", str(gsm8k_dir / "test.jsonl"), "--limit", "1"]
-    done = _gsm8k_cli(*base, *args, cache=demo_cache)
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)), ids=[m for _, m in BAD_INPUT])
+def test_cli_bad_input(case, cli):
+    done, _ = cli[f"bad_{case}"]
     assert done.returncode == 2, done.stderr
-    assert message in done.stderr and "Traceback" not in done.stderr
+    assert BAD_INPUT[case][1] in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.fixture(scope="module")

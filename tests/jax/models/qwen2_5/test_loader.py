@@ -23,7 +23,7 @@ from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.tensor_parallel import shard_model
 from tests.jax.models.qwen2_5.workloads import left_padded_batch
 
-pytestmark = [pytest.mark.single_device, pytest.mark.model_test, pytest.mark.push]
+pytestmark = [pytest.mark.single_device, pytest.mark.model_test]
 
 # The config.json published with Qwen2.5-7B-Instruct.
 QWEN2_5_7B_INSTRUCT_CONFIG = {
@@ -86,6 +86,7 @@ def _logits(model, cfg):
     return np.asarray(jax.jit(lambda i, p, m: model(i, p, m))(batch.input_ids, batch.positions, batch.attention_mask))
 
 
+@pytest.mark.push
 def test_single_file_and_sharded_checkpoints_load_the_same_weights(tiny_checkpoint, tmp_path):
     cfg = TINY_PRESETS["gqa28x4"]
     single = build_checkpoint(cfg, tmp_path / "single", max_shard_size="1GB")
@@ -95,6 +96,7 @@ def test_single_file_and_sharded_checkpoints_load_the_same_weights(tiny_checkpoi
     np.testing.assert_array_equal(_logits(load_model(single), cfg), _logits(load_model(sharded), cfg))
 
 
+@pytest.mark.push
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_loads_in_the_target_dtype(tiny_checkpoint, dtype):
     model = load_model(tiny_checkpoint("gqa14x2_tied"), dtype)
@@ -103,12 +105,14 @@ def test_loads_in_the_target_dtype(tiny_checkpoint, dtype):
     assert model.lm_head is None  # tied: logits come from the embedding table
 
 
+@pytest.mark.push
 def test_missing_tensor_is_named(checkpoint):
     _rewrite(checkpoint, "model.layers.1.self_attn.k_proj.bias", None)
     with pytest.raises(CheckpointError, match=r"missing tensors .*model\.layers\.1\.self_attn\.k_proj\.bias"):
         load_model(checkpoint)
 
 
+@pytest.mark.push
 def test_unexpected_tensor_is_named(checkpoint):
     extra = np.zeros(4, np.float32)
     _rewrite(checkpoint, "model.norm.weight", extra, new_name="model.layers.0.self_attn.rotary_emb.inv_freq")
@@ -116,12 +120,14 @@ def test_unexpected_tensor_is_named(checkpoint):
         load_model(checkpoint)
 
 
+@pytest.mark.push
 def test_shape_mismatch_is_named_with_both_shapes(checkpoint):
     _rewrite(checkpoint, "model.layers.0.mlp.up_proj.weight", np.zeros((1184, 200), np.float32))
     with pytest.raises(CheckpointError, match=r"up_proj\.weight has shape \(1184, 200\), expected \(1184, 224\)"):
         load_model(checkpoint)
 
 
+@pytest.mark.push
 def test_config_that_disagrees_with_the_weights(checkpoint):
     config = json.loads((checkpoint / "config.json").read_text())
     config["num_hidden_layers"] = 3
@@ -130,6 +136,7 @@ def test_config_that_disagrees_with_the_weights(checkpoint):
         load_model(checkpoint)
 
 
+@pytest.mark.push
 def test_missing_shard_file(checkpoint):
     shard = _shard_of(checkpoint, "lm_head.weight")
     shard.unlink()
@@ -137,6 +144,7 @@ def test_missing_shard_file(checkpoint):
         load_model(checkpoint)
 
 
+@pytest.mark.push
 def test_pickle_weights_are_refused(checkpoint):
     for f in checkpoint.glob("*.safetensors*"):
         f.unlink()
@@ -145,6 +153,7 @@ def test_pickle_weights_are_refused(checkpoint):
         load_model(checkpoint)
 
 
+@pytest.mark.push
 def test_no_weights(checkpoint):
     for f in checkpoint.glob("*.safetensors*"):
         f.unlink()
@@ -152,11 +161,13 @@ def test_no_weights(checkpoint):
         load_model(checkpoint)
 
 
+@pytest.mark.push
 def test_not_a_directory(tmp_path):
     with pytest.raises(ConfigError, match="does not exist: point at a Hugging Face checkpoint directory"):
         load_model(tmp_path / "nowhere")
 
 
+@pytest.mark.push
 def test_config_json_must_be_qwen2(checkpoint):
     config = json.loads((checkpoint / "config.json").read_text())
     (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
@@ -164,12 +175,14 @@ def test_config_json_must_be_qwen2(checkpoint):
         load_model(checkpoint)
 
 
+@pytest.mark.push
 def test_config_json_must_be_json(checkpoint):
     (checkpoint / "config.json").write_text("{")
     with pytest.raises(ConfigError, match="is not valid JSON"):
         load_model(checkpoint)
 
 
+@pytest.mark.push
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -186,10 +199,12 @@ def test_config_refuses_what_it_would_ignore(change, message):
         Qwen2Config.from_hf_dict(hf)
 
 
+@pytest.mark.push
 def test_published_7b_config_is_the_7b_preset():
     assert Qwen2Config.from_hf_dict(QWEN2_5_7B_INSTRUCT_CONFIG) == QWEN2_5_7B
 
 
+@pytest.mark.push
 @pytest.mark.parametrize("preset", list(TINY_PRESETS))
 def test_config_round_trips_through_transformers(preset):
     from transformers import Qwen2Config as HFQwen2Config
@@ -198,6 +213,7 @@ def test_config_round_trips_through_transformers(preset):
     assert Qwen2Config.from_hf_dict(HFQwen2Config(**cfg.to_hf_dict()).to_dict()) == cfg
 
 
+@pytest.mark.push
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("preset", list(TINY_PRESETS))
 def test_loading_onto_the_mesh_equals_sharding_in_memory(preset, mesh, dut, tiny_checkpoint, record_property):
@@ -242,6 +258,7 @@ def _load_stats(path: Path, *flags: str) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.nightly  # a memory measurement of a 0.5 GB load
 @pytest.mark.tensor_parallel
 def test_loading_onto_1x8_holds_little_more_than_the_checkpoint(sizeable_checkpoint, record_property):
     """Peak RSS growth <= 1.15x the checkpoint's bytes: the shards themselves (1.03x here: zero pad

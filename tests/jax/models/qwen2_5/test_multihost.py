@@ -15,7 +15,7 @@ import pytest
 from tests.infra.cli import start_cli
 from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 
-pytestmark = [pytest.mark.multihost, pytest.mark.tensor_parallel, pytest.mark.push]
+pytestmark = [pytest.mark.multihost, pytest.mark.tensor_parallel, pytest.mark.nightly]
 
 REQUEST = ["--prompt", "Hello", "--prompt", "The capital of France", "--prompt", "x"]
 REQUEST += "--max-new-tokens 8 --json --dtype float32".split()

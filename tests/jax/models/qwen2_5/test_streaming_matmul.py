@@ -24,7 +24,6 @@ from tests.jax.models.qwen2_5.tensor_parallel import shard_model
 
 pytestmark = [
     pytest.mark.model_test,
-    pytest.mark.push,
     pytest.mark.skipif(not streaming_matmul.runs_here(), reason="the kernel needs an x86-64 CPU with AVX2 and FMA"),
 ]
 
