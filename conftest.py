@@ -99,21 +99,27 @@ def _params(item: pytest.Item) -> dict:
 def _tier_by_case(item: pytest.Item) -> None:
     """Tiers of single cases of a parametrized test: `push_where(**params)` puts the cases whose
     parameters (fixture parameters such as `mesh` included) equal all of those in `push`;
-    `nightly_unless(**params)` moves every case to `nightly` but those with one of those values."""
+    `nightly_unless(**params)` moves every case to `nightly` but those with one of those values
+    (a tuple: any of its values)."""
     params = _params(item)
+
+    def matches(key: str, value) -> bool:  # a tuple of values: any of them
+        return params.get(key) in value if isinstance(value, tuple) else params.get(key) == value
+
     for marker in item.iter_markers("push_where"):
-        if all(params.get(key) == value for key, value in marker.kwargs.items()):
+        if all(matches(key, value) for key, value in marker.kwargs.items()):
             item.add_marker(pytest.mark.push)
     for marker in item.iter_markers("nightly_unless"):
-        if not any(params.get(key) == value for key, value in marker.kwargs.items()):
+        if not any(matches(key, value) for key, value in marker.kwargs.items()):
             item.add_marker(pytest.mark.nightly)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects by markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Give single cases their tier (_tier_by_case), then deselect what this run is not for, so that a skip always means something is missing:
-    benchmarks (minutes of speed measurement) unless selected with -m (e.g. `pytest -m benchmark`),
-    and under --device tt every test without a device under test (it ran in the CPU run already)."""
+    """Give single cases their tier (_tier_by_case), then deselect what this run is not for, so
+    that a skip always means something is missing: benchmarks (minutes of speed measurement)
+    unless selected with -m (e.g. `pytest -m benchmark`), and under --device tt every test
+    without a device under test (it ran in the CPU run already)."""
     benchmarks = "benchmark" in (config.getoption("-m") or "")
     on_tt = config.getoption("--device") == TT
     keep, dropped = [], []

@@ -86,7 +86,11 @@ def run_cli_calls(
     must not need different JAX start-up settings (the simulated device count comes from `env`)."""
     payload = json.dumps([module, [[list(argv), dict(changes)] for argv, changes in calls]])
     done = subprocess.run(
-        [sys.executable, "-c", _CALLS], input=payload, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-c", _CALLS],
+        input=payload,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=_environment(env),
     )
     if done.returncode != 0:

@@ -50,6 +50,7 @@ def test_host_class_names_the_flags_and_a_class():
     assert (host["class"] == BF16_NATIVE) == (host["flags"]["avx512_bf16"] or host["flags"]["amx_bf16"])
 
 
+@pytest.mark.nightly  # the benchmarks' emulation, checked in a process of its own
 @pytest.mark.skipif(not host_class()["flags"]["avx2"], reason="the host has no AVX2 to emulate an AVX2 CPU with")
 def test_avx2_emulation_hides_avx512_and_amx_and_keeps_results():
     emulated, native = _run("avx2"), _run("native")

@@ -172,9 +172,7 @@ def first_difference(single: Sequence[int], mesh: Sequence[int]) -> int:
     return parted
 
 
-def judge(
-    single: Generated, mesh: Generated, oracle: np.ndarray, mesh_forced: np.ndarray, dtype: str
-) -> SequenceAudit:
+def judge(single: Generated, mesh: Generated, oracle: np.ndarray, mesh_forced: np.ndarray, dtype: str) -> SequenceAudit:
     """The audit of one prompt from the oracle's and the mesh's teacher-forced logits over the single
     device's sequence, (n, V) each for its n generated positions."""
     parted = first_difference(single.tokens, mesh.tokens)
@@ -216,11 +214,16 @@ def audit_sequences(
         first_difference(single.tokens, theirs.tokens)
     sequences = [[*p, *r.tokens] for p, r in zip(prompts, single_runs, strict=True)]
     first = [len(p) for p in prompts]
+    # Rows padded to a power of two (repeating the first): a few compiled scoring steps serve any count.
+    rows = 1 << (len(sequences) - 1).bit_length()
+    sequences, first = sequences + sequences[:1] * (rows - len(sequences)), first + first[:1] * (rows - len(first))
     exact = oracle.score(sequences, first)  # per prompt (n, V)
     forced = mesh.score(sequences, first)
     return [
         judge(single, theirs, e.astype(np.float64), f.astype(np.float64), dtype)
-        for single, theirs, e, f in zip(single_runs, mesh_runs, exact, forced, strict=True)
+        for single, theirs, e, f in zip(
+            single_runs, mesh_runs, exact[: len(single_runs)], forced[: len(single_runs)], strict=True
+        )
     ]
 
 
@@ -265,10 +268,10 @@ def mcnemar_p_value(single_only: int, mesh_only: int) -> float:
 
 RULE = (
     "a divergence (single device chose a, mesh b) is a rounding tie when the float32 oracle's margin "
-    "L*[a]-L*[b] <= {tie:g} x E_s, the single device's largest |Ls-L*| over its recorded top-{k} at that "
+    f"L*[a]-L*[b] <= {TIE_FACTOR:g} x E_s, the single device's largest |Ls-L*| over its recorded top-{TOP_K} at that "
     "position (at least half an ulp); the mesh is as accurate when its mean error against the oracle over the "
-    "generated positions is <= {acc:g} x the single device's"
-).format(tie=TIE_FACTOR, k=TOP_K, acc=ACCURACY_FACTOR)
+    f"generated positions is <= {ACCURACY_FACTOR:g} x the single device's"
+)
 
 
 @dataclass
@@ -303,8 +306,12 @@ class MeshAudit:
         found = dict.fromkeys(prompts)
         if differ:
             audits = audit_sequences(
-                oracle, mesh, [prompts[i] for i in differ], [single_runs[i] for i in differ],
-                [mesh_runs[i] for i in differ], self.dtype,
+                oracle,
+                mesh,
+                [prompts[i] for i in differ],
+                [single_runs[i] for i in differ],
+                [mesh_runs[i] for i in differ],
+                self.dtype,
             )
             found.update(zip(differ, audits, strict=True))
         self.audits.update(found)
@@ -320,8 +327,13 @@ class MeshAudit:
             "real_divergences": sum(a.real_divergences for a in differing.values()),
             "less_accurate": [i for i, a in differing.items() if not a.as_accurate],
             "worst_accuracy_ratio": max((a.accuracy_ratio for a in differing.values()), default=None),
-            "criterion": {"dtype": self.dtype, "tie_factor": TIE_FACTOR, "accuracy_factor": ACCURACY_FACTOR,
-                          "top_k": TOP_K, "rule": RULE},
+            "criterion": {
+                "dtype": self.dtype,
+                "tie_factor": TIE_FACTOR,
+                "accuracy_factor": ACCURACY_FACTOR,
+                "top_k": TOP_K,
+                "rule": RULE,
+            },
         }
 
     def describe(self) -> str:

@@ -489,8 +489,8 @@ def run(args: argparse.Namespace) -> int:
         steps = [] if name == ORACLE else [(layout, ("prefill", "decode")) for layout in needed]
         if args.compare_single_device:
             longest = max(len(token_ids[i]) for batch in todo for i in batch)
-            # A batch's differing problems are teacher-forced together (the audit).
-            rows = max(len(batch) for batch in todo)
+            # A batch's differing problems are teacher-forced together, rows padded to a power of two (the audit).
+            rows = 1 << (max(len(batch) for batch in todo) - 1).bit_length()
             steps.append((plan.layout([longest + args.max_new_tokens] * rows, 0), ("prefill", "score")))
         layouts[name] = steps
     budget = int(args.memory_budget * GIB) if args.memory_budget else available_host_bytes()
@@ -515,7 +515,14 @@ def run(args: argparse.Namespace) -> int:
             for batch in todo:
                 runs = {
                     name: complete(
-                        gen, checkpoint, problems, token_ids, batch, args.max_new_tokens, signals.check, oracle is not None
+                        gen,
+                        checkpoint,
+                        problems,
+                        token_ids,
+                        batch,
+                        args.max_new_tokens,
+                        signals.check,
+                        oracle is not None,
                     )
                     for name, gen in generators.items()
                 }

@@ -10,8 +10,6 @@ other, so bfloat16 near-ties are frequent and the tie rule is exercised on every
 
 from __future__ import annotations
 
-import functools
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -53,29 +51,36 @@ BELOW_BFLOAT16 = ("q_bias_dropped_on_one_device", "bfloat16_softmax", "rms_norm_
 
 
 class Audited:
-    """A checkpoint, its single-device generations, oracle and correct mesh generators per dtype."""
+    """A checkpoint, its single-device generations, oracle and correct mesh generators per dtype,
+    each made once."""
 
     def __init__(self, path, cfg):
         self.path, self.cfg = path, cfg
         rng = np.random.default_rng(1)
         self.prompts = [rng.integers(3, cfg.vocab_size, n).tolist() for n in PROMPT_LENGTHS]
+        self._made: dict = {}
 
-    @functools.cache
+    def _once(self, key: tuple, make):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
     def single(self, dtype: str) -> Generator:
-        return Generator(load_model(self.path, getattr(jnp, dtype)), (), 0)
+        return self._once(("single", dtype), lambda: Generator(load_model(self.path, getattr(jnp, dtype)), (), 0))
 
-    @functools.cache
     def oracle(self, dtype: str) -> Generator:
-        return oracle_of(self.single(dtype))
+        return self._once(("oracle", dtype), lambda: oracle_of(self.single(dtype)))
 
-    @functools.cache
     def reference(self, dtype: str) -> list[Generated]:
-        result = self.single(dtype).generate(self.prompts, NEW_TOKENS)
-        return [Generated(t, top) for t, top in zip(result.generated_token_ids, result.top_logits, strict=True)]
+        def make() -> list[Generated]:
+            result = self.single(dtype).generate(self.prompts, NEW_TOKENS)
+            return [Generated(t, top) for t, top in zip(result.generated_token_ids, result.top_logits, strict=True)]
 
-    @functools.cache
+        return self._once(("reference", dtype), make)
+
     def correct(self, dtype: str, mesh: Mesh) -> Generator:
-        return Generator(load_model(self.path, getattr(jnp, dtype), mesh=mesh), (), 0, mesh)
+        make = lambda: Generator(load_model(self.path, getattr(jnp, dtype), mesh=mesh), (), 0, mesh)  # noqa: E731
+        return self._once(("correct", dtype, mesh), make)
 
     def faulty(self, dtype: str, mesh: Mesh, fault: str) -> Generator:
         """The faulty mesh model; one that changes only weights runs the correct one's programs."""
@@ -168,6 +173,7 @@ def test_correct_mesh_audit_with_and_without_the_streaming_kernel(kernel, dut, a
     assert audit.verdict in (IDENTICAL, EQUIVALENT) and audit.summary()["real_divergences"] == 0, audit.describe()
 
 
+@pytest.mark.nightly_unless(dtype="float32", fault=("decode_position_off_by_one", "late_cache_slot_on_one_device"))
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize(
     ("dtype", "fault"),
@@ -175,7 +181,8 @@ def test_correct_mesh_audit_with_and_without_the_streaming_kernel(kernel, dut, a
 )
 def test_a_catalog_fault_is_different(dtype, fault, dut, audited, record_property):
     """Each fault of the catalog on 1x8: verdict `different` (real divergences, or a mesh less
-    accurate than the single device)."""
+    accurate than the single device). The default run has every fault in float32 and the
+    decode-path faults in bfloat16 too (the ones only the step records see); the nightly all."""
     if dut.compile_only:
         pytest.skip(NEEDS_DATA)
     check_fault(audited, dut, dtype, fault, record_property, with_effect=False)

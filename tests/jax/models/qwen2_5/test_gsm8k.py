@@ -43,7 +43,6 @@ from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.pipeline import Checkpoint
 
 
-
 @pytest.fixture(scope="session")
 def test_set(gsm8k_dir) -> list[Problem]:
     return read_jsonl(gsm8k_dir / "test.jsonl")
@@ -227,16 +226,31 @@ def cli(gsm8k_dir, demo_cache, tiny_checkpoint, context_checkpoint, tmp_path_fac
     calls, outputs = {}, {}
     for i, (args, _) in enumerate(UP_FRONT):
         args = [a.format(tmp=tmp) for a in args]
-        calls[f"up_front_{i}"] = ["--model-path", str(context_checkpoint), *([] if "--data-file" in args else test_file), *args]
+        calls[f"up_front_{i}"] = [
+            "--model-path",
+            str(context_checkpoint),
+            *([] if "--data-file" in args else test_file),
+            *args,
+        ]
     for i, (args, _) in enumerate(BAD_INPUT):
         calls[f"bad_{i}"] = ([] if "--data-file" in args else [*test_file, "--limit", "1"]) + args
     outputs["embedded"] = tmp / "out.json"
-    calls["embedded"] = [*test_file, "--output", str(outputs["embedded"]), *"--limit 2 --num-fewshot 1 --max-new-tokens 8".split()]
+    calls["embedded"] = [
+        *test_file,
+        "--output",
+        str(outputs["embedded"]),
+        *"--limit 2 --num-fewshot 1 --max-new-tokens 8".split(),
+    ]
     # 0-shot: the tiny preset's context is 256 tokens.
     outputs["compare"] = tmp / "compare.json"
     calls["compare"] = [
-        "--model-path", str(tiny_checkpoint("gqa14x2_tied")), *test_file, "--output", str(outputs["compare"]),
-        *"--mesh 2x4 --compare-single-device --limit 3 --num-fewshot 0 --max-new-tokens 8 --chat --dtype float32".split(),
+        "--model-path",
+        str(tiny_checkpoint("gqa14x2_tied")),
+        *test_file,
+        "--output",
+        str(outputs["compare"]),
+        *"--mesh 2x4 --compare-single-device --limit 3 --num-fewshot 0 --max-new-tokens 8 --chat".split(),
+        *"--dtype float32".split(),
     ]
     outputs["whole"] = tmp / "whole.json"
     calls["whole"] = [*test_file, *RESUMABLE, "--output", str(outputs["whole"])]
@@ -272,7 +286,9 @@ def test_cli_compare_mode_on_a_save_pretrained_checkpoint(cli):
     assert result["problems"][0]["prompt"].startswith("Question:") and result["problems"][0]["audit"] is None
     # Compare mode keeps each run's step records: the audit's evidence, per generated token.
     record = result["problems"][0]["2x4"]
-    assert len(record["top_ids"]) == len(record["tokens"]) and all(ids[0] == t for ids, t in zip(record["top_ids"], record["tokens"]))
+    assert len(record["top_ids"]) == len(record["tokens"]) and all(
+        ids[0] == t for ids, t in zip(record["top_ids"], record["tokens"], strict=True)
+    )
     assert "mesh 2x4 vs 1x1: verdict identical" in done.stdout
 
 
