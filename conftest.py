@@ -15,7 +15,7 @@ from tests.infra.devices import (
     platform_devices,
 )
 from tests.infra.mesh import MeshError, make_mesh
-from tests.infra.testers import COMPILE_ONLY_PROPERTY
+from tests.infra.testers import COMPILE_ONLY_PROPERTY, HOST_SIDE_PROPERTY
 from tests.infra.tt_plugin import (
     COMPILE_ONLY_ENV,
     TTPluginError,
@@ -136,15 +136,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     """Say plainly what a compile-only run did and did not check."""
     if not config.getoption("--compile-only"):
         return
-    compiled = sum(
-        any(tuple(p) == COMPILE_ONLY_PROPERTY for p in report.user_properties)
-        for report in terminalreporter.stats.get("passed", [])
+    passed = terminalreporter.stats.get("passed", [])
+    compiled, host_side = (
+        sum(any(tuple(p) == prop for p in report.user_properties) for report in passed)
+        for prop in (COMPILE_ONLY_PROPERTY, HOST_SIDE_PROPERTY)
     )
-    passed = len(terminalreporter.stats.get("passed", []))
     terminalreporter.write_sep(
         "=",
-        f"TT compile-only: {compiled} of {passed} passed tests compiled their device-under-test workloads with the "
-        f"TT plugin and checked the TTNN collectives; numerics were not compared (the plugin returns zeros)",
+        f"TT compile-only: {compiled} of {len(passed)} passed tests compiled their device-under-test workloads "
+        f"with the TT plugin and checked the TTNN collectives, {host_side} checked the host side only; numerics "
+        f"were not compared (the plugin returns zeros)",
     )
 
 

@@ -8,24 +8,26 @@ import yaml
 
 from tests.infra import tt_plugin
 from tests.infra.devices import CPU, DeviceUnderTest
+from tests.infra.testers import HOST_SIDE_PROPERTY
 
 pytestmark = pytest.mark.push
 
 
-def test_every_ordinary_computation_runs_on_the_cpu(dut: DeviceUnderTest):
+def test_every_ordinary_computation_runs_on_the_cpu(dut: DeviceUnderTest, record_property):
     """With the TT plugin installed and even under --device tt, JAX's default backend stays the
     CPU: only explicit devices and meshes reach the device under test."""
+    record_property(*HOST_SIDE_PROPERTY)
     assert jax.default_backend() == CPU
     assert {d.platform for d in jnp.ones(3).devices()} == {CPU}
     assert jax.config.jax_platforms == (CPU if dut.platform == CPU else f"{CPU},{dut.platform}")
 
 
-def test_a_cpu_only_process_does_not_load_the_tt_plugin(dut: DeviceUnderTest):
-    """Loading libtt.so unpacks ~417 MB into $TMPDIR and races with other processes doing the same."""
-    if dut.platform != CPU:
-        pytest.skip("this process runs the TT plugin (--device tt)")
+def test_a_cpu_only_process_does_not_load_the_tt_plugin(dut: DeviceUnderTest, record_property):
+    """Loading libtt.so unpacks ~417 MB into $TMPDIR and races with other processes doing the same:
+    only a process whose device under test is TT loads it."""
+    record_property(*HOST_SIDE_PROPERTY)
     with open("/proc/self/maps") as maps:
-        assert not any("libtt.so" in line for line in maps)
+        assert any("libtt.so" in line for line in maps) == (dut.platform != CPU)
 
 
 def test_missing_plugin_is_a_clear_error(monkeypatch):

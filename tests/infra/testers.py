@@ -23,6 +23,9 @@ from tests.infra.devices import DeviceUnderTest, golden_device
 
 # Recorded (pytest record_property) by every test whose DUT only compiled: numerics not compared.
 COMPILE_ONLY_PROPERTY = ("numerics", "not compared: compile-only")
+# Recorded by a test that runs under --device tt but compiles no workload by design (it checks
+# placement or the host process): the TT run's summary counts it apart from the compiled ones.
+HOST_SIDE_PROPERTY = ("numerics", "not compared: host side only")
 
 
 @dataclass(frozen=True)

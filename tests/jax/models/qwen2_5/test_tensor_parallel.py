@@ -23,7 +23,7 @@ from tests.infra.cli import run_cli, run_cli_calls
 from tests.infra.comparison import ComparisonConfig
 from tests.infra.devices import CPU, TT, platform_devices
 from tests.infra.mesh import MODEL_AXIS, MeshShape, make_mesh
-from tests.infra.testers import EquivalenceTester
+from tests.infra.testers import COMPILE_ONLY_PROPERTY, HOST_SIDE_PROPERTY, EquivalenceTester
 from tests.jax.models.qwen2_5.audit import exact_model, oracle_tie_rule
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, TINY_PRESETS
 from tests.jax.models.qwen2_5.faults import AppendedPadding
@@ -220,8 +220,9 @@ def test_logits(preset, dtype, mesh, golden_model, dut, record_property):
 
 @pytest.mark.push
 @PRESETS
-def test_weights_are_laid_out_as_planned(preset, mesh, golden_model):
+def test_weights_are_laid_out_as_planned(preset, mesh, golden_model, record_property):
     """Each device holds whole (padded) query heads, its KV head(s), 1/m of the MLP and vocab."""
+    record_property(*HOST_SIDE_PROPERTY)  # placement only: nothing is compiled
     golden = golden_model(preset)
     cfg, m = golden.cfg, mesh.shape[MODEL_AXIS]
     tp_cfg, heads = tensor_parallel_config(cfg, m)
@@ -331,11 +332,12 @@ def test_plan_cli_json():
     assert report["query_heads"].startswith("28 -> 32")
 
 
-def test_plan_cli_reports_the_tt_compilers_collectives(dut):
+def test_plan_cli_reports_the_tt_compilers_collectives(dut, record_property):
     """`plan --device tt`: the full 28-layer 7B compiled by the TT plugin too (no card needed)."""
     if dut.platform != TT:
         pytest.skip("compiles with the TT plugin: run with --device tt (--compile-only without a card)")
     done = _plan_cli("--mesh", "1x8", "--device", "tt", "--json", "--seq-len", "64")
+    record_property(*COMPILE_ONLY_PROPERTY)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["ttnn_collectives"] == {"all_reduce": 57, "all_gather": 0} and report["all_reduces"] == 57
