@@ -1,6 +1,7 @@
 """Every bad checkpoint, config and argument the README's table lists: one `error:` line, exit 2,
 no traceback, nothing written half. Checkpoints are copies of a random Hugging Face Qwen2
-checkpoint (save_pretrained, sharded, with an index) corrupted one way each."""
+checkpoint (save_pretrained, sharded, with an index) corrupted one way each. The default tier:
+the loader's own refusals are in the push tier (test_loader.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from safetensors.numpy import load_file, save_file
 from tests.infra.cli import run_cli, run_cli_calls
 from tests.jax.models.qwen2_5.loader import INDEX_FILE
 
-pytestmark = pytest.mark.push
 
 GENERATE = "tests.jax.models.qwen2_5.generate"
 GSM8K = "tests.jax.models.qwen2_5.gsm8k"
