@@ -17,7 +17,6 @@ from safetensors.numpy import load_file, save_file
 from tests.infra.cli import run_cli, run_cli_calls
 from tests.jax.models.qwen2_5.loader import INDEX_FILE
 
-
 GENERATE = "tests.jax.models.qwen2_5.generate"
 GSM8K = "tests.jax.models.qwen2_5.gsm8k"
 LOAD_STATS = "tests.jax.models.qwen2_5.load_stats"
