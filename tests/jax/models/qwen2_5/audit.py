@@ -16,9 +16,9 @@ number measured on some host:
 - **A rounding tie**: where the single device chose `a` and the mesh `b`, the oracle's margin
   L*[a] - L*[b] is at most TIE_FACTOR x E_s(t): the single device's own logits, each moved by no
   more than its own error there, could have ranked b first. Anything else is a real divergence.
-- **As accurate as the single device**: over the positions it generated, the mesh's mean error
-  against the oracle (the same measure over its own top-k) is at most ACCURACY_FACTOR times the
-  single device's mean error. A less accurate mesh is `different`, whatever its ties.
+- **As accurate as the single device**: over the positions it generated, the root mean square of
+  the mesh's |Lm - L*| over its own recorded top-k (`rms_error`) is at most ACCURACY_FACTOR times
+  the single device's. A less accurate mesh is `different`, whatever its ties.
 
 Where the two runs part, their prefixes are identical, so each run is judged by the logits of
 the very step that chose its token (recorded in the generation, `GenerationResult.top_logits`);
@@ -45,7 +45,7 @@ from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 # A margin is the difference of two logits, each off by at most E_s: its error is at most 2 E_s.
 TIE_FACTOR = 2.0
 # A correct mesh rounds the same products at the same cast points in another summation order, so
-# its errors are distributed as the single device's: mean errors over a generation agree within a
+# its errors are distributed as the single device's: their RMS over a generation agree within a
 # few tens of percent. Twice the single device's is the most a mesh may be off and still count as
 # as accurate; a fault that doubles the error of the logits is caught by this alone.
 ACCURACY_FACTOR = 2.0
@@ -123,7 +123,7 @@ class SequenceAudit:
 
     first_divergence: int  # index among the generated tokens where the two generations part
     divergences: list[Divergence]
-    single_error: float  # mean E_s over the single device's generated positions
+    single_error: float  # rms_error of the single device over its generated positions
     mesh_error: float  # the mesh's, over the same positions (its own steps up to the first divergence)
 
     @property
@@ -269,8 +269,8 @@ def mcnemar_p_value(single_only: int, mesh_only: int) -> float:
 RULE = (
     "a divergence (single device chose a, mesh b) is a rounding tie when the float32 oracle's margin "
     f"L*[a]-L*[b] <= {TIE_FACTOR:g} x E_s, the single device's largest |Ls-L*| over its recorded top-{TOP_K} at that "
-    "position (at least half an ulp); the mesh is as accurate when its mean error against the oracle over the "
-    f"generated positions is <= {ACCURACY_FACTOR:g} x the single device's"
+    "position (at least half an ulp); the mesh is as accurate when the RMS of its |Lm-L*| over its own recorded "
+    f"top-{TOP_K} at the generated positions is <= {ACCURACY_FACTOR:g} x the single device's"
 )
 
 
