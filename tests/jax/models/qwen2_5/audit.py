@@ -36,12 +36,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tests.jax.models.qwen2_5.generation import TOP_K, Generator
+from tests.jax.models.qwen2_5.generation import TOP_K, Generator, widened
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 
 # A margin is the difference of two logits, each off by at most E_s: its error is at most 2 E_s.
@@ -243,8 +241,7 @@ def exact_model(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:
     """The oracle of a (small) in-memory model: a copy with its own weights in float32, so every
     activation is float32 (Generator(exact=True) does the same inside its compiled steps)."""
     graphdef, state = nnx.split(model)
-    widen = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
-    return nnx.merge(graphdef, jax.tree.map(widen, state))
+    return nnx.merge(graphdef, widened(state))
 
 
 def oracle_tie_rule(oracle_rows: np.ndarray, dtype: str):

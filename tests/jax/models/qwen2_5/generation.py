@@ -200,6 +200,11 @@ class Layout:
         return ids, positions, key_valid
 
 
+def widened(state):
+    """Model state with its floating-point arrays in float32 (exactly: bfloat16 widens without rounding)."""
+    return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+
+
 def _abstract(x):
     """The shape, dtype and placement of an argument: all a compile needs."""
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
@@ -311,9 +316,7 @@ class Generator:
     # --- the compiled steps ----------------------------------------------------------------
 
     def _merge(self, state) -> Qwen2ForCausalLM:
-        if self.exact:
-            state = jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
-        return nnx.merge(self.graphdef, state)
+        return nnx.merge(self.graphdef, widened(state) if self.exact else state)
 
     def _prefill(self, greedy, state, ids, positions, key_valid, cache, start, key, sampling):
         """One chunk of the prompt into the cache; the next token from the chunk's last column,
