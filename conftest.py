@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Session set-up: the number of simulated CPU devices, and where the device under test runs."""
 
 import os
@@ -14,8 +18,8 @@ from tests.infra.devices import (
     configure_jax,
     platform_devices,
 )
+from tests.infra.equivalence import COMPILE_ONLY_PROPERTY, HOST_SIDE_PROPERTY
 from tests.infra.mesh import MeshError, make_mesh
-from tests.infra.testers import COMPILE_ONLY_PROPERTY, HOST_SIDE_PROPERTY
 from tests.infra.tt_plugin import (
     COMPILE_ONLY_ENV,
     TTPluginError,
@@ -38,11 +42,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "plugin); goldens always run on one CPU device",
     )
     parser.addoption(
-        "--compile-only",
+        "--tt-compile-only",
         action="store_true",
         help="with --device tt and no card: compile every device-under-test workload with the TT compiler "
         "(a mock system descriptor is made once per plugin version) and check its collectives; numerics are "
         "not compared",
+    )
+    parser.addoption(
+        "--cpu-products",
+        choices=("auto", "xla", "few-rows", "streamed"),
+        default="auto",
+        help="XLA:CPU's form of a model's weight products (a model package installs it at start-up; "
+        "qwen2_5/cpu_products.py): auto picks by host",
     )
 
 
@@ -55,13 +66,17 @@ def pytest_configure(config: pytest.Config) -> None:
     up to 1x32 and 8x4 exist, XLA rounds exactly where the model casts (see configure_jax), and
     the TT backend joins only when asked for and usable."""
     global _unavailable
-    platform, compile_only = config.getoption("--device"), config.getoption("--compile-only")
+    platform, compile_only = config.getoption("--device"), config.getoption(
+        "--tt-compile-only"
+    )
     if compile_only and platform != TT:
-        raise pytest.UsageError("--compile-only compiles for the TT plugin: use it with --device tt")
+        raise pytest.UsageError(
+            "--tt-compile-only compiles for the TT plugin: use it with --device tt"
+        )
     if platform == TT and os.environ.get(COMPILE_ONLY_ENV) and not compile_only:
         raise pytest.UsageError(
             f"{COMPILE_ONLY_ENV} is set, so the TT plugin returns zero-filled buffers and every comparison would "
-            "fail: add --compile-only, or unset it on a machine with a card"
+            "fail: add --tt-compile-only, or unset it on a machine with a card"
         )
     if platform == TT:
         if plugin_version() is None:
@@ -72,7 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
             except TTPluginError as err:
                 raise pytest.UsageError(str(err)) from err
         elif not has_card():
-            _unavailable = "no Tenstorrent card here (/dev/tenstorrent): add --compile-only to compile for one"
+            _unavailable = "no Tenstorrent card here (/dev/tenstorrent): add --tt-compile-only to compile for one"
     configure_jax(cpu_devices=32, platform=platform if _unavailable is None else CPU)
     if platform == TT and _unavailable is None:
         start_backend()
@@ -88,7 +103,11 @@ def dut(pytestconfig: pytest.Config) -> DeviceUnderTest:
         devices = platform_devices(platform)
     except DeviceUnavailableError as err:
         pytest.skip(str(err))
-    return DeviceUnderTest(platform, tuple(devices), compile_only=pytestconfig.getoption("--compile-only"))
+    return DeviceUnderTest(
+        platform,
+        tuple(devices),
+        compile_only=pytestconfig.getoption("--tt-compile-only"),
+    )
 
 
 def _params(item: pytest.Item) -> dict:
@@ -104,7 +123,11 @@ def _tier_by_case(item: pytest.Item) -> None:
     params = _params(item)
 
     def matches(key: str, value) -> bool:  # a tuple of values: any of them
-        return params.get(key) in value if isinstance(value, tuple) else params.get(key) == value
+        return (
+            params.get(key) in value
+            if isinstance(value, tuple)
+            else params.get(key) == value
+        )
 
     for marker in item.iter_markers("push_where"):
         if all(matches(key, value) for key, value in marker.kwargs.items()):
@@ -115,7 +138,9 @@ def _tier_by_case(item: pytest.Item) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects by markers
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
     """Give single cases their tier (_tier_by_case), then deselect what this run is not for, so
     that a skip always means something is missing: benchmarks (minutes of speed measurement)
     unless selected with -m (e.g. `pytest -m benchmark`), and under --device tt every test
@@ -126,15 +151,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         _tier_by_case(item)
         cpu_only = on_tt and "dut" not in getattr(item, "fixturenames", ())
-        (dropped if cpu_only or ("benchmark" in item.keywords and not benchmarks) else keep).append(item)
+        (
+            dropped
+            if cpu_only or ("benchmark" in item.keywords and not benchmarks)
+            else keep
+        ).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter, exitstatus: int, config: pytest.Config
+) -> None:
     """Say plainly what a compile-only run did and did not check."""
-    if not config.getoption("--compile-only"):
+    if not config.getoption("--tt-compile-only"):
         return
     passed = terminalreporter.stats.get("passed", [])
     compiled, host_side = (

@@ -1,5 +1,10 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Running a command-line module (`python -m ...`) in a fresh process, as a user would; or many
-calls of its `main(argv)` in one fresh process, for tests of what each call prints and returns."""
+calls of its `main(argv)` in one fresh process, for tests of what each call prints and returns.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ def _environment(env: Mapping[str, str | None] | None) -> dict[str, str]:
     return {key: value for key, value in merged.items() if value is not None}
 
 
-def start_cli(module: str, *args: str, env: Mapping[str, str | None] | None = None) -> subprocess.Popen:
+def start_cli(
+    module: str, *args: str, env: Mapping[str, str | None] | None = None
+) -> subprocess.Popen:
     """Start `python -m module args...` with stdout and stderr captured as text."""
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
@@ -29,11 +36,18 @@ def start_cli(module: str, *args: str, env: Mapping[str, str | None] | None = No
 
 
 def run_cli(
-    module: str, *args: str, env: Mapping[str, str | None] | None = None, timeout: float = 600
+    module: str,
+    *args: str,
+    env: Mapping[str, str | None] | None = None,
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess:
     """Run `python -m module args...` to completion, stdout and stderr captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, env=_environment(env)
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_environment(env),
     )
 
 
@@ -83,8 +97,11 @@ def run_cli_calls(
 ) -> list[Call]:
     """Call `module.main(argv)` for each (argv, environment changes) in one fresh process, in order:
     one interpreter and one JAX start-up for all of them. The calls share the process, so they
-    must not need different JAX start-up settings (the simulated device count comes from `env`)."""
-    payload = json.dumps([module, [[list(argv), dict(changes)] for argv, changes in calls]])
+    must not need different JAX start-up settings (the simulated device count comes from `env`).
+    """
+    payload = json.dumps(
+        [module, [[list(argv), dict(changes)] for argv, changes in calls]]
+    )
     done = subprocess.run(
         [sys.executable, "-c", _CALLS],
         input=payload,
@@ -94,5 +111,9 @@ def run_cli_calls(
         env=_environment(env),
     )
     if done.returncode != 0:
-        raise RuntimeError(f"the calls of {module} did not complete: {done.stderr[-3000:]}")
-    return [Call(**result) for result in json.loads(done.stdout.strip().splitlines()[-1])]
+        raise RuntimeError(
+            f"the calls of {module} did not complete: {done.stderr[-3000:]}"
+        )
+    return [
+        Call(**result) for result in json.loads(done.stdout.strip().splitlines()[-1])
+    ]

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The collectives a compiled program performs, read from what each compiler emits.
 
 XLA:CPU: the compiled HLO text. TT: the plugin does not show collectives in
@@ -24,7 +28,9 @@ from tests.infra.devices import TT
 _HLO = re.compile(
     r"=\s*(?:\([^)]*\)|\S+)\s+(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)(?:-start)?\("
 )
-_TTNN = re.compile(r'"ttnn\.(all_reduce|all_gather|reduce_scatter|all_to_all|point_to_point|collective_permute)"\(')
+_TTNN = re.compile(
+    r'"ttnn\.(all_reduce|all_gather|reduce_scatter|all_to_all|point_to_point|collective_permute)"\('
+)
 _TTNN_FILE = re.compile(r"ttnn_\d+\.mlir")
 
 
@@ -39,19 +45,28 @@ def hlo_collectives(hlo_text: str) -> Counter:
 
 def ttnn_collectives(ttnn_text: str) -> Counter:
     """Collective ops in a TTNN MLIR module (point-to-point transfers count as collective_permute)."""
-    return Counter("collective_permute" if op == "point_to_point" else op for op in _TTNN.findall(ttnn_text))
+    return Counter(
+        "collective_permute" if op == "point_to_point" else op
+        for op in _TTNN.findall(ttnn_text)
+    )
 
 
-def compile_and_count(lowered: jax.stages.Lowered, platform: str) -> tuple[jax.stages.Compiled, Counter]:
+def compile_and_count(
+    lowered: jax.stages.Lowered, platform: str
+) -> tuple[jax.stages.Compiled, Counter]:
     """Compile `lowered` with the compiler of `platform` and count the collectives it emitted."""
     if platform != TT:
         compiled = lowered.compile()
         return compiled, hlo_collectives(compiled.as_text())
     with tempfile.TemporaryDirectory(prefix="ttnn-export-") as export:
         compiled = lowered.compile({"export_path": export})
-        stages = [p for p in (Path(export) / "irs").iterdir() if _TTNN_FILE.fullmatch(p.name)]
+        stages = [
+            p for p in (Path(export) / "irs").iterdir() if _TTNN_FILE.fullmatch(p.name)
+        ]
         if len(stages) != 1:
-            raise RuntimeError(f"expected one TTNN stage in the plugin's export, found {[p.name for p in stages]}")
+            raise RuntimeError(
+                f"expected one TTNN stage in the plugin's export, found {[p.name for p in stages]}"
+            )
         return compiled, ttnn_collectives(stages[0].read_text())
 
 
@@ -69,10 +84,15 @@ class CollectivesCheck:
         return all(self.found.get(n, 0) == self.planned.get(n, 0) for n in names)
 
     def metrics(self) -> dict[str, float]:
-        return {f"{self.platform}_{name}": count for name, count in sorted(self.found.items())}
+        return {
+            f"{self.platform}_{name}": count
+            for name, count in sorted(self.found.items())
+        }
 
     def __str__(self) -> str:
-        found, planned = dict(sorted(self.found.items())), dict(sorted(self.planned.items()))
+        found, planned = dict(sorted(self.found.items())), dict(
+            sorted(self.planned.items())
+        )
         return f"{self.platform} collectives {found}, planned {planned}"
 
 
@@ -81,7 +101,9 @@ def check_collectives(
 ) -> tuple[jax.stages.Compiled, CollectivesCheck]:
     """Compile `lowered` for `platform` and assert its collectives are exactly `planned`."""
     compiled, found = compile_and_count(lowered, platform)
-    check = CollectivesCheck(platform, dict(found), {k: v for k, v in planned.items() if v})
+    check = CollectivesCheck(
+        platform, dict(found), {k: v for k, v in planned.items() if v}
+    )
     if not check.passed:
         raise CollectivesError(str(check))
     return compiled, check

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The host CPU's class for performance figures, and a way to measure the other class here.
 
 bfloat16 speed on XLA:CPU and in PyTorch depends on the CPU's instruction set: with AVX-512 BF16
@@ -28,7 +32,13 @@ BF16_NATIVE = "AVX-512 with bfloat16 instructions"
 # pytorch/cpuinfo's `struct cpuinfo_x86_isa` on x86-64: one bool per feature, in the order of
 # its header. The fields cleared are avxvnni and everything from avx512f to avx_ne_convert.
 _ISA_TABLE_SIZE = 85
-_ISA_AVX2, _ISA_AVXVNNI, _ISA_AVX512F, _ISA_AMX_BF16, _ISA_AVX_NE_CONVERT = 28, 23, 29, 49, 55
+_ISA_AVX2, _ISA_AVXVNNI, _ISA_AVX512F, _ISA_AMX_BF16, _ISA_AVX_NE_CONVERT = (
+    28,
+    23,
+    29,
+    49,
+    55,
+)
 
 _emulated = False
 
@@ -66,11 +76,14 @@ def host_class() -> dict:
 def emulate_avx2_only() -> None:
     """Choose kernels as an AVX2-only CPU would, for the rest of this process. Call it before
     JAX computes anything and before PyTorch is imported; raises RuntimeError when the host
-    lacks AVX2 or jaxlib's CPU-feature table cannot be found (a jaxlib built differently)."""
+    lacks AVX2 or jaxlib's CPU-feature table cannot be found (a jaxlib built differently).
+    """
     global _emulated
     if not host_class()["flags"]["avx2"]:
         raise RuntimeError("this CPU has no AVX2: it cannot run as an AVX2 CPU")
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_max_isa=AVX2".strip()
+    os.environ["XLA_FLAGS"] = (
+        f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_max_isa=AVX2".strip()
+    )
     os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
     os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
     table = _jaxlib_isa_table()
@@ -89,23 +102,33 @@ def _jaxlib_isa_table() -> ctypes.Array:
     library = Path(jaxlib.__file__).parent / "libjax_common.so"
     symbols = _local_symbols(library, {"cpuinfo_isa", "cpuinfo_initialize"})
     base = _load_address(library)
-    initialize = ctypes.CFUNCTYPE(ctypes.c_bool)(base + symbols["cpuinfo_initialize"][0])
+    initialize = ctypes.CFUNCTYPE(ctypes.c_bool)(
+        base + symbols["cpuinfo_initialize"][0]
+    )
     if not initialize():
         raise RuntimeError("cpuinfo failed to initialize inside jaxlib")
     address, size = symbols["cpuinfo_isa"]
     if size != _ISA_TABLE_SIZE:
-        raise RuntimeError(f"jaxlib's cpuinfo_isa is {size} bytes, not {_ISA_TABLE_SIZE}: an unknown cpuinfo layout")
+        raise RuntimeError(
+            f"jaxlib's cpuinfo_isa is {size} bytes, not {_ISA_TABLE_SIZE}: an unknown cpuinfo layout"
+        )
     table = (ctypes.c_uint8 * size).from_address(base + address)
     if not table[_ISA_AVX2]:
-        raise RuntimeError("jaxlib's cpuinfo does not report AVX2 where /proc/cpuinfo does: layout not understood")
+        raise RuntimeError(
+            "jaxlib's cpuinfo does not report AVX2 where /proc/cpuinfo does: layout not understood"
+        )
     return table
 
 
 def _local_symbols(library: Path, names: set[str]) -> dict[str, tuple[int, int]]:
     """(offset, size) of hidden symbols, from the library's full symbol table (readelf)."""
     if shutil.which("readelf") is None:
-        raise RuntimeError("readelf (binutils) is needed to find jaxlib's CPU-feature table")
-    listing = subprocess.run(["readelf", "-sW", str(library)], capture_output=True, text=True, check=True).stdout
+        raise RuntimeError(
+            "readelf (binutils) is needed to find jaxlib's CPU-feature table"
+        )
+    listing = subprocess.run(
+        ["readelf", "-sW", str(library)], capture_output=True, text=True, check=True
+    ).stdout
     found = {}
     for line in listing.splitlines():
         fields = line.split()
@@ -113,13 +136,19 @@ def _local_symbols(library: Path, names: set[str]) -> dict[str, tuple[int, int]]
             found[fields[7]] = (int(fields[1], 16), int(fields[2]))
     missing = names - found.keys()
     if missing:
-        raise RuntimeError(f"{library.name} has no symbol {', '.join(sorted(missing))}: jaxlib was built without them")
+        raise RuntimeError(
+            f"{library.name} has no symbol {', '.join(sorted(missing))}: jaxlib was built without them"
+        )
     return found
 
 
 def _load_address(library: Path) -> int:
     for line in Path("/proc/self/maps").read_text().splitlines():
         fields = line.split()
-        if len(fields) >= 6 and fields[5] == str(library.resolve()) and int(fields[2], 16) == 0:
+        if (
+            len(fields) >= 6
+            and fields[5] == str(library.resolve())
+            and int(fields[2], 16) == 0
+        ):
             return int(fields[0].split("-")[0], 16)
     raise RuntimeError(f"{library} is not loaded in this process")

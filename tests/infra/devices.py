@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Where computations run: the CPU golden and the device under test (CPU or Tenstorrent)."""
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ def golden_device() -> jax.Device:
 def platform_devices(platform: str) -> list[jax.Device]:
     """All devices of `platform` ("cpu" or "tt"), in JAX's order."""
     if platform not in PLATFORMS:
-        raise ValueError(f"unknown platform {platform!r}: choose one of {', '.join(PLATFORMS)}")
+        raise ValueError(
+            f"unknown platform {platform!r}: choose one of {', '.join(PLATFORMS)}"
+        )
     try:
         return list(jax.devices(platform))
     except RuntimeError as err:
@@ -49,7 +55,9 @@ def platform_devices(platform: str) -> list[jax.Device]:
             if platform == TT
             else "check the JAX installation"
         )
-        raise DeviceUnavailableError(f"no {platform!r} devices in this process ({err}); {hint}") from err
+        raise DeviceUnavailableError(
+            f"no {platform!r} devices in this process ({err}); {hint}"
+        ) from err
 
 
 def configure_jax(cpu_devices: int, platform: str = CPU) -> None:
@@ -70,7 +78,9 @@ def configure_jax(cpu_devices: int, platform: str = CPU) -> None:
     An explicit JAX_NUM_CPU_DEVICES or xla_allow_excess_precision in the environment wins.
     """
     if platform not in PLATFORMS:
-        raise ValueError(f"unknown platform {platform!r}: choose one of {', '.join(PLATFORMS)}")
+        raise ValueError(
+            f"unknown platform {platform!r}: choose one of {', '.join(PLATFORMS)}"
+        )
     jax.config.update("jax_platforms", CPU if platform == CPU else f"{CPU},{platform}")
     if platform == CPU:
         tt_plugin.keep_out_of_this_process()

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Joining a multi-controller JAX run: several processes, one global set of devices.
 
 Each process runs the same program; `jax.devices()` then lists every process's devices and a
@@ -23,7 +27,9 @@ class ClusterError(ValueError):
     """A multi-process configuration that cannot work."""
 
 
-def check_cluster(coordinator: str | None, num_processes: int, process_id: int, timeout: float) -> None:
+def check_cluster(
+    coordinator: str | None, num_processes: int, process_id: int, timeout: float
+) -> None:
     """Refuse incomplete or malformed multi-process flags before anything starts (a malformed
     port crashes JAX's coordination service outright)."""
     if coordinator is None:
@@ -35,13 +41,19 @@ def check_cluster(coordinator: str | None, num_processes: int, process_id: int, 
         return
     host, colon, port = coordinator.rpartition(":")
     if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ClusterError(f"--coordinator must be HOST:PORT with a port in 1..65535, got {coordinator!r}")
+        raise ClusterError(
+            f"--coordinator must be HOST:PORT with a port in 1..65535, got {coordinator!r}"
+        )
     if num_processes < 1:
         raise ClusterError(f"--num-processes must be >= 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
-        raise ClusterError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+        raise ClusterError(
+            f"--process-id must be in [0, {num_processes}), got {process_id}"
+        )
     if not (math.isfinite(timeout) and timeout > 0):
-        raise ClusterError(f"--cluster-timeout must be a positive number of seconds, got {timeout}")
+        raise ClusterError(
+            f"--cluster-timeout must be a positive number of seconds, got {timeout}"
+        )
 
 
 def _give_up(message: str) -> None:
@@ -51,10 +63,15 @@ def _give_up(message: str) -> None:
 
 
 def join_cluster(
-    coordinator: str, num_processes: int, process_id: int, local_cpu_devices: int, timeout: float = DEFAULT_TIMEOUT
+    coordinator: str,
+    num_processes: int,
+    process_id: int,
+    local_cpu_devices: int,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> None:
     """Join as `process_id` of `num_processes`, waiting at most `timeout` seconds for the others
-    (saying so, and ending with an error if they do not come); must run before JAX's backends."""
+    (saying so, and ending with an error if they do not come); must run before JAX's backends.
+    """
     check_cluster(coordinator, num_processes, process_id, timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     configure_jax(cpu_devices=local_cpu_devices)

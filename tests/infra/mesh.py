@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Device meshes with axes ("batch", "model"), written as "BxM" (e.g. "2x4")."""
 
 from __future__ import annotations
@@ -29,13 +33,17 @@ class MeshShape:
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.model < 1:
-            raise MeshError(f"mesh {self.batch}x{self.model} has a zero-sized axis: both sizes must be >= 1")
+            raise MeshError(
+                f"mesh {self.batch}x{self.model} has a zero-sized axis: both sizes must be >= 1"
+            )
 
     @classmethod
     def parse(cls, text: str) -> MeshShape:
         match = _SHAPE_RE.match(text)
         if match is None:
-            raise MeshError(f"malformed mesh {text!r}: write it as BATCHxMODEL, e.g. 2x4 or 1x8")
+            raise MeshError(
+                f"malformed mesh {text!r}: write it as BATCHxMODEL, e.g. 2x4 or 1x8"
+            )
         return cls(int(match.group(1)), int(match.group(2)))
 
     @property
@@ -61,7 +69,9 @@ def make_mesh(shape: MeshShape | str, devices: Sequence[jax.Device]) -> Mesh:
             if platform == "cpu"
             else ""
         )
-        raise MeshError(f"mesh {shape} needs {shape.size} devices but {len(devices)} {platform} devices exist{hint}")
+        raise MeshError(
+            f"mesh {shape} needs {shape.size} devices but {len(devices)} {platform} devices exist{hint}"
+        )
     # Auto axis types on purpose: the model states the sharding of every weight and of the
     # activations that matter, and the XLA partitioner propagates the rest. Explicit axes
     # would make every intermediate (e.g. the head reshapes) carry a sharding in its type.

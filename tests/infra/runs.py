@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Long runs that never lose finished work: checks made before the work starts, an append-only
 results log a rerun resumes from, and signals that stop the work at a safe point."""
 
@@ -26,7 +30,9 @@ def check_writable(path: Path, what: str) -> None:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-probe-"):
             pass
     except OSError as err:
-        raise RunError(f"{what} {path} cannot be written ({err.strerror or err}): choose a writable location") from err
+        raise RunError(
+            f"{what} {path} cannot be written ({err.strerror or err}): choose a writable location"
+        ) from err
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -39,13 +45,18 @@ def write_atomically(path: Path, text: str) -> None:
 def available_host_bytes() -> int:
     """Memory the kernel can still give this process without swapping (MemAvailable)."""
     with open("/proc/meminfo") as meminfo:
-        return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+        return next(
+            int(line.split()[1]) * 1024
+            for line in meminfo
+            if line.startswith("MemAvailable:")
+        )
 
 
 class ResultLog:
     """JSON lines: the run's settings, then one record per finished item, each appended and
     flushed to disk as it finishes. Reopened with the same settings it hands back what is done
-    (a torn last line, from a crash mid-write, is dropped); with other settings it refuses."""
+    (a torn last line, from a crash mid-write, is dropped); with other settings it refuses.
+    """
 
     def __init__(self, path: Path, settings: dict[str, Any]) -> None:
         self.path, self.settings = path, settings
@@ -62,15 +73,23 @@ class ResultLog:
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
-                    if number < len(lines) - 1 and any(rest.strip() for rest in lines[number + 1 :]):
-                        raise RunError(f"{self.path}:{number + 1} is not JSON: delete the file to start over") from None
+                    if number < len(lines) - 1 and any(
+                        rest.strip() for rest in lines[number + 1 :]
+                    ):
+                        raise RunError(
+                            f"{self.path}:{number + 1} is not JSON: delete the file to start over"
+                        ) from None
                     break  # a torn last line
                 if number == 0:
-                    self._check_settings(entry.get("settings") if isinstance(entry, dict) else None)
+                    self._check_settings(
+                        entry.get("settings") if isinstance(entry, dict) else None
+                    )
                 else:
                     records.append(entry)
                 good_bytes += len(line) + 1
-        self._file = open(self.path, "ab" if good_bytes else "wb")  # noqa: SIM115 (closed by close())
+        self._file = open(
+            self.path, "ab" if good_bytes else "wb"
+        )  # noqa: SIM115 (closed by close())
         self._file.truncate(good_bytes)
         if not good_bytes:
             self._write({"settings": self.settings})
@@ -78,7 +97,9 @@ class ResultLog:
 
     def _check_settings(self, previous: dict | None) -> None:
         if previous is None:
-            raise RunError(f"{self.path} does not start with a run's settings: delete it to start over")
+            raise RunError(
+                f"{self.path} does not start with a run's settings: delete it to start over"
+            )
         for key in sorted(set(previous) | set(self.settings)):
             if previous.get(key) != self.settings.get(key):
                 raise RunError(
@@ -133,7 +154,62 @@ class StopSignals:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def progress_path(output: Path) -> Path:
+    """Where a run writing `output` logs its finished items: OUTPUT.progress.jsonl beside it."""
+    return output.with_name(output.name + ".progress.jsonl")
+
+
+class ResultStore:
+    """A long run's finished items, keyed by an integer index. With an output file each item is
+    appended to its progress log (`progress_path`) as it finishes, a rerun with the same settings
+    resumes from there, and the whole result is written to the output at the end, atomically.
+    Without one the items are kept in memory only."""
+
+    def __init__(self, output: Path | None, settings: dict[str, Any]) -> None:
+        self.output = output
+        self.log = (
+            None if output is None else ResultLog(progress_path(output), settings)
+        )
+        self.items: dict[int, dict[str, Any]] = {}
+
+    @staticmethod
+    def check_writable(output: Path | None) -> None:
+        """Refuse, before any work, an output or progress file that cannot be written."""
+        if output is not None:
+            check_writable(output, "--output")
+            check_writable(progress_path(output), "the progress file")
+
+    def open(self) -> dict[int, dict[str, Any]]:
+        """The items finished by an earlier run with the same settings (none without an output)."""
+        if self.log is not None:
+            self.items = {item["index"]: item for item in self.log.open()}
+        return self.items
+
+    def add(self, item: dict[str, Any]) -> None:
+        """One finished item (a dict with its "index"), on disk before this returns."""
+        self.items[item["index"]] = item
+        if self.log is not None:
+            self.log.append(item)
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        if self.output is not None:
+            write_atomically(self.output, json.dumps(result, indent=2))
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

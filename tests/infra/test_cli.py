@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 import pytest
 
 from tests.infra.cli import run_cli, start_cli
@@ -8,10 +12,16 @@ pytestmark = pytest.mark.push
 def test_environment_overrides_and_removals(monkeypatch):
     monkeypatch.setenv("CLI_TEST_KEEP", "kept")
     monkeypatch.setenv("CLI_TEST_DROP", "dropped")
-    code = (
-        "import os; print(os.environ.get('CLI_TEST_KEEP'), os.environ.get('CLI_TEST_DROP'), os.environ['CLI_TEST_NEW'])"
+    code = "import os; print(os.environ.get('CLI_TEST_KEEP'), os.environ.get('CLI_TEST_DROP'), os.environ['CLI_TEST_NEW'])"
+    done = run_cli(
+        "timeit",
+        "-n",
+        "1",
+        "-s",
+        code,
+        "pass",
+        env={"CLI_TEST_DROP": None, "CLI_TEST_NEW": "new"},
     )
-    done = run_cli("timeit", "-n", "1", "-s", code, "pass", env={"CLI_TEST_DROP": None, "CLI_TEST_NEW": "new"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "kept None new"
 

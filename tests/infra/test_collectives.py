@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,17 +39,29 @@ TTNN = """
 
 
 def test_hlo_collectives_count_async_pairs_once_and_skip_names_in_metadata():
-    assert hlo_collectives(HLO) == {"all_reduce": 1, "all_gather": 1, "collective_permute": 1}
+    assert hlo_collectives(HLO) == {
+        "all_reduce": 1,
+        "all_gather": 1,
+        "collective_permute": 1,
+    }
 
 
 def test_ttnn_collectives_use_the_same_names():
-    assert ttnn_collectives(TTNN) == {"all_reduce": 1, "all_gather": 1, "collective_permute": 1}
+    assert ttnn_collectives(TTNN) == {
+        "all_reduce": 1,
+        "all_gather": 1,
+        "collective_permute": 1,
+    }
 
 
 def _row_parallel_matmul():
     mesh = make_mesh("1x8", platform_devices(CPU))
-    x = jax.ShapeDtypeStruct((4, 64), jnp.float32, sharding=NamedSharding(mesh, P(None, "model")))
-    w = jax.ShapeDtypeStruct((64, 32), jnp.float32, sharding=NamedSharding(mesh, P("model", None)))
+    x = jax.ShapeDtypeStruct(
+        (4, 64), jnp.float32, sharding=NamedSharding(mesh, P(None, "model"))
+    )
+    w = jax.ShapeDtypeStruct(
+        (64, 32), jnp.float32, sharding=NamedSharding(mesh, P("model", None))
+    )
     return jax.jit(lambda x, w: x @ w).lower(x, w)
 
 
@@ -54,12 +70,22 @@ def test_a_split_contraction_compiles_to_one_all_reduce():
     assert found == {"all_reduce": 1}
     args = [np.ones((4, 64), np.float32), np.ones((64, 32), np.float32)]
     mesh = make_mesh("1x8", platform_devices(CPU))
-    placed = jax.device_put(args, [NamedSharding(mesh, P(None, "model")), NamedSharding(mesh, P("model", None))])
+    placed = jax.device_put(
+        args,
+        [NamedSharding(mesh, P(None, "model")), NamedSharding(mesh, P("model", None))],
+    )
     assert np.asarray(compiled(*placed))[0, 0] == 64.0
 
 
 def test_a_program_off_plan_fails_with_both_counts():
-    with pytest.raises(CollectivesError, match=r"cpu collectives \{'all_reduce': 1\}, planned \{'all_gather': 1\}"):
-        check_collectives(_row_parallel_matmul(), CPU, {"all_gather": 1, "all_reduce": 0})
-    _, check = check_collectives(_row_parallel_matmul(), CPU, {"all_reduce": 1, "all_gather": 0})
+    with pytest.raises(
+        CollectivesError,
+        match=r"cpu collectives \{'all_reduce': 1\}, planned \{'all_gather': 1\}",
+    ):
+        check_collectives(
+            _row_parallel_matmul(), CPU, {"all_gather": 1, "all_reduce": 0}
+        )
+    _, check = check_collectives(
+        _row_parallel_matmul(), CPU, {"all_reduce": 1, "all_gather": 0}
+    )
     assert check.passed and check.metrics() == {"cpu_all_reduce": 1}

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The host class and the AVX2-only emulation, each emulation in its own process (it changes
 process-wide state that cannot be undone). The processes run JAX on the CPU only: a TT plugin
 loaded into them would share, and at exit delete, the compile-only descriptor the plugin keeps
@@ -38,7 +42,12 @@ print(json.dumps(report))
 
 
 def _run(cpu: str) -> dict:
-    done = subprocess.run([sys.executable, "-c", _EMULATED, cpu], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _EMULATED, cpu],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -47,11 +56,16 @@ def test_host_class_names_the_flags_and_a_class():
     host = host_class()
     assert set(host["flags"]) == set(ISA_FLAGS)
     assert host["class"] in (AVX2_ONLY, BF16_NATIVE) and host["emulated"] is False
-    assert (host["class"] == BF16_NATIVE) == (host["flags"]["avx512_bf16"] or host["flags"]["amx_bf16"])
+    assert (host["class"] == BF16_NATIVE) == (
+        host["flags"]["avx512_bf16"] or host["flags"]["amx_bf16"]
+    )
 
 
 @pytest.mark.nightly  # the benchmarks' emulation, checked in a process of its own
-@pytest.mark.skipif(not host_class()["flags"]["avx2"], reason="the host has no AVX2 to emulate an AVX2 CPU with")
+@pytest.mark.skipif(
+    not host_class()["flags"]["avx2"],
+    reason="the host has no AVX2 to emulate an AVX2 CPU with",
+)
 def test_avx2_emulation_hides_avx512_and_amx_and_keeps_results():
     emulated, native = _run("avx2"), _run("native")
     assert (emulated["avx2"], emulated["avx512f"], emulated["amx_bf16"]) == (1, 0, 0)

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 import jax
 import pytest
 from jax.sharding import AxisType
@@ -8,7 +12,10 @@ from tests.infra.mesh import MESH_AXES, MeshError, MeshShape, make_mesh
 pytestmark = pytest.mark.push
 
 
-@pytest.mark.parametrize(("text", "shape"), [("2x4", (2, 4)), ("1x8", (1, 8)), (" 8X4 ", (8, 4)), ("1x32", (1, 32))])
+@pytest.mark.parametrize(
+    ("text", "shape"),
+    [("2x4", (2, 4)), ("1x8", (1, 8)), (" 8X4 ", (8, 4)), ("1x32", (1, 32))],
+)
 def test_parse(text, shape):
     parsed = MeshShape.parse(text)
     assert (parsed.batch, parsed.model) == shape
@@ -40,7 +47,8 @@ def test_too_few_devices_says_how_to_get_more():
     devices = platform_devices("cpu")
     too_big = f"{len(devices)}x2"
     with pytest.raises(
-        MeshError, match=rf"needs {2 * len(devices)} devices but {len(devices)} cpu devices exist.*JAX_NUM_CPU_DEVICES"
+        MeshError,
+        match=rf"needs {2 * len(devices)} devices but {len(devices)} cpu devices exist.*JAX_NUM_CPU_DEVICES",
     ):
         make_mesh(too_big, devices)
 

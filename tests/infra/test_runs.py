@@ -1,10 +1,21 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 import json
 import os
 import signal
 
 import pytest
 
-from tests.infra.runs import ResultLog, RunError, Stopped, StopSignals, check_writable, write_atomically
+from tests.infra.runs import (
+    ResultLog,
+    RunError,
+    Stopped,
+    StopSignals,
+    check_writable,
+    write_atomically,
+)
 
 pytestmark = pytest.mark.push
 
@@ -22,7 +33,9 @@ def test_a_log_hands_back_what_is_finished_and_keeps_appending(tmp_path):
     assert again.open() == [{"index": 0}, {"index": 1}]
     again.append({"index": 2})
     again.close()
-    assert [json.loads(line) for line in path.read_text().splitlines()][1:] == [{"index": i} for i in range(3)]
+    assert [json.loads(line) for line in path.read_text().splitlines()][1:] == [
+        {"index": i} for i in range(3)
+    ]
 
 
 def test_a_torn_last_line_is_dropped_and_overwritten(tmp_path):
@@ -38,7 +51,10 @@ def test_a_torn_last_line_is_dropped_and_overwritten(tmp_path):
 def test_other_settings_or_a_corrupt_log_are_refused(tmp_path):
     path = tmp_path / "run.jsonl"
     path.write_text(json.dumps({"settings": SETTINGS}) + "\n")
-    with pytest.raises(RunError, match=r"other settings \(limit: 4 there, 8 now\): rerun with those settings"):
+    with pytest.raises(
+        RunError,
+        match=r"other settings \(limit: 4 there, 8 now\): rerun with those settings",
+    ):
         ResultLog(path, {**SETTINGS, "limit": 8}).open()
     path.write_text(json.dumps({"settings": SETTINGS}) + "\nnot json\n{}\n")
     with pytest.raises(RunError, match=r"run.jsonl:2 is not JSON"):
@@ -61,7 +77,9 @@ def test_unwritable_locations_are_refused(tmp_path):
 def test_atomic_write_leaves_no_partial_file(tmp_path):
     path = tmp_path / "out.json"
     write_atomically(path, "{}")
-    assert path.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    assert path.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == [
+        "out.json"
+    ]
 
 
 def test_a_signal_stops_the_work_at_the_next_safe_point():

@@ -1,5 +1,10 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The TT plugin helpers that need no plugin: detection, the descriptor cache, clear errors; and
-that JAX's default backend is the CPU whatever is installed (goldens never compute zeros)."""
+that JAX's default backend is the CPU whatever is installed (goldens never compute zeros).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -8,21 +13,27 @@ import yaml
 
 from tests.infra import tt_plugin
 from tests.infra.devices import CPU, DeviceUnderTest
-from tests.infra.testers import HOST_SIDE_PROPERTY
+from tests.infra.equivalence import HOST_SIDE_PROPERTY
 
 pytestmark = pytest.mark.push
 
 
-def test_every_ordinary_computation_runs_on_the_cpu(dut: DeviceUnderTest, record_property):
+def test_every_ordinary_computation_runs_on_the_cpu(
+    dut: DeviceUnderTest, record_property
+):
     """With the TT plugin installed and even under --device tt, JAX's default backend stays the
     CPU: only explicit devices and meshes reach the device under test."""
     record_property(*HOST_SIDE_PROPERTY)
     assert jax.default_backend() == CPU
     assert {d.platform for d in jnp.ones(3).devices()} == {CPU}
-    assert jax.config.jax_platforms == (CPU if dut.platform == CPU else f"{CPU},{dut.platform}")
+    assert jax.config.jax_platforms == (
+        CPU if dut.platform == CPU else f"{CPU},{dut.platform}"
+    )
 
 
-def test_a_cpu_only_process_does_not_load_the_tt_plugin(dut: DeviceUnderTest, record_property):
+def test_a_cpu_only_process_does_not_load_the_tt_plugin(
+    dut: DeviceUnderTest, record_property
+):
     """Loading libtt.so unpacks ~417 MB into $TMPDIR and races with other processes doing the same:
     only a process whose device under test is TT loads it."""
     record_property(*HOST_SIDE_PROPERTY)
@@ -46,19 +57,27 @@ def test_descriptor_is_cached_per_plugin_version(monkeypatch, tmp_path):
     monkeypatch.setattr(tt_plugin, "_write_descriptor", lambda *args: made.append(args))
     assert tt_plugin.system_descriptor(print) == cached and made == []
     monkeypatch.setattr(tt_plugin, "plugin_version", lambda: "10.0.0")
-    with pytest.raises(FileNotFoundError):  # a new version makes its own (here: the stub writes nothing)
+    with pytest.raises(
+        FileNotFoundError
+    ):  # a new version makes its own (here: the stub writes nothing)
         tt_plugin.system_descriptor(print).read_bytes()
-    assert len(made) == 1 and made[0][0] == tmp_path / "jax-tt-plugin-10.0.0" / "blackhole_galaxy.ttsys"
+    assert (
+        len(made) == 1
+        and made[0][0] == tmp_path / "jax-tt-plugin-10.0.0" / "blackhole_galaxy.ttsys"
+    )
 
 
 def test_a_failing_plugin_start_reports_its_output(monkeypatch, tmp_path):
     """The child that opens the mock cluster fails here (no plugin importable as jax's `tt`, or a
-    stub): the error carries its exit code and last lines, and nothing lands in the cache."""
+    stub): the error carries its exit code and last lines, and nothing lands in the cache.
+    """
     monkeypatch.setenv("TT_XLA_TESTS_CACHE", str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", "")
     monkeypatch.setattr(tt_plugin.sys, "executable", "false")
     with pytest.raises(tt_plugin.TTPluginError, match=r"failed \(exit 1\)"):
-        tt_plugin._write_descriptor(tmp_path / "v" / "d.ttsys", "0.0", lambda line: None)
+        tt_plugin._write_descriptor(
+            tmp_path / "v" / "d.ttsys", "0.0", lambda line: None
+        )
     assert not (tmp_path / "v").exists()
 
 

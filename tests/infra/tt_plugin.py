@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The Tenstorrent PJRT plugin (PyPI `jax-tt-plugin`) and compiling for it without a card.
 
 The plugin registers the JAX platform `tt` and compiles StableHLO -> TTIR -> TTNN for the chips a
@@ -72,7 +76,8 @@ def keep_out_of_this_process() -> None:
 
 def start_backend() -> None:
     """Start the `tt` backend in this process, one process at a time: the first start unpacks the
-    plugin's runtime into $TMPDIR, which concurrent starts (pytest-xdist workers) would race on."""
+    plugin's runtime into $TMPDIR, which concurrent starts (pytest-xdist workers) would race on.
+    """
     import jax
 
     cache_dir().mkdir(parents=True, exist_ok=True)
@@ -89,16 +94,23 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _write_descriptor(target: Path, version: str, progress: Callable[[str], None]) -> None:
+def _write_descriptor(
+    target: Path, version: str, progress: Callable[[str], None]
+) -> None:
     """Open the plugin against the mock cluster in a child process that copies the descriptor to
     `target`; the child runs in a scratch directory (the runtime unpacks ~417 MB into $TMPDIR and
     writes a `generated/` folder into its working directory)."""
     with tempfile.TemporaryDirectory(prefix="tt-descriptor-") as scratch:
-        env = {**os.environ, "JAX_PLATFORMS": "tt", MOCK_CLUSTER_ENV: str(MOCK_CLUSTER), "TMPDIR": scratch}
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "tt",
+            MOCK_CLUSTER_ENV: str(MOCK_CLUSTER),
+            "TMPDIR": scratch,
+        }
         env.pop(COMPILE_ONLY_ENV, None)
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")]).strip(
-            os.pathsep
-        )
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")]
+        ).strip(os.pathsep)
         staging = Path(scratch) / "descriptor.ttsys"
         log_path = Path(scratch) / "plugin.log"
         started = time.monotonic()
@@ -114,16 +126,21 @@ def _write_descriptor(target: Path, version: str, progress: Callable[[str], None
                 try:
                     child.wait(timeout=_PROGRESS_EVERY)
                 except subprocess.TimeoutExpired:
-                    progress(f"  ... still making it: {time.monotonic() - started:.0f} s")
+                    progress(
+                        f"  ... still making it: {time.monotonic() - started:.0f} s"
+                    )
         if child.returncode != 0 or not staging.is_file():
-            tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-15:])
+            tail = "".join(
+                log_path.read_text(errors="replace").splitlines(keepends=True)[-15:]
+            )
             raise TTPluginError(
                 f"making a mock system descriptor with {PACKAGE} {version} failed (exit {child.returncode}); "
                 f"the plugin's last output:\n{tail}"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(staging, target.with_suffix(".partial"))
-        os.replace(target.with_suffix(".partial"), target)  # never a half-written descriptor in the cache
+        # never a half-written descriptor in the cache
+        os.replace(target.with_suffix(".partial"), target)
         progress(f"  made {target} in {time.monotonic() - started:.0f} s")
 
 
@@ -134,7 +151,9 @@ def system_descriptor(progress: Callable[[str], None]) -> Path:
     """
     version = plugin_version()
     if version is None:
-        raise TTPluginError(f"the TT PJRT plugin is not installed: pip install {PACKAGE}")
+        raise TTPluginError(
+            f"the TT PJRT plugin is not installed: pip install {PACKAGE}"
+        )
     target = cache_dir() / f"{PACKAGE}-{version}" / f"{MOCK_CLUSTER.stem}.ttsys"
     if target.is_file():
         return target
@@ -156,7 +175,9 @@ def enable_compile_only(progress: Callable[[str], None]) -> Path:
     given = os.environ.get(COMPILE_ONLY_ENV)
     if given:
         if not Path(given).is_file():
-            raise TTPluginError(f"{COMPILE_ONLY_ENV}={given} is not a file: unset it to use the mock descriptor")
+            raise TTPluginError(
+                f"{COMPILE_ONLY_ENV}={given} is not a file: unset it to use the mock descriptor"
+            )
         return Path(given)
     path = system_descriptor(progress)
     os.environ[COMPILE_ONLY_ENV] = str(path)

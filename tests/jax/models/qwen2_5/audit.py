@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The audit of a mesh's generations against the single device's, judged by a float32 oracle.
 
 A correct tensor-parallel model sums in another order than one device (split GEMMs, all-reduced
@@ -39,8 +43,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from flax import nnx
 
-from tests.jax.models.qwen2_5.generation import TOP_K, Generator, widened
+from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
+from tests.jax.models.qwen2_5.sampling import TOP_K
+from tests.jax.models.qwen2_5.scoring import teacher_forced_logits
+from tests.jax.models.qwen2_5.steps import CompiledSteps, widened
 
 # A margin is the difference of two logits, each off by at most E_s: its error is at most 2 E_s.
 TIE_FACTOR = 2.0
@@ -56,7 +63,9 @@ IDENTICAL, EQUIVALENT, DIFFERENT = "identical", "equivalent", "different"
 
 def ulp(magnitude: np.ndarray | float, dtype: str) -> np.ndarray:
     """The spacing of `dtype` values at `magnitude` (the step a rounding moves a value by)."""
-    exponent = np.floor(np.log2(np.maximum(np.abs(magnitude), np.finfo(np.float32).tiny)))
+    exponent = np.floor(
+        np.log2(np.maximum(np.abs(magnitude), np.finfo(np.float32).tiny))
+    )
     return np.exp2(exponent - _MANTISSA_BITS[dtype])
 
 
@@ -69,18 +78,30 @@ class Generated:
     top: np.ndarray
 
     def to_dict(self) -> dict:
-        return {"tokens": self.tokens, "top_logits": self.top[..., 0].tolist(), "top_ids": self.top[..., 1].tolist()}
+        return {
+            "tokens": self.tokens,
+            "top_logits": self.top[..., 0].tolist(),
+            "top_ids": self.top[..., 1].tolist(),
+        }
 
     @classmethod
     def from_dict(cls, record: dict) -> Generated:
-        top = np.stack([np.asarray(record["top_logits"], np.float32), np.asarray(record["top_ids"], np.float32)], -1)
+        top = np.stack(
+            [
+                np.asarray(record["top_logits"], np.float32),
+                np.asarray(record["top_ids"], np.float32),
+            ],
+            -1,
+        )
         return cls(list(record["tokens"]), top.reshape(-1, TOP_K, 2))
 
 
 def top_of(logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
     """(n, V) logits -> (n, k, 2) as a step records them: values, ids, ties in id order."""
     ids = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
-    return np.stack([np.take_along_axis(logits, ids, -1), ids], axis=-1).astype(np.float32)
+    return np.stack([np.take_along_axis(logits, ids, -1), ids], axis=-1).astype(
+        np.float32
+    )
 
 
 def _off(top: np.ndarray, oracle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,16 +112,23 @@ def _off(top: np.ndarray, oracle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def errors(top: np.ndarray, oracle: np.ndarray, dtype: str) -> np.ndarray:
     """Per position, a run's error scale against the oracle: the largest |L - L*| over its recorded
-    top-k tokens, at least half an ulp of `dtype` there. top (n, k, 2), oracle (n, V) -> (n,)."""
+    top-k tokens, at least half an ulp of `dtype` there. top (n, k, 2), oracle (n, V) -> (n,).
+    """
     off, exact = _off(top, oracle)
     return np.maximum(off.max(axis=-1), ulp(np.abs(exact).max(axis=-1), dtype) / 2)
 
 
 def rms_error(top: np.ndarray, oracle: np.ndarray, dtype: str) -> float:
     """A run's accuracy over its generated positions: the root mean square of |L - L*| over every
-    recorded top-k logit, at least that of a correctly rounded result (half an ulp / sqrt 3)."""
+    recorded top-k logit, at least that of a correctly rounded result (half an ulp / sqrt 3).
+    """
     off, exact = _off(top, oracle)
-    return float(max(np.sqrt(np.mean(off**2)), np.mean(ulp(np.abs(exact), dtype)) / 2 / np.sqrt(3)))
+    return float(
+        max(
+            np.sqrt(np.mean(off**2)),
+            np.mean(ulp(np.abs(exact), dtype)) / 2 / np.sqrt(3),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -121,7 +149,9 @@ class Divergence:
 class SequenceAudit:
     """The audit of one prompt whose generated tokens differ between the mesh and the single device."""
 
-    first_divergence: int  # index among the generated tokens where the two generations part
+    first_divergence: (
+        int  # index among the generated tokens where the two generations part
+    )
     divergences: list[Divergence]
     single_error: float  # rms_error of the single device over its generated positions
     mesh_error: float  # the mesh's, over the same positions (its own steps up to the first divergence)
@@ -162,23 +192,40 @@ class SequenceAudit:
     def from_dict(cls, record: dict) -> SequenceAudit:
         """The inverse of to_dict (a resumed run reads its finished audits back)."""
         found = [Divergence(**d) for d in record["divergences"]]
-        return cls(record["first_divergence"], found, record["single_error"], record["mesh_error"])
+        return cls(
+            record["first_divergence"],
+            found,
+            record["single_error"],
+            record["mesh_error"],
+        )
 
 
 def first_difference(single: Sequence[int], mesh: Sequence[int]) -> int:
-    parted = next((i for i, (a, b) in enumerate(zip(single, mesh, strict=False)) if a != b), None)
+    parted = next(
+        (i for i, (a, b) in enumerate(zip(single, mesh, strict=False)) if a != b), None
+    )
     if parted is None:
         raise ValueError("one generation is a prefix of the other: nothing to audit")
     return parted
 
 
-def judge(single: Generated, mesh: Generated, oracle: np.ndarray, mesh_forced: np.ndarray, dtype: str) -> SequenceAudit:
+def judge(
+    single: Generated,
+    mesh: Generated,
+    oracle: np.ndarray,
+    mesh_forced: np.ndarray,
+    dtype: str,
+) -> SequenceAudit:
     """The audit of one prompt from the oracle's and the mesh's teacher-forced logits over the single
     device's sequence, (n, V) each for its n generated positions."""
     parted = first_difference(single.tokens, mesh.tokens)
     # The mesh's own steps up to where it parted (same prefix), teacher-forced after it.
-    mesh_top = np.concatenate([mesh.top[: parted + 1], top_of(mesh_forced[parted + 1 :])])
-    single_error, mesh_error = errors(single.top, oracle, dtype), errors(mesh_top, oracle, dtype)
+    mesh_top = np.concatenate(
+        [mesh.top[: parted + 1], top_of(mesh_forced[parted + 1 :])]
+    )
+    single_error, mesh_error = errors(single.top, oracle, dtype), errors(
+        mesh_top, oracle, dtype
+    )
     others = mesh_top[:, 0, 1].astype(np.int64)
     chosen = np.asarray(single.tokens)
     # The single device's error scale on this generation: its largest error at any of its positions
@@ -199,7 +246,12 @@ def judge(single: Generated, mesh: Generated, oracle: np.ndarray, mesh_forced: n
                 margin <= bound,
             )
         )
-    return SequenceAudit(parted, found, rms_error(single.top, oracle, dtype), rms_error(mesh_top, oracle, dtype))
+    return SequenceAudit(
+        parted,
+        found,
+        rms_error(single.top, oracle, dtype),
+        rms_error(mesh_top, oracle, dtype),
+    )
 
 
 def audit_sequences(
@@ -211,55 +263,71 @@ def audit_sequences(
     dtype: str,
 ) -> list[SequenceAudit]:
     """Audit prompts whose generated tokens differ (see the module docstring): the oracle and the
-    mesh teacher-forced over the single device's sequences (one batch each), then `judge`."""
+    mesh teacher-forced over the single device's sequences (one batch each), then `judge`.
+    """
     for single, theirs in zip(single_runs, mesh_runs, strict=True):
         first_difference(single.tokens, theirs.tokens)
     sequences = [[*p, *r.tokens] for p, r in zip(prompts, single_runs, strict=True)]
     first = [len(p) for p in prompts]
     # Rows padded to a power of two (repeating the first): a few compiled scoring steps serve any count.
     rows = 1 << (len(sequences) - 1).bit_length()
-    sequences, first = sequences + sequences[:1] * (rows - len(sequences)), first + first[:1] * (rows - len(first))
-    exact = oracle.score(sequences, first)  # per prompt (n, V)
-    forced = mesh.score(sequences, first)
+    sequences, first = sequences + sequences[:1] * (
+        rows - len(sequences)
+    ), first + first[:1] * (rows - len(first))
+    exact = teacher_forced_logits(oracle, sequences, first)  # per prompt (n, V)
+    forced = teacher_forced_logits(mesh, sequences, first)
     return [
         judge(single, theirs, e.astype(np.float64), f.astype(np.float64), dtype)
         for single, theirs, e, f in zip(
-            single_runs, mesh_runs, exact[: len(single_runs)], forced[: len(single_runs)], strict=True
+            single_runs,
+            mesh_runs,
+            exact[: len(single_runs)],
+            forced[: len(single_runs)],
+            strict=True,
         )
     ]
 
 
-def oracle_of(single: Generator, compiled: dict | None = None) -> Generator:
+def oracle_of(single: Generator, steps: CompiledSteps | None = None) -> Generator:
     """The float32 oracle of a single-device generator: its model and weights (no copy), computed
-    exactly; with the steps an earlier oracle of the same shapes `compiled`."""
+    exactly; with `steps`, an earlier oracle's of the same shapes (e.g. one of shape-only weights).
+    """
     if single.mesh is not None:
         raise ValueError("the oracle runs on one device")
-    return dataclasses.replace(single, exact=True, compiled={} if compiled is None else compiled)
+    return dataclasses.replace(single, exact=True, steps=steps)
 
 
 def exact_model(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:
     """The oracle of a (small) in-memory model: a copy with its own weights in float32, so every
-    activation is float32 (Generator(exact=True) does the same inside its compiled steps)."""
+    activation is float32 (Generator(exact=True) does the same inside its compiled steps).
+    """
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, widened(state))
 
 
 def oracle_tie_rule(oracle_rows: np.ndarray, dtype: str):
-    """The audit's tie rule as a comparison tie rule (ComparisonConfig.top1_tie) for rows of logits
+    """The audit's tie rule as a comparison tie rule (Thresholds.top1_tie) for rows of logits
     whose oracle rows (n, V) are known: an argmax disagreement is a rounding tie when the oracle's
-    margin between the golden's token and the other is within TIE_FACTOR x the golden's error."""
+    margin between the golden's token and the other is within TIE_FACTOR x the golden's error.
+    """
 
-    def rule(golden: np.ndarray, actual: np.ndarray, expected: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    def rule(
+        golden: np.ndarray, actual: np.ndarray, expected: np.ndarray, picked: np.ndarray
+    ) -> np.ndarray:
         scale = errors(top_of(golden), oracle_rows, dtype)
         rows = np.arange(len(expected))
-        return oracle_rows[rows, expected] - oracle_rows[rows, picked] <= TIE_FACTOR * scale
+        return (
+            oracle_rows[rows, expected] - oracle_rows[rows, picked]
+            <= TIE_FACTOR * scale
+        )
 
     return rule
 
 
 def mcnemar_p_value(single_only: int, mesh_only: int) -> float:
     """Exact two-sided McNemar test on the discordant pairs: problems one run gets right and the
-    other wrong. Under 'the mesh scores what the single device scores' either kind is a fair coin."""
+    other wrong. Under 'the mesh scores what the single device scores' either kind is a fair coin.
+    """
     n = single_only + mesh_only
     if n == 0:
         return 1.0
@@ -291,7 +359,11 @@ class MeshAudit:
     def verdict(self) -> str:
         if not self.differing:
             return IDENTICAL
-        return EQUIVALENT if all(a.equivalent for a in self.differing.values()) else DIFFERENT
+        return (
+            EQUIVALENT
+            if all(a.equivalent for a in self.differing.values())
+            else DIFFERENT
+        )
 
     def audit(
         self,
@@ -327,7 +399,9 @@ class MeshAudit:
             "rounding_ties": sum(a.rounding_ties for a in differing.values()),
             "real_divergences": sum(a.real_divergences for a in differing.values()),
             "less_accurate": [i for i, a in differing.items() if not a.as_accurate],
-            "worst_accuracy_ratio": max((a.accuracy_ratio for a in differing.values()), default=None),
+            "worst_accuracy_ratio": max(
+                (a.accuracy_ratio for a in differing.values()), default=None
+            ),
             "criterion": {
                 "dtype": self.dtype,
                 "tie_factor": TIE_FACTOR,

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Writing Hugging Face checkpoint directories without PyTorch: weights, config, tokenizer.
 
 Used for the generate CLI's embedded default (a tiny random-weight Qwen2.5-architecture
@@ -21,7 +25,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.loader import INDEX_FILE, SINGLE_FILE, CheckpointError, hf_name
+from tests.jax.models.qwen2_5.loader import (
+    INDEX_FILE,
+    SINGLE_FILE,
+    CheckpointError,
+    hf_name,
+)
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -96,15 +105,23 @@ def write_weights(model: Qwen2ForCausalLM, out_dir: Path, max_shard_bytes: int) 
         file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, out_dir / file, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, file))
-    (out_dir / INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
+    (out_dir / INDEX_FILE).write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
+    )
 
 
 def write_checkpoint(
-    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, out_dir: Path, max_shard_bytes: int = 2**30
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    out_dir: Path,
+    max_shard_bytes: int = 2**30,
 ) -> Path:
     """A complete checkpoint directory: config, generation config, weights and tokenizer."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = {**model.cfg.to_hf_dict(), "torch_dtype": str(model.model.norm.weight.dtype)}
+    config = {
+        **model.cfg.to_hf_dict(),
+        "torch_dtype": str(model.model.norm.weight.dtype),
+    }
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     write_generation_config(out_dir, tokenizer)
     write_weights(model, out_dir, max_shard_bytes)

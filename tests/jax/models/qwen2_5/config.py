@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The static configuration of a Qwen2.5 model, read from a Hugging Face `config.json`."""
 
 from __future__ import annotations
@@ -34,7 +38,12 @@ def _integer(hf: dict, name: str, default: Any = _MISSING) -> int:
 def _positive_number(hf: dict, name: str, default: Any = _MISSING) -> float:
     """A field that must be a finite JSON number > 0."""
     value = _field(hf, name, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -64,11 +73,20 @@ class Qwen2Config:
     max_position_embeddings: int = 32768
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.head_dim < 2 or self.head_dim % 2:
-            raise ConfigError(f"head_dim must be a positive even number (RoPE rotates pairs), got {self.head_dim}")
+            raise ConfigError(
+                f"head_dim must be a positive even number (RoPE rotates pairs), got {self.head_dim}"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads} (GQA groups)"
@@ -84,27 +102,39 @@ class Qwen2Config:
         checked for its JSON type and range (named in the error), and features it would
         otherwise ignore are refused."""
         if not isinstance(hf, dict):
-            raise ConfigError(f"must hold a JSON object of fields, not a JSON {type(hf).__name__}")
+            raise ConfigError(
+                f"must hold a JSON object of fields, not a JSON {type(hf).__name__}"
+            )
         if hf.get("model_type") != "qwen2":
             raise ConfigError(
                 f"model_type is {hf.get('model_type')!r}, not 'qwen2': this is not a Qwen2/Qwen2.5 checkpoint"
             )
         if hf.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"hidden_act {hf['hidden_act']!r} is not supported (Qwen2 uses silu)")
+            raise ConfigError(
+                f"hidden_act {hf['hidden_act']!r} is not supported (Qwen2 uses silu)"
+            )
         if _boolean(hf, "use_sliding_window", False):
-            raise ConfigError("use_sliding_window=true is not supported: Qwen2.5 checkpoints use full attention")
+            raise ConfigError(
+                "use_sliding_window=true is not supported: Qwen2.5 checkpoints use full attention"
+            )
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         if not isinstance(rope, dict):
-            raise ConfigError(f"rope_scaling must be a JSON object or null, got {rope!r}")
+            raise ConfigError(
+                f"rope_scaling must be a JSON object or null, got {rope!r}"
+            )
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
-            raise ConfigError(f"RoPE scaling {rope_type!r} is not supported; remove rope_scaling to use plain RoPE")
+            raise ConfigError(
+                f"RoPE scaling {rope_type!r} is not supported; remove rope_scaling to use plain RoPE"
+            )
         num_layers = _integer(hf, "num_hidden_layers")
         # transformers' bookkeeping of each layer's attention; only its kinds matter here (its length
         # is transformers' concern: the weights decide how many layers there are).
         layer_types = hf.get("layer_types") or []
         if not isinstance(layer_types, list) or set(layer_types) - {"full_attention"}:
-            raise ConfigError(f"layer_types other than 'full_attention' are not supported, got {layer_types!r}")
+            raise ConfigError(
+                f"layer_types other than 'full_attention' are not supported, got {layer_types!r}"
+            )
         hidden, heads = _integer(hf, "hidden_size"), _integer(hf, "num_attention_heads")
         # null is Hugging Face's "not set": KV heads default to the query heads, head_dim to hidden / heads.
         head_dim = hf.get("head_dim")
@@ -122,7 +152,9 @@ class Qwen2Config:
             num_heads=heads,
             num_kv_heads=_integer(hf, "num_key_value_heads", heads),
             head_dim=_integer({"head_dim": head_dim}, "head_dim"),
-            rope_theta=_positive_number(rope, "rope_theta", _positive_number(hf, "rope_theta", 10000.0)),
+            rope_theta=_positive_number(
+                rope, "rope_theta", _positive_number(hf, "rope_theta", 10000.0)
+            ),
             rms_norm_eps=_positive_number(hf, "rms_norm_eps", 1e-6),
             tie_word_embeddings=_boolean(hf, "tie_word_embeddings", False),
             max_position_embeddings=_integer(hf, "max_position_embeddings", 32768),
@@ -132,7 +164,9 @@ class Qwen2Config:
     def from_pretrained(cls, model_dir: str | Path) -> Qwen2Config:
         path = Path(model_dir) / "config.json"
         if not path.is_file():
-            raise ConfigError(f"{path} does not exist: point at a Hugging Face checkpoint directory")
+            raise ConfigError(
+                f"{path} does not exist: point at a Hugging Face checkpoint directory"
+            )
         try:
             fields = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Fixtures of the Qwen2.5 tests: random Hugging Face checkpoints of the tiny presets, GSM8K data."""
 
 import os
@@ -5,20 +9,38 @@ from pathlib import Path
 
 import pytest
 
-from tests.jax.models.qwen2_5.checkpoint_writer import build_tokenizer, write_generation_config
+from tests.jax.models.qwen2_5 import cpu_products
+from tests.jax.models.qwen2_5.checkpoint_writer import (
+    build_tokenizer,
+    write_generation_config,
+)
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
 from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The weight products' CPU form, chosen once for the session (--cpu-products)."""
+    cpu_products.install(config.getoption("--cpu-products"))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_products_property(record_property) -> None:
+    """Every test records the CPU form its weight products took (a test may force another)."""
+    record_property("cpu_products", cpu_products.installed())
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     """preset name -> a random checkpoint directory written by `save_pretrained` (sharded), with a
-    locally built tokenizer and Qwen2.5's EOS convention; built once per session (per xdist worker)."""
+    locally built tokenizer and Qwen2.5's EOS convention; built once per session (per xdist worker).
+    """
     built: dict[str, Path] = {}
 
     def get(preset: str) -> Path:
         if preset not in built:
-            path = build_checkpoint(TINY_PRESETS[preset], tmp_path_factory.mktemp(f"ckpt_{preset}"))
+            path = build_checkpoint(
+                TINY_PRESETS[preset], tmp_path_factory.mktemp(f"ckpt_{preset}")
+            )
             tokenizer = build_tokenizer(TINY_PRESETS[preset].vocab_size)
             tokenizer.save_pretrained(path)
             write_generation_config(path, tokenizer)
@@ -37,7 +59,10 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def gsm8k_dir(pytestconfig: pytest.Config) -> Path:
     """The GSM8K jsonl files (openai/grade-school-math, MIT) beside the project: ../shared/data/gsm8k."""
-    path = Path(os.environ.get("GSM8K_DATA_DIR") or pytestconfig.rootpath.parent / "shared" / "data" / "gsm8k")
+    path = Path(
+        os.environ.get("GSM8K_DATA_DIR")
+        or pytestconfig.rootpath.parent / "shared" / "data" / "gsm8k"
+    )
     if not (path / "test.jsonl").is_file():
         pytest.skip(
             f"GSM8K data not found at {path}: set GSM8K_DATA_DIR to a directory with test.jsonl and train.jsonl"

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Deliberately wrong tensor-parallel models, for the tests that must catch them.
 
 Each fault of `CATALOG` turns a single-device model into a mesh model that is wrong in one way:
@@ -19,7 +23,7 @@ from jax.sharding import Mesh
 from tests.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.model import Attention, Qwen2ForCausalLM, Qwen2Model
 from tests.jax.models.qwen2_5.tensor_parallel import (
-    HeadPlan,
+    HeadSplit,
     build_model,
     in_memory_source,
     param_sharding,
@@ -29,16 +33,17 @@ from tests.jax.models.qwen2_5.tensor_parallel import (
 
 
 @dataclass(frozen=True)
-class AppendedPadding(HeadPlan):
+class AppendedPadding(HeadSplit):
     """Pad heads appended after the real ones (28 -> 32 as heads 28..31) instead of inside each
-    GQA group: from the second group on, every real query head reads the wrong KV head."""
+    GQA group: from the second group on, every real query head reads the wrong KV head.
+    """
 
     def query_sources(self) -> np.ndarray:
         return np.concatenate([np.arange(self.num_heads), np.full(self.pad_heads, -1)])
 
 
 @dataclass(frozen=True)
-class ShiftedKVHeads(HeadPlan):
+class ShiftedKVHeads(HeadSplit):
     """Every stored KV head holds the next group's keys and values: each query head reads a KV
     head of another group."""
 
@@ -46,24 +51,30 @@ class ShiftedKVHeads(HeadPlan):
         return np.roll(super().kv_sources(), -self.kv_replicas)
 
 
-def shard_with_fault(model: Qwen2ForCausalLM, mesh: Mesh, fault: type[HeadPlan]) -> Qwen2ForCausalLM:
-    """`shard_model(model, mesh)`, but laid out by the faulty head plan `fault`."""
-    _, plan = tensor_parallel_config(model.cfg, mesh.shape[MODEL_AXIS])
+def shard_with_fault(
+    model: Qwen2ForCausalLM, mesh: Mesh, fault: type[HeadSplit]
+) -> Qwen2ForCausalLM:
+    """`shard_model(model, mesh)`, but laid out by the faulty head split `fault`."""
+    _, split = tensor_parallel_config(model.cfg, mesh.shape[MODEL_AXIS])
     dtype = model.model.norm.weight.dtype
     placement = lambda variable: param_sharding(variable, mesh)  # noqa: E731
-    return build_model(model.cfg, dtype, fault(**vars(plan)), in_memory_source(model), placement)
+    return build_model(
+        model.cfg, dtype, fault(**vars(split)), in_memory_source(model), placement
+    )
 
 
 class LateCacheSlot(Attention):
     """In decode steps, the first device's KV head is written one slot late (the token at step s
-    lands in slot s + 1): that device attends to an empty slot and never to the token itself."""
+    lands in slot s + 1): that device attends to an empty slot and never to the token itself.
+    """
 
     @staticmethod
     def write(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
         right = Attention.write(cache, new, start)
         if new.shape[1] != 1:
             return right
-        first_device = (jnp.arange(cache.shape[2]) == 0)[None, None, :, None]  # KV heads are split over `model`
+        # KV heads are split over `model`
+        first_device = (jnp.arange(cache.shape[2]) == 0)[None, None, :, None]
         return jnp.where(first_device, Attention.write(cache, new, start + 1), right)
 
 
@@ -74,7 +85,9 @@ class Bfloat16Softmax(Attention):
     @staticmethod
     def softmax(scores: jax.Array, visible: jax.Array) -> jax.Array:
         low = scores.astype(jnp.bfloat16)
-        return jax.nn.softmax(jnp.where(visible, low, jnp.finfo(jnp.bfloat16).min), axis=-1).astype(scores.dtype)
+        return jax.nn.softmax(
+            jnp.where(visible, low, jnp.finfo(jnp.bfloat16).min), axis=-1
+        ).astype(scores.dtype)
 
 
 class DecodePositionOffByOne(Qwen2Model):
@@ -82,7 +95,9 @@ class DecodePositionOffByOne(Qwen2Model):
 
     def __call__(self, input_ids, positions, key_valid, cache=None, start=0):
         shifted = positions + 1 if input_ids.shape[1] == 1 else positions
-        return super().__call__(input_ids, positions=shifted, key_valid=key_valid, cache=cache, start=start)
+        return super().__call__(
+            input_ids, positions=shifted, key_valid=key_valid, cache=cache, start=start
+        )
 
 
 def _swap_attention(model: Qwen2ForCausalLM, kind: type[Attention]) -> Qwen2ForCausalLM:
@@ -91,11 +106,15 @@ def _swap_attention(model: Qwen2ForCausalLM, kind: type[Attention]) -> Qwen2ForC
     return model
 
 
-def _drop_q_bias_on_one_device(model: Qwen2ForCausalLM, layer: int = 1) -> Qwen2ForCausalLM:
+def _drop_q_bias_on_one_device(
+    model: Qwen2ForCausalLM, layer: int = 1
+) -> Qwen2ForCausalLM:
     """One layer's q_proj bias zeroed in the first device's slice (its query heads only)."""
     bias = model.model.layers[layer].self_attn.q_proj.bias
     share = bias.shape[0] // bias[...].sharding.mesh.shape[MODEL_AXIS]
-    bias[...] = jax.jit(lambda b: b.at[:share].set(0), out_shardings=bias[...].sharding)(bias[...])
+    bias[...] = jax.jit(
+        lambda b: b.at[:share].set(0), out_shardings=bias[...].sharding
+    )(bias[...])
     return model
 
 
@@ -119,11 +138,25 @@ WEIGHTS_ONLY = ("appended_padding", "shifted_kv_heads", "q_bias_dropped_on_one_d
 # name -> (single-device model, mesh) -> the faulty mesh model.
 Fault = Callable[[Qwen2ForCausalLM, Mesh], Qwen2ForCausalLM]
 CATALOG: dict[str, Fault] = {
-    "appended_padding": lambda model, mesh: shard_with_fault(model, mesh, AppendedPadding),
-    "shifted_kv_heads": lambda model, mesh: shard_with_fault(model, mesh, ShiftedKVHeads),
-    "decode_position_off_by_one": lambda model, mesh: _decode_position_off_by_one(shard_model(model, mesh)),
-    "late_cache_slot_on_one_device": lambda model, mesh: _swap_attention(shard_model(model, mesh), LateCacheSlot),
-    "q_bias_dropped_on_one_device": lambda model, mesh: _drop_q_bias_on_one_device(shard_model(model, mesh)),
-    "bfloat16_softmax": lambda model, mesh: _swap_attention(shard_model(model, mesh), Bfloat16Softmax),
-    "rms_norm_eps_changed": lambda model, mesh: _change_norm_eps(shard_model(model, mesh)),
+    "appended_padding": lambda model, mesh: shard_with_fault(
+        model, mesh, AppendedPadding
+    ),
+    "shifted_kv_heads": lambda model, mesh: shard_with_fault(
+        model, mesh, ShiftedKVHeads
+    ),
+    "decode_position_off_by_one": lambda model, mesh: _decode_position_off_by_one(
+        shard_model(model, mesh)
+    ),
+    "late_cache_slot_on_one_device": lambda model, mesh: _swap_attention(
+        shard_model(model, mesh), LateCacheSlot
+    ),
+    "q_bias_dropped_on_one_device": lambda model, mesh: _drop_q_bias_on_one_device(
+        shard_model(model, mesh)
+    ),
+    "bfloat16_softmax": lambda model, mesh: _swap_attention(
+        shard_model(model, mesh), Bfloat16Softmax
+    ),
+    "rms_norm_eps_changed": lambda model, mesh: _change_norm_eps(
+        shard_model(model, mesh)
+    ),
 }

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Generate text with Qwen2.5 on one device or a tensor-parallel mesh.
 
     python -m tests.jax.models.qwen2_5.generate --model-path DIR --mesh 1x8 --prompt "..."
@@ -13,40 +17,54 @@ import json
 import os
 import sys
 from contextlib import redirect_stdout
-from pathlib import Path
 from typing import TextIO
 
 from transformers import PreTrainedTokenizerBase
 
 from tests.infra.distributed import DEFAULT_TIMEOUT
 from tests.infra.mesh import MeshShape
+from tests.jax.models.qwen2_5 import cpu_products
 from tests.jax.models.qwen2_5.audit import Generated, MeshAudit, oracle_of
-from tests.jax.models.qwen2_5.generation import GenerationError, GenerationResult, SamplingConfig
-from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, Checkpoint, configure_for, resolve_model_path
+from tests.jax.models.qwen2_5.batching import GenerationError
+from tests.jax.models.qwen2_5.cli_options import add_model_options
+from tests.jax.models.qwen2_5.generation import GenerationResult, Generator
+from tests.jax.models.qwen2_5.pipeline import (
+    EXPECTED_ERRORS,
+    Checkpoint,
+    configure_for,
+    resolve_model_path,
+)
+from tests.jax.models.qwen2_5.sampling import SamplingConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.jax.models.qwen2_5.generate", description=__doc__.split("\n")[0]
+        prog="python -m tests.jax.models.qwen2_5.generate",
+        description=__doc__.split("\n")[0],
     )
-    parser.add_argument("--model-path", type=Path, help="Hugging Face checkpoint directory (default: embedded demo)")
-    parser.add_argument("--mesh", default="1x1", help="BATCHxMODEL device mesh; 1x1 is a single device")
-    parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
-    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the checkpoint's chat template")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    add_model_options(
+        parser,
+        max_new_tokens=64,
+        compare_help="also generate on one device and audit where the mesh's tokens differ (greedy only)",
+    )
+    parser.add_argument(
+        "--prompt", action="append", required=True, help="a prompt; repeat for a batch"
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--top-k", type=int, default=0, help="0 is off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1.0 is off")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     parser.add_argument(
-        "--compare-single-device",
+        "--json",
         action="store_true",
-        help="also generate on one device and audit where the mesh's tokens differ (greedy only)",
+        help="print one JSON object instead of streaming text",
     )
-    cluster = parser.add_argument_group("multi-process runs (every process runs the same command; process 0 prints)")
-    cluster.add_argument("--coordinator", help="HOST:PORT of process 0's coordination service")
+    cluster = parser.add_argument_group(
+        "multi-process runs (every process runs the same command; process 0 prints)"
+    )
+    cluster.add_argument(
+        "--coordinator", help="HOST:PORT of process 0's coordination service"
+    )
     cluster.add_argument("--num-processes", type=int, default=1)
     cluster.add_argument("--process-id", type=int, default=0)
     cluster.add_argument(
@@ -85,7 +103,10 @@ def report(
     streamed: bool,
     comparison: MeshAudit | None,
 ) -> None:
-    texts = [tokenizer.decode(g, skip_special_tokens=True) for g in result.generated_token_ids]
+    texts = [
+        tokenizer.decode(g, skip_special_tokens=True)
+        for g in result.generated_token_ids
+    ]
     if as_json:
         record = {
             "mesh": mesh,
@@ -93,11 +114,14 @@ def report(
             "prompt_token_ids": result.prompt_token_ids,
             "generated_token_ids": result.generated_token_ids,
             "text": texts,
+            "cpu_products": cpu_products.installed(),
             "prefill_tokens_per_second": result.prefill_tokens_per_second,
             "decode_tokens_per_second": result.decode_tokens_per_second,
         }
         if comparison is not None:
-            audits = {str(i): audit.to_dict() for i, audit in comparison.differing.items()}
+            audits = {
+                str(i): audit.to_dict() for i, audit in comparison.differing.items()
+            }
             record["comparison"] = {**comparison.summary(), "audits": audits}
         print(json.dumps(record))
         return
@@ -110,7 +134,7 @@ def report(
     generated = sum(map(len, result.generated_token_ids))
     print(
         f"\n{len(texts)} prompt(s), {prompt_tokens} prompt tokens, {generated} generated tokens, "
-        f"mesh {mesh} ({dtype}); "
+        f"mesh {mesh} ({dtype}, CPU products {cpu_products.installed()}); "
         f"prefill {result.prefill_tokens_per_second:,.1f} tok/s, decode {result.decode_tokens_per_second:,.1f} tok/s "
         f"(compile {result.compile_seconds:.1f} s, not included)"
     )
@@ -118,22 +142,69 @@ def report(
         print(f"mesh {mesh} vs 1x1: {comparison.describe()}")
 
 
-def run(args: argparse.Namespace, out: TextIO) -> int:
+def check_request(args: argparse.Namespace) -> SamplingConfig:
+    """The request's own mistakes, before any device or file is touched; its sampling settings."""
     if args.max_new_tokens < 1:
-        raise GenerationError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        raise GenerationError(
+            f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"
+        )
     for prompt in args.prompt:
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError as err:
-            raise GenerationError(f"--prompt is not valid UTF-8 text (at character {err.start}): pass UTF-8") from err
+            raise GenerationError(
+                f"--prompt is not valid UTF-8 text (at character {err.start}): pass UTF-8"
+            ) from err
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     if args.compare_single_device and not sampling.greedy:
-        raise GenerationError("--compare-single-device audits greedy decoding: leave --temperature at 0")
+        raise GenerationError(
+            "--compare-single-device audits greedy decoding: leave --temperature at 0"
+        )
     if args.compare_single_device and args.coordinator is not None:
-        raise GenerationError("--compare-single-device runs in one process: drop --coordinator")
-    mesh = configure_for(args.mesh, args.coordinator, args.num_processes, args.process_id, args.cluster_timeout)
+        raise GenerationError(
+            "--compare-single-device runs in one process: drop --coordinator"
+        )
+    return sampling
+
+
+def audit_against_one_device(
+    checkpoint: Checkpoint,
+    dtype: str,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    generator: Generator,
+    result: GenerationResult,
+) -> MeshAudit:
+    """The same prompts on one device, and the audit of every prompt whose tokens differ."""
+    single = checkpoint.load(MeshShape(1, 1), dtype)
+    reference = single.generate(prompts, max_new_tokens)
+    ours, theirs = (
+        {
+            i: Generated(t, top)
+            for i, (t, top) in enumerate(
+                zip(r.generated_token_ids, r.top_logits, strict=True)
+            )
+        }
+        for r in (reference, result)
+    )
+    audit = MeshAudit(dtype)
+    audit.audit(oracle_of(single), generator, dict(enumerate(prompts)), ours, theirs)
+    return audit
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    sampling = check_request(args)
+    cluster = (
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        args.cluster_timeout,
+    )
+    mesh = configure_for(args.mesh, args.cpu_products, *cluster)
     if args.compare_single_device and mesh.size == 1:
-        raise GenerationError("--compare-single-device compares a mesh with one device: choose a --mesh like 1x8")
+        raise GenerationError(
+            "--compare-single-device compares a mesh with one device: choose a --mesh like 1x8"
+        )
     checkpoint = Checkpoint.open(resolve_model_path(args.model_path))
     prompts = [checkpoint.encode(p, args.chat) for p in args.prompt]
     generator = checkpoint.load(mesh, args.dtype)
@@ -141,19 +212,14 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     stream = speaks and not args.json and len(prompts) == 1
     streamer = Streamer(checkpoint.tokenizer, out) if stream else None
     result = generator.generate(prompts, args.max_new_tokens, sampling, streamer)
-    comparison = None
+    audit = None
     if args.compare_single_device:
-        single = checkpoint.load(MeshShape(1, 1), args.dtype)
-        reference = single.generate(prompts, args.max_new_tokens)
-        ours, theirs = (
-            {i: Generated(t, top) for i, (t, top) in enumerate(zip(r.generated_token_ids, r.top_logits, strict=True))}
-            for r in (reference, result)
-        )
-        comparison = MeshAudit(args.dtype)
-        comparison.audit(oracle_of(single), generator, dict(enumerate(prompts)), ours, theirs)
+        request = (args.dtype, prompts, args.max_new_tokens)
+        audit = audit_against_one_device(checkpoint, *request, generator, result)
     if speaks:
         with redirect_stdout(out):
-            report(result, checkpoint.tokenizer, mesh.name, args.dtype, args.json, stream, comparison)
+            shown = (mesh.name, args.dtype, args.json, stream, audit)
+            report(result, checkpoint.tokenizer, *shown)
     return 0
 
 

@@ -1,23 +1,21 @@
-"""GSM8K, as lm-evaluation-harness's `gsm8k` task evaluates it, on one device or a mesh.
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
+"""GSM8K, as lm-evaluation-harness's `gsm8k` task evaluates it (gsm8k_task.py), on one device or a mesh.
 
     python -m tests.jax.models.qwen2_5.gsm8k --model-path DIR --mesh 1x8 [--limit N]
         [--num-fewshot K] [--data-file F] [--output out.json] [--compare-single-device] [--chat]
 
-Prompt: K exemplars from the train split, each "Question: {q}\\nAnswer: {a}", joined by a
-blank line, then "Question: {q}\\nAnswer:". Greedy decoding until "Question:", "</s>" or
-"<|im_end|>" (or EOS, or 256 tokens). Scores: strict-match (the first "#### N") and
-flexible-extract (the last number), both compared after dropping commas, "$", a trailing
-period and everything up to "#### ", case-insensitively, with the gold answer treated the same.
+The command line builds one `Settings`; `run` checks everything up front (data, checkpoint, mesh,
+context, output files, memory), then evaluates batch after batch, each problem's results on disk
+as soon as its batch finishes (tests/infra/runs.ResultStore), so a stopped run resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
-import math
-import random
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,168 +25,311 @@ from tqdm import tqdm
 
 from tests.infra.mesh import MeshShape
 from tests.infra.runs import (
-    ResultLog,
+    ResultStore,
     RunError,
     Stopped,
     StopSignals,
     available_host_bytes,
-    check_writable,
-    write_atomically,
 )
-from tests.jax.models.qwen2_5.audit import Generated, MeshAudit, SequenceAudit, mcnemar_p_value, oracle_of
-from tests.jax.models.qwen2_5.generation import PREFILL_CHUNK, Generator
-from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, Checkpoint, configure_for, resolve_model_path
+from tests.jax.models.qwen2_5 import cpu_products
+from tests.jax.models.qwen2_5.audit import MeshAudit, SequenceAudit, oracle_of
+from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK
+from tests.jax.models.qwen2_5.cli_options import add_model_options
+from tests.jax.models.qwen2_5.generation import Generator
+from tests.jax.models.qwen2_5.gsm8k_task import (
+    FEWSHOT_SEED,
+    STOP_SEQUENCES,
+    DataError,
+    Graded,
+    Problem,
+    build_prompt,
+    fewshot_exemplars,
+    grade,
+    length_sorted_batches,
+    load_split,
+    paired_scores,
+    scores,
+    stops_at_sequences,
+    truncate_at_stop,
+)
+from tests.jax.models.qwen2_5.pipeline import (
+    EXPECTED_ERRORS,
+    Checkpoint,
+    configure_for,
+    resolve_model_path,
+)
+from tests.jax.models.qwen2_5.steps import DECODE, FILL, PREFILL, SCORE
 from tests.jax.models.qwen2_5.tensor_parallel import tensor_parallel_config
 
-STOP_SEQUENCES = ("Question:", "</s>", "<|im_end|>")
-INVALID = "[invalid]"
-STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
-FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-# lm-evaluation-harness gsm8k's `regexes_to_ignore`, applied to prediction and gold alike.
-IGNORED = [re.compile(p) for p in (",", r"\$", r"(?s).*#### ", r"\.$")]
-FEWSHOT_SEED = 1234  # lm-evaluation-harness's default fewshot_random_seed
-
-
-class DataError(ValueError):
-    """Problems or exemplars that cannot be read."""
+GIB = 2**30
+SINGLE = "1x1"
+ORACLE = "oracle"  # the audit's float32 oracle: it runs on the single device's weights
 
 
 @dataclass(frozen=True)
-class Problem:
-    question: str
-    answer: str
+class Settings:
+    """One GSM8K run as the command line asked for it, checked."""
+
+    model_path: Path | None
+    mesh: str
+    dtype: str
+    chat: bool
+    max_new_tokens: int
+    compare_single_device: bool
+    cpu_products: str
+    limit: int | None
+    num_fewshot: int
+    data_file: Path | None
+    fewshot_file: Path | None
+    output: Path | None
+    batch_size: int
+    prefill_chunk: int
+    memory_budget: float | None
+
+    def __post_init__(self) -> None:
+        for name in ("limit", "batch_size", "max_new_tokens", "prefill_chunk"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.num_fewshot < 0:
+            raise DataError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        if self.memory_budget is not None and not self.memory_budget > 0:
+            raise DataError(
+                f"--memory-budget must be a positive number of GiB, got {self.memory_budget}"
+            )
+
+    @property
+    def exemplars_file(self) -> Path | None:
+        """--fewshot-file, else train.jsonl beside --data-file, else None (the hub)."""
+        if self.fewshot_file is None and self.data_file is not None:
+            return self.data_file.parent / "train.jsonl"
+        return self.fewshot_file
+
+    def memory_fixes(self) -> str:
+        fixes = f"lower --batch-size (now {self.batch_size}) or --prefill-chunk (now {self.prefill_chunk})"
+        return fixes + (
+            ", or run without --compare-single-device"
+            if self.compare_single_device
+            else ""
+        )
 
 
-def read_jsonl(path: Path) -> list[Problem]:
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    problems = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            problems.append(Problem(record["question"], record["answer"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{path}:{number} is not a JSON object with 'question' and 'answer' ({err})") from err
-    return problems
+# GSM8K's own flags beside the shared ones (cli_options): name -> argparse keywords.
+OPTIONS = {
+    "--limit": {
+        "type": int,
+        "help": "evaluate the first N test problems (default: all 1319)",
+    },
+    "--num-fewshot": {
+        "type": int,
+        "default": 5,
+        "help": "exemplars per prompt (Qwen reports 4-shot)",
+    },
+    "--data-file": {
+        "type": Path,
+        "help": "test problems as jsonl (question, answer); default: the hub",
+    },
+    "--fewshot-file": {
+        "type": Path,
+        "help": "exemplars as jsonl; default: train.jsonl beside --data-file",
+    },
+    "--output": {
+        "type": Path,
+        "help": "write settings, per-problem results and scores as JSON; finished problems are appended "
+        "to OUTPUT.progress.jsonl as they finish, and rerunning the same command resumes from it",
+    },
+    "--batch-size": {"type": int, "default": 8},
+    "--prefill-chunk": {
+        "type": int,
+        "default": PREFILL_CHUNK,
+        "help": "prompt tokens per prefill step: prefill memory grows with it (default %(default)s)",
+    },
+    "--memory-budget": {
+        "type": float,
+        "help": "GiB of host memory the run may use (default: what the kernel reports available); a run "
+        "estimated to need more is refused before it starts",
+    },
+}
 
 
-def load_split(split: str, data_file: Path | None) -> list[Problem]:
-    """A split from a local jsonl, or from the Hugging Face hub (openai/gsm8k, main)."""
-    if data_file is not None:
-        return read_jsonl(data_file)
-    from datasets import load_dataset
-
-    try:
-        dataset = load_dataset("openai/gsm8k", "main", split=split)
-    except Exception as err:  # the hub raises many types; the user needs only the fix
-        raise DataError(f"cannot load openai/gsm8k ({err}); pass --data-file and --fewshot-file") from err
-    return [Problem(r["question"], r["answer"]) for r in dataset]
-
-
-def fewshot_exemplars(
-    train: Sequence[Problem], num_problems: int, k: int, seed: int = FEWSHOT_SEED
-) -> list[list[Problem]]:
-    """Per problem, k exemplars drawn from one seeded generator in problem order, as the harness does."""
-    if k > len(train):
-        raise DataError(f"--num-fewshot {k} exceeds the {len(train)} available exemplars")
-    rng = random.Random(seed)
-    return [rng.sample(list(train), k) for _ in range(num_problems)]
-
-
-def build_prompt(problem: Problem, exemplars: Sequence[Problem]) -> str:
-    shots = [f"Question: {ex.question}\nAnswer: {ex.answer}" for ex in exemplars]
-    return "\n\n".join([*shots, f"Question: {problem.question}\nAnswer:"])
-
-
-def truncate_at_stop(text: str) -> str:
-    cut = min((i for s in STOP_SEQUENCES if (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
-
-
-def strict_extract(text: str) -> str:
-    match = STRICT_RE.findall(text)
-    return match[0].strip() if match else INVALID
-
-
-def flexible_extract(text: str) -> str:
-    matches = FLEXIBLE_RE.findall(text)
-    if not matches:
-        return INVALID
-    return next(group for group in matches[-1] if group).strip()
-
-
-def normalize(answer: str) -> str:
-    for pattern in IGNORED:
-        answer = pattern.sub("", answer)
-    return answer.lower()
-
-
-def is_correct(extracted: str, gold_answer: str) -> bool:
-    return normalize(extracted) == normalize(gold_answer)
-
-
-def accuracy(flags: Sequence[bool]) -> dict[str, float]:
-    """Mean and its standard error (sample variance, as the harness reports)."""
-    n = len(flags)
-    mean = sum(flags) / n
-    stderr = math.sqrt(mean * (1 - mean) / (n - 1)) if n > 1 else float("nan")
-    return {"accuracy": mean, "stderr": stderr}
-
-
-@dataclass(frozen=True)
-class Graded:
-    index: int
-    generated: str
-    tokens: list[int]  # the generated token ids, cut where generation stopped
-    strict: str
-    flexible: str
-    gold: str
-    strict_correct: bool
-    flexible_correct: bool
-    # Compare mode: per generated token, the top logits and ids of the step that chose it (the audit's evidence).
-    top_logits: list[list[float]] | None = None
-    top_ids: list[list[int]] | None = None
-
-    def generated_run(self) -> Generated:
-        return Generated.from_dict({"tokens": self.tokens, "top_logits": self.top_logits, "top_ids": self.top_ids})
-
-
-def grade(index: int, tokens: Sequence[int], generated: str, problem: Problem, top=None) -> Graded:
-    """`top`: the generation's (n, TOP_K, 2) record, kept when given."""
-    strict, flexible = strict_extract(generated), flexible_extract(generated)
-    gold = normalize(problem.answer)
-    record = {} if top is None else Generated(list(tokens), top).to_dict()
-    return Graded(
-        index,
-        generated,
-        list(tokens),
-        strict,
-        flexible,
-        gold,
-        is_correct(strict, problem.answer),
-        is_correct(flexible, problem.answer),
-        record.get("top_logits"),
-        record.get("top_ids"),
+def parse_args(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.jax.models.qwen2_5.gsm8k",
+        description=__doc__.split("\n")[0],
     )
+    compare = "also run one device and audit every difference (audit.py)"
+    add_model_options(parser, max_new_tokens=256, compare_help=compare)
+    for name, options in OPTIONS.items():
+        parser.add_argument(name, **options)
+    return Settings(**vars(parser.parse_args(argv)))
 
 
-METRICS = {"strict-match": "strict_correct", "flexible-extract": "flexible_correct"}
+def load_problems(settings: Settings) -> tuple[list[Problem], list[str]]:
+    """The test problems (the first --limit) and their prompts with their exemplars."""
+    problems = load_split("test", settings.data_file)[: settings.limit]
+    if not problems:
+        raise DataError(f"{settings.data_file or 'the test split'} holds no problems")
+    train = load_split("train", settings.exemplars_file) if settings.num_fewshot else []
+    exemplars = fewshot_exemplars(train, len(problems), settings.num_fewshot)
+    return problems, [
+        build_prompt(p, ex) for p, ex in zip(problems, exemplars, strict=True)
+    ]
 
 
-def scores(graded: Sequence[Graded]) -> dict[str, dict[str, float]]:
-    return {metric: accuracy([getattr(g, flag) for g in graded]) for metric, flag in METRICS.items()}
+def check_context(
+    token_ids: Sequence[list[int]], max_new_tokens: int, context: int
+) -> None:
+    """Every prompt and its new tokens fit the model's context, or one error naming the worst."""
+    too_long = [
+        i for i, ids in enumerate(token_ids) if len(ids) + max_new_tokens > context
+    ]
+    if too_long:
+        worst = max(too_long, key=lambda i: len(token_ids[i]))
+        raise DataError(
+            f"{len(too_long)} of {len(token_ids)} prompts do not fit the model's context of {context:,} tokens with "
+            f"--max-new-tokens {max_new_tokens} (problem {worst}: {len(token_ids[worst]):,} prompt tokens): "
+            "lower --num-fewshot or --max-new-tokens"
+        )
 
 
-def stops_at_sequences(tokenizer) -> Callable[[list[int]], bool]:
-    """The generation stop rule: a stop sequence appeared in the text so far."""
+@dataclass(frozen=True)
+class Job:
+    """A checked run: everything it needs but the weights."""
 
-    def hit_stop(tokens: list[int]) -> bool:
-        text = tokenizer.decode(tokens, skip_special_tokens=False)
-        return any(s in text for s in STOP_SEQUENCES)
+    settings: Settings
+    mesh: MeshShape
+    checkpoint: Checkpoint
+    problems: list[Problem]
+    prompts: list[str]
+    token_ids: list[list[int]]
 
-    return hit_stop
+    @property
+    def meshes(self) -> list[MeshShape]:
+        """The mesh, then one device when compared."""
+        return [self.mesh] + (
+            [MeshShape(1, 1)] if self.settings.compare_single_device else []
+        )
+
+    def record_settings(self) -> dict:
+        """What a resumed run must share with the one it resumes."""
+        s = self.settings
+        return {
+            "model_path": str(self.checkpoint.path),
+            "mesh": self.mesh.name,
+            "dtype": s.dtype,
+            "num_fewshot": s.num_fewshot,
+            "fewshot_seed": FEWSHOT_SEED,
+            "chat": s.chat,
+            "limit": len(self.problems),
+            "prompts_sha256": hashlib.sha256(
+                "\0".join(self.prompts).encode()
+            ).hexdigest(),
+            "max_new_tokens": s.max_new_tokens,
+            "stop_sequences": list(STOP_SEQUENCES),
+            "batch_size": s.batch_size,
+            "prefill_chunk": s.prefill_chunk,
+            "compare_single_device": s.compare_single_device,
+            "cpu_products": cpu_products.installed(),
+        }
+
+
+def prepare(settings: Settings) -> Job:
+    """Data, mesh, checkpoint and context checked, in that order, before anything heavy."""
+    problems, prompts = load_problems(settings)
+    ResultStore.check_writable(settings.output)
+    mesh = configure_for(settings.mesh, settings.cpu_products)
+    print(f"CPU weight products: {cpu_products.installed()}", file=sys.stderr)
+    if settings.compare_single_device and mesh.size == 1:
+        raise DataError(
+            "--compare-single-device compares a mesh with one device: choose a --mesh like 1x8"
+        )
+    checkpoint = Checkpoint.open(resolve_model_path(settings.model_path))
+    # a mesh that cannot split this model fails here
+    tensor_parallel_config(checkpoint.cfg, mesh.model)
+    token_ids = [checkpoint.encode(p, settings.chat) for p in prompts]
+    check_context(
+        token_ids, settings.max_new_tokens, checkpoint.cfg.max_position_embeddings
+    )
+    return Job(settings, mesh, checkpoint, problems, prompts, token_ids)
+
+
+def check_memory(
+    shape_only: dict[str, Generator], layouts: dict[str, list], budget: int, fixes: str
+) -> str:
+    """Refuse a run whose estimated peak host memory exceeds `budget`: every model's weights (all
+    resident at once; the oracle holds none of its own), plus the largest compiled step of any of
+    them beyond the weights it runs on. Returns the estimate in words."""
+    owner = {name: SINGLE if name == ORACLE else name for name in shape_only}
+    weights = {
+        name: gen.weight_bytes for name, gen in shape_only.items() if name != ORACLE
+    }
+    steps = {
+        name: max(
+            gen.steps.peak_bytes(layout, kinds) for layout, kinds in layouts[name]
+        )
+        for name, gen in shape_only.items()
+    }
+    need = max(
+        steps[name] + sum(w for other, w in weights.items() if other != owner[name])
+        for name in shape_only
+    )
+    held = " + ".join(f"{w / GIB:.2f} GiB ({name})" for name, w in weights.items())
+    step = max(s - weights[owner[n]] for n, s in steps.items())
+    estimate = (
+        f"an estimated {need / GIB:.2f} GiB of host memory (weights {held}, the largest step {step / GIB:.2f} GiB "
+        f"more) of {budget / GIB:.2f} GiB available"
+    )
+    if need > budget:
+        raise RunError(f"this run needs {estimate}: {fixes}")
+    return estimate
+
+
+def step_layouts(
+    job: Job, name: str, generator: Generator, todo: list[list[int]]
+) -> list[tuple]:
+    """(layout, step kinds) of every compiled step model `name` runs for the batches `todo`."""
+    s, lengths = job.settings, [
+        [len(job.token_ids[i]) for i in batch] for batch in todo
+    ]
+    steps = (
+        []
+        if name == ORACLE
+        else [
+            (generator.layout(b, s.max_new_tokens), (PREFILL, DECODE)) for b in lengths
+        ]
+    )
+    if s.compare_single_device:
+        # A batch's differing problems are teacher-forced together, rows padded to a power of two (the audit).
+        rows = 1 << (max(map(len, todo)) - 1).bit_length()
+        longest = max(map(max, lengths)) + s.max_new_tokens
+        steps.append((generator.layout([longest] * rows, 0), (FILL, SCORE)))
+    return list(dict.fromkeys(steps))
+
+
+def load_within_memory(job: Job, todo: list[list[int]]) -> dict[str, Generator]:
+    """Shape-only generators compile every step and bound the run's memory; then the weights load,
+    reusing those programs. With compare mode, also the oracle (ORACLE)."""
+    s = job.settings
+    shape_only = {
+        m.name: job.checkpoint.shape_only(m, s.dtype, s.prefill_chunk)
+        for m in job.meshes
+    }
+    if s.compare_single_device:
+        shape_only[ORACLE] = oracle_of(shape_only[SINGLE])
+    layouts = {
+        name: step_layouts(job, name, gen, todo) for name, gen in shape_only.items()
+    }
+    budget = int(s.memory_budget * GIB) if s.memory_budget else available_host_bytes()
+    print(
+        f"memory: {check_memory(shape_only, layouts, budget, s.memory_fixes())}",
+        file=sys.stderr,
+    )
+    generators = {
+        m.name: job.checkpoint.load(m, s.dtype, shape_only[m.name]) for m in job.meshes
+    }
+    if s.compare_single_device:
+        generators[ORACLE] = oracle_of(generators[SINGLE], shape_only[ORACLE].steps)
+    return generators
 
 
 def complete(
@@ -202,155 +343,24 @@ def complete(
     keep_records: bool = False,
 ) -> list[Graded]:
     """Greedy completions of the problems `batch` (indices), graded, with each step's top logits
-    when `keep_records`. `between_steps` runs after every decode step (where a run may stop)."""
+    when `keep_records`. `between_steps` runs after every decode step (where a run may stop).
+    """
+    tokenizer = checkpoint.tokenizer
     result = generator.generate(
         [token_ids[i] for i in batch],
         max_new_tokens,
         on_tokens=lambda _: between_steps(),
-        stop=stops_at_sequences(checkpoint.tokenizer),
+        stop=stops_at_sequences(tokenizer),
     )
     graded = []
-    for index, tokens, top in zip(batch, result.generated_token_ids, result.top_logits, strict=True):
-        text = truncate_at_stop(checkpoint.tokenizer.decode(tokens, skip_special_tokens=True))
-        graded.append(grade(index, tokens, text, problems[index], top if keep_records else None))
-    return graded
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Problem indices in batches of similar prompt length, longest first, as lm-evaluation-harness
-    orders its requests: a long prompt pads only its neighbours, and the largest batch runs first.
-    Results are keyed by problem index, so their order is restored whatever the batches."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def paired_scores(reference: Sequence[Graded], candidate: Sequence[Graded]) -> dict:
-    """Both runs' scores with their standard errors, the difference, and the exact McNemar test on
-    the discordant problems (right in one run, wrong in the other)."""
-    report = {}
-    for metric, flag in METRICS.items():
-        single_only = sum(getattr(a, flag) and not getattr(b, flag) for a, b in zip(reference, candidate, strict=True))
-        mesh_only = sum(getattr(b, flag) and not getattr(a, flag) for a, b in zip(reference, candidate, strict=True))
-        single, mesh = accuracy([getattr(g, flag) for g in reference]), accuracy([getattr(g, flag) for g in candidate])
-        report[metric] = {
-            "single_device": single,
-            "mesh": mesh,
-            "difference": mesh["accuracy"] - single["accuracy"],
-            "discordant": {"single_device_only": single_only, "mesh_only": mesh_only},
-            "mcnemar_p_value": mcnemar_p_value(single_only, mesh_only),
-        }
-    return report
-
-
-def compare_runs(reference: Sequence[Graded], candidate: Sequence[Graded], comparison: MeshAudit) -> dict:
-    """The mesh run against the single-device run: the audit's verdict and counts, agreement of
-    text and extracted answers, and the paired scores."""
-    pairs = list(zip(reference, candidate, strict=True))
-    same_answers = [(a.strict, a.flexible) == (b.strict, b.flexible) for a, b in pairs]
-    paired = paired_scores(reference, candidate)
-    return {
-        **comparison.summary(),
-        "generated_text_agreement": sum(a.generated == b.generated for a, b in pairs) / len(pairs),
-        "extracted_answer_agreement": sum(same_answers) / len(pairs),
-        "disagreeing_problems": [a.index for a, same in zip(reference, same_answers, strict=True) if not same],
-        "scores": paired,
-        "mcnemar_p_value": paired["strict-match"]["mcnemar_p_value"],
-    }
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.jax.models.qwen2_5.gsm8k", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--model-path", type=Path, help="Hugging Face checkpoint directory (default: embedded demo)")
-    parser.add_argument("--mesh", default="1x1", help="BATCHxMODEL device mesh; 1x1 is a single device")
-    parser.add_argument("--limit", type=int, help="evaluate the first N test problems (default: all 1319)")
-    parser.add_argument("--num-fewshot", type=int, default=5, help="exemplars per prompt (Qwen reports 4-shot)")
-    parser.add_argument("--data-file", type=Path, help="test problems as jsonl (question, answer); default: the hub")
-    parser.add_argument("--fewshot-file", type=Path, help="exemplars as jsonl; default: train.jsonl beside --data-file")
-    parser.add_argument(
-        "--output",
-        type=Path,
-        help="write settings, per-problem results and scores as JSON; finished problems are appended to "
-        "OUTPUT.progress.jsonl as they finish, and rerunning the same command resumes from it",
-    )
-    parser.add_argument(
-        "--compare-single-device", action="store_true", help="also run one device and audit every difference"
-    )
-    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template (instruct models)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument(
-        "--prefill-chunk",
-        type=int,
-        default=PREFILL_CHUNK,
-        help="prompt tokens per prefill step: prefill memory grows with it (default %(default)s)",
-    )
-    parser.add_argument(
-        "--memory-budget",
-        type=float,
-        help="GiB of host memory the run may use (default: what the kernel reports available); a run estimated "
-        "to need more is refused before it starts",
-    )
-    return parser.parse_args(argv)
-
-
-def load_problems(args: argparse.Namespace) -> tuple[list[Problem], list[str]]:
-    for name in ("limit", "batch_size", "max_new_tokens", "prefill_chunk"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.num_fewshot < 0:
-        raise DataError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
-    if args.memory_budget is not None and not args.memory_budget > 0:
-        raise DataError(f"--memory-budget must be a positive number of GiB, got {args.memory_budget}")
-    problems = load_split("test", args.data_file)[: args.limit]
-    if not problems:
-        raise DataError(f"{args.data_file or 'the test split'} holds no problems")
-    fewshot_file = args.fewshot_file
-    if fewshot_file is None and args.data_file is not None:
-        fewshot_file = args.data_file.parent / "train.jsonl"
-    train = load_split("train", fewshot_file) if args.num_fewshot else []
-    exemplars = fewshot_exemplars(train, len(problems), args.num_fewshot)
-    return problems, [build_prompt(p, ex) for p, ex in zip(problems, exemplars, strict=True)]
-
-
-def check_context(token_ids: Sequence[list[int]], max_new_tokens: int, context: int) -> None:
-    """Every prompt and its new tokens fit the model's context, or one error naming the worst."""
-    too_long = [i for i, ids in enumerate(token_ids) if len(ids) + max_new_tokens > context]
-    if too_long:
-        worst = max(too_long, key=lambda i: len(token_ids[i]))
-        raise DataError(
-            f"{len(too_long)} of {len(token_ids)} prompts do not fit the model's context of {context:,} tokens with "
-            f"--max-new-tokens {max_new_tokens} (problem {worst}: {len(token_ids[worst]):,} prompt tokens): "
-            "lower --num-fewshot or --max-new-tokens"
+    for index, tokens, top in zip(
+        batch, result.generated_token_ids, result.top_logits, strict=True
+    ):
+        text = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True))
+        graded.append(
+            grade(index, tokens, text, problems[index], top if keep_records else None)
         )
-
-
-GIB = 2**30
-
-
-ORACLE = "oracle"  # the audit's float32 oracle: it runs on the single device's weights
-
-
-def check_memory(plans: dict[str, Generator], layouts: dict[str, list], budget: int, fixes: str) -> str:
-    """Refuse a run whose estimated peak host memory exceeds `budget`: every model's weights (all
-    resident at once; the oracle holds none of its own), plus the largest compiled step of any of
-    them beyond the weights it runs on. Returns the estimate in words."""
-    owner = {name: "1x1" if name == ORACLE else name for name in plans}
-    weights = {name: plan.weight_bytes for name, plan in plans.items() if name != ORACLE}
-    steps = {name: max(plans[name].peak_bytes(layout, kinds) for layout, kinds in layouts[name]) for name in plans}
-    need = max(steps[name] + sum(w for other, w in weights.items() if other != owner[name]) for name in plans)
-    held = " + ".join(f"{w / GIB:.2f} GiB ({name})" for name, w in weights.items())
-    step = max(s - weights[owner[n]] for n, s in steps.items())
-    estimate = (
-        f"an estimated {need / GIB:.2f} GiB of host memory (weights {held}, the largest step {step / GIB:.2f} GiB "
-        f"more) of {budget / GIB:.2f} GiB available"
-    )
-    if need > budget:
-        raise RunError(f"this run needs {estimate}: {fixes}")
-    return estimate
+    return graded
 
 
 @dataclass
@@ -370,32 +380,107 @@ class Record:
 
     @classmethod
     def from_dict(cls, entry: dict) -> Record:
-        audit = None if entry["audit"] is None else SequenceAudit.from_dict(entry["audit"])
-        return cls(entry["index"], {name: Graded(**g) for name, g in entry["runs"].items()}, audit)
+        audit = (
+            None if entry["audit"] is None else SequenceAudit.from_dict(entry["audit"])
+        )
+        return cls(
+            entry["index"],
+            {name: Graded(**g) for name, g in entry["runs"].items()},
+            audit,
+        )
+
+
+def evaluate_batch(
+    job: Job,
+    generators: dict[str, Generator],
+    batch: list[int],
+    done: set[int],
+    between_steps: Callable[[], None],
+) -> list[Record]:
+    """The batch's problems not in `done` on every mesh, audited when compared."""
+    work = (
+        job.checkpoint,
+        job.problems,
+        job.token_ids,
+        batch,
+        job.settings.max_new_tokens,
+        between_steps,
+    )
+    runs = {
+        name: complete(gen, *work, ORACLE in generators)
+        for name, gen in generators.items()
+        if name != ORACLE
+    }
+    fresh = {
+        i: Record(i, {name: graded[k] for name, graded in runs.items()})
+        for k, i in enumerate(batch)
+        if i not in done
+    }
+    if ORACLE in generators:
+        mesh = job.mesh.name
+        audits = MeshAudit(job.settings.dtype).audit(
+            generators[ORACLE],
+            generators[mesh],
+            {i: job.token_ids[i] for i in fresh},
+            {i: r.runs[SINGLE].generated_run() for i, r in fresh.items()},
+            {i: r.runs[mesh].generated_run() for i, r in fresh.items()},
+        )
+        for index, audit in audits.items():
+            fresh[index].audit = audit
+    return list(fresh.values())
+
+
+def compare_runs(
+    reference: Sequence[Graded], candidate: Sequence[Graded], audit: MeshAudit
+) -> dict:
+    """The mesh run against the single-device run: the audit's verdict and counts, agreement of
+    text and extracted answers, and the paired scores."""
+    pairs = list(zip(reference, candidate, strict=True))
+    same_answers = [(a.strict, a.flexible) == (b.strict, b.flexible) for a, b in pairs]
+    paired = paired_scores(reference, candidate)
+    return {
+        **audit.summary(),
+        "generated_text_agreement": sum(a.generated == b.generated for a, b in pairs)
+        / len(pairs),
+        "extracted_answer_agreement": sum(same_answers) / len(pairs),
+        "disagreeing_problems": [
+            a.index for a, same in zip(reference, same_answers, strict=True) if not same
+        ],
+        "scores": paired,
+        "mcnemar_p_value": paired["strict-match"]["mcnemar_p_value"],
+    }
 
 
 @dataclass
 class Evaluation:
-    """A GSM8K run in progress: its settings, what is finished, and where it is written."""
+    """A GSM8K run in progress: its settings, and the problems finished so far."""
 
-    settings: dict
-    problems: list[Problem]
-    prompts: list[str]
-    meshes: list[MeshShape]
-    compare: bool
+    job: Job
     records: dict[int, Record] = field(default_factory=dict)
 
+    def _done(self) -> list[Record]:
+        return [self.records[i] for i in sorted(self.records)]
+
     def scores(self) -> dict[str, dict]:
-        done = [self.records[i] for i in sorted(self.records)]
-        return {m.name: scores([r.runs[m.name] for r in done]) for m in self.meshes} if done else {}
+        done = self._done()
+        return (
+            {m.name: scores([r.runs[m.name] for r in done]) for m in self.job.meshes}
+            if done
+            else {}
+        )
+
+    def audit(self) -> MeshAudit:
+        return MeshAudit(
+            self.job.settings.dtype, {r.index: r.audit for r in self._done()}
+        )
 
     def comparison(self) -> dict | None:
-        if not self.compare or not self.records:
+        if not self.job.settings.compare_single_device or not self.records:
             return None
-        done = [self.records[i] for i in sorted(self.records)]
-        mesh, single = (m.name for m in self.meshes)
-        audits = MeshAudit(self.settings["dtype"], {r.index: r.audit for r in done})
-        return compare_runs([r.runs[single] for r in done], [r.runs[mesh] for r in done], audits)
+        done, mesh = self._done(), self.job.mesh.name
+        return compare_runs(
+            [r.runs[SINGLE] for r in done], [r.runs[mesh] for r in done], self.audit()
+        )
 
     def print_scores(self) -> None:
         for name, score in self.scores().items():
@@ -406,10 +491,8 @@ class Evaluation:
             )
         comparison = self.comparison()
         if comparison is not None:
-            mesh = self.meshes[0].name
             strict = comparison["scores"]["strict-match"]
-            audits = MeshAudit(self.settings["dtype"], {i: r.audit for i, r in self.records.items()})
-            print(f"mesh {mesh} vs 1x1: {audits.describe()}")
+            print(f"mesh {self.job.mesh.name} vs 1x1: {self.audit().describe()}")
             print(
                 f"  strict-match {strict['mesh']['accuracy']:.4f} vs {strict['single_device']['accuracy']:.4f} "
                 f"(difference {strict['difference']:+.4f}, exact McNemar p = {strict['mcnemar_p_value']:.3f}); "
@@ -418,158 +501,96 @@ class Evaluation:
             )
 
     def result(self) -> dict:
-        result = {"settings": self.settings, "scores": self.scores()}
+        result = {"settings": self.job.record_settings(), "scores": self.scores()}
         comparison = self.comparison()
         if comparison is not None:
             result["comparison"] = comparison
+        compared = self.job.settings.compare_single_device
         result["problems"] = [
             {
-                "prompt_id": i,
-                "prompt": self.prompts[i],
-                **{name: asdict(g) for name, g in self.records[i].runs.items()},
-                **({"audit": self.records[i].to_dict()["audit"]} if self.compare else {}),
+                "prompt_id": r.index,
+                "prompt": self.job.prompts[r.index],
+                **{name: asdict(g) for name, g in r.runs.items()},
+                **({"audit": r.to_dict()["audit"]} if compared else {}),
             }
-            for i in sorted(self.records)
+            for r in self._done()
         ]
         return result
 
 
-def progress_path(output: Path) -> Path:
-    return output.with_name(output.name + ".progress.jsonl")
-
-
-def run(args: argparse.Namespace) -> int:
-    problems, prompts = load_problems(args)
-    if args.output is not None:
-        check_writable(args.output, "--output")
-        check_writable(progress_path(args.output), "the progress file")
-    mesh = configure_for(args.mesh)
-    if args.compare_single_device and mesh.size == 1:
-        raise DataError("--compare-single-device compares a mesh with one device: choose a --mesh like 1x8")
-    checkpoint = Checkpoint.open(resolve_model_path(args.model_path))
-    tensor_parallel_config(checkpoint.cfg, mesh.model)  # a mesh that cannot split this model fails here
-    token_ids = [checkpoint.encode(p, args.chat) for p in prompts]
-    check_context(token_ids, args.max_new_tokens, checkpoint.cfg.max_position_embeddings)
-    meshes = [mesh] + ([MeshShape(1, 1)] if args.compare_single_device else [])
-    settings = {
-        "model_path": str(checkpoint.path),
-        "mesh": mesh.name,
-        "dtype": args.dtype,
-        "num_fewshot": args.num_fewshot,
-        "fewshot_seed": FEWSHOT_SEED,
-        "chat": args.chat,
-        "limit": len(problems),
-        "prompts_sha256": hashlib.sha256("\0".join(prompts).encode()).hexdigest(),
-        "max_new_tokens": args.max_new_tokens,
-        "stop_sequences": list(STOP_SEQUENCES),
-        "batch_size": args.batch_size,
-        "prefill_chunk": args.prefill_chunk,
-        "compare_single_device": args.compare_single_device,
-    }
-    evaluation = Evaluation(settings, problems, prompts, meshes, args.compare_single_device)
-    log = None
-    if args.output is not None:
-        log = ResultLog(progress_path(args.output), settings)
-        evaluation.records = {r.index: r for r in map(Record.from_dict, log.open())}
-        if evaluation.records:
-            print(f"resuming from {log.path}: reusing {len(evaluation.records)} finished problems", file=sys.stderr)
-    else:
-        print("no --output: results are not saved as they finish and the run cannot resume", file=sys.stderr)
-    batches = length_sorted_batches([len(ids) for ids in token_ids], args.batch_size)
-    todo = [batch for batch in batches if not all(i in evaluation.records for i in batch)]
-
-    if not todo:
-        return finish(evaluation, args.output)
-    plans = {m.name: checkpoint.plan(m, args.dtype, args.prefill_chunk) for m in meshes}
-    if args.compare_single_device:
-        plans[ORACLE] = oracle_of(plans["1x1"])
-    layouts = {}
-    for name, plan in plans.items():
-        needed = {plan.layout([len(token_ids[i]) for i in batch], args.max_new_tokens) for batch in todo}
-        steps = [] if name == ORACLE else [(layout, ("prefill", "decode")) for layout in needed]
-        if args.compare_single_device:
-            longest = max(len(token_ids[i]) for batch in todo for i in batch)
-            # A batch's differing problems are teacher-forced together, rows padded to a power of two (the audit).
-            rows = 1 << (max(len(batch) for batch in todo) - 1).bit_length()
-            steps.append((plan.layout([longest + args.max_new_tokens] * rows, 0), ("prefill", "score")))
-        layouts[name] = steps
-    budget = int(args.memory_budget * GIB) if args.memory_budget else available_host_bytes()
-    fixes = f"lower --batch-size (now {args.batch_size}) or --prefill-chunk (now {args.prefill_chunk})"
-    if args.compare_single_device:
-        fixes += ", or run without --compare-single-device"
-    print(f"memory: {check_memory(plans, layouts, budget, fixes)}", file=sys.stderr)
-
-    generators = {m.name: checkpoint.load(m, args.dtype, plans[m.name]) for m in meshes}
-    oracle = oracle_of(generators["1x1"], plans[ORACLE].compiled) if args.compare_single_device else None
+def evaluate(
+    job: Job, todo: list[list[int]], evaluation: Evaluation, store: ResultStore
+) -> int:
+    """The batches `todo`, each problem stored as its batch finishes; a signal stops between
+    steps, with what finished saved. Returns the exit code."""
+    generators = load_within_memory(job, todo)
     try:
-        with (
-            StopSignals() as signals,
-            tqdm(
-                total=len(problems),
-                initial=len(evaluation.records),
-                desc=f"gsm8k {mesh}",
-                unit="problem",
-                file=sys.stderr,
-            ) as bar,
-        ):
+        progress = {
+            "total": len(job.problems),
+            "initial": len(evaluation.records),
+            "unit": "problem",
+        }
+        with StopSignals() as signals, tqdm(
+            desc=f"gsm8k {job.mesh}", file=sys.stderr, **progress
+        ) as bar:
             for batch in todo:
-                runs = {
-                    name: complete(
-                        gen,
-                        checkpoint,
-                        problems,
-                        token_ids,
-                        batch,
-                        args.max_new_tokens,
-                        signals.check,
-                        oracle is not None,
-                    )
-                    for name, gen in generators.items()
-                }
-                fresh = {
-                    index: Record(index, {name: graded[position] for name, graded in runs.items()})
-                    for position, index in enumerate(batch)
-                    if index not in evaluation.records
-                }
-                if oracle is not None:
-                    audits = MeshAudit(args.dtype).audit(
-                        oracle,
-                        generators[mesh.name],
-                        {i: token_ids[i] for i in fresh},
-                        {i: r.runs["1x1"].generated_run() for i, r in fresh.items()},
-                        {i: r.runs[mesh.name].generated_run() for i, r in fresh.items()},
-                    )
-                    for index, audit in audits.items():
-                        fresh[index].audit = audit
-                for index, record in fresh.items():
-                    evaluation.records[index] = record
-                    if log is not None:
-                        log.append(record.to_dict())
+                for record in evaluate_batch(
+                    job, generators, batch, set(evaluation.records), signals.check
+                ):
+                    evaluation.records[record.index] = record
+                    store.add(record.to_dict())
                 bar.update(len(batch))
                 signals.check()
     except Stopped as stop:
-        saved = f"; they are saved in {log.path}: rerun the same command to resume" if log else ""
-        print(f"stopped by {stop} after {len(evaluation.records)} of {len(problems)} problems{saved}", file=sys.stderr)
+        saved = (
+            f"; they are saved in {store.log.path}: rerun the same command to resume"
+            if store.log
+            else ""
+        )
+        finished = f"{len(evaluation.records)} of {len(job.problems)} problems"
+        print(f"stopped by {stop} after {finished}{saved}", file=sys.stderr)
         evaluation.print_scores()
         return stop.exit_code
-    finally:
-        if log is not None:
-            log.close()
-    return finish(evaluation, args.output)
+    return 0
 
 
-def finish(evaluation: Evaluation, output: Path | None) -> int:
-    """The scores on stdout first, then the result file, written whole or not at all."""
-    evaluation.print_scores()
-    if output is not None:
-        write_atomically(output, json.dumps(evaluation.result(), indent=2))
+def run(settings: Settings) -> int:
+    job = prepare(settings)
+    evaluation = Evaluation(job)
+    with ResultStore(settings.output, job.record_settings()) as store:
+        evaluation.records = {
+            i: Record.from_dict(entry) for i, entry in store.open().items()
+        }
+        if evaluation.records:
+            print(
+                f"resuming from {store.log.path}: reusing {len(evaluation.records)} finished problems",
+                file=sys.stderr,
+            )
+        elif settings.output is None:
+            print(
+                "no --output: results are not saved as they finish and the run cannot resume",
+                file=sys.stderr,
+            )
+        batches = length_sorted_batches(
+            [len(ids) for ids in job.token_ids], settings.batch_size
+        )
+        todo = [
+            batch
+            for batch in batches
+            if not all(i in evaluation.records for i in batch)
+        ]
+        code = evaluate(job, todo, evaluation, store) if todo else 0
+        if code:
+            return code
+        # The scores on stdout first, then the result file, written whole or not at all.
+        evaluation.print_scores()
+        store.write_result(evaluation.result())
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
-        return run(args)
+        return run(parse_args(argv))
     except (*EXPECTED_ERRORS, DataError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The Hugging Face PyTorch golden: random Qwen2 checkpoints and helpers to run their modules.
 
 Test-only (imports torch). Checkpoints are written by `transformers` itself with
@@ -19,7 +23,12 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def build_checkpoint(
-    cfg: Qwen2Config, out_dir: Path, *, seed: int = 0, max_shard_size: str = "100KB", bias_scale: float = 0.1
+    cfg: Qwen2Config,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    max_shard_size: str = "100KB",
+    bias_scale: float = 0.1,
 ) -> Path:
     """Save a random `Qwen2ForCausalLM` for `cfg` to `out_dir` (sharded safetensors) and return it.
 
@@ -44,7 +53,9 @@ def build_checkpoint(
 
 def load_hf(model_dir: Path, dtype: str) -> HFQwen2ForCausalLM:
     """The checkpoint in Hugging Face, in `dtype`, with the eager (reference) attention."""
-    model = HFQwen2ForCausalLM.from_pretrained(model_dir, dtype=TORCH_DTYPES[dtype], attn_implementation="eager")
+    model = HFQwen2ForCausalLM.from_pretrained(
+        model_dir, dtype=TORCH_DTYPES[dtype], attn_implementation="eager"
+    )
     return model.eval()
 
 
@@ -61,4 +72,6 @@ def additive_mask(mask: np.ndarray, dtype: str) -> torch.Tensor:
     """(B, T, S) bool -> the (B, 1, T, S) additive mask Hugging Face's eager attention takes."""
     torch_dtype = TORCH_DTYPES[dtype]
     allowed = to_torch(mask)[:, None]
-    return torch.zeros(allowed.shape, dtype=torch_dtype).masked_fill(~allowed, torch.finfo(torch_dtype).min)
+    return torch.zeros(allowed.shape, dtype=torch_dtype).masked_fill(
+        ~allowed, torch.finfo(torch_dtype).min
+    )

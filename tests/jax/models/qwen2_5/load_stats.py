@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Time and peak host memory of loading a checkpoint onto a mesh (and of a prefill), in this process.
 
     python -m tests.jax.models.qwen2_5.load_stats --model-path DIR --mesh 1x8 [--dtype float32] [--naive]
@@ -23,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from tests.infra.mesh import make_mesh
-from tests.jax.models.qwen2_5.generation import PREFILL_CHUNK, Generator
+from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK
+from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.loader import load_model, tensor_files
 from tests.jax.models.qwen2_5.pipeline import EXPECTED_ERRORS, configure_for
 from tests.jax.models.qwen2_5.tensor_parallel import shard_model
@@ -42,20 +47,33 @@ def _reset_peak() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.jax.models.qwen2_5.load_stats")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.jax.models.qwen2_5.load_stats"
+    )
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--mesh", default="1x8")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--naive", action="store_true", help="load on one device, then shard")
-    parser.add_argument("--prefill-tokens", type=int, help="then prefill prompts this long and measure that too")
-    parser.add_argument("--batch", type=int, default=8, help="prompts in the prefill batch")
+    parser.add_argument(
+        "--naive", action="store_true", help="load on one device, then shard"
+    )
+    parser.add_argument(
+        "--prefill-tokens",
+        type=int,
+        help="then prefill prompts this long and measure that too",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=8, help="prompts in the prefill batch"
+    )
     parser.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK)
     args = parser.parse_args(argv)
     try:
         shape = configure_for(args.mesh)
         mesh = make_mesh(shape, jax.devices())
-        checkpoint_bytes = sum(f.stat().st_size for f in set(tensor_files(args.model_path).values()))
-        jax.block_until_ready(jnp.zeros(1) + 1)  # the backend is up and counted in the baseline
+        checkpoint_bytes = sum(
+            f.stat().st_size for f in set(tensor_files(args.model_path).values())
+        )
+        # the backend is up and counted in the baseline
+        jax.block_until_ready(jnp.zeros(1) + 1)
         baseline = _reset_peak()
         started = time.perf_counter()
         dtype = getattr(jnp, args.dtype)
@@ -76,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.prefill_tokens:
             generator = Generator(model, (), 0, mesh, args.prefill_chunk)
-            prompts = [[100 + i % 1000 for i in range(args.prefill_tokens)]] * args.batch
+            prompts = [
+                [100 + i % 1000 for i in range(args.prefill_tokens)]
+            ] * args.batch
             layout = generator.layout([args.prefill_tokens] * args.batch, 1)
-            estimate = generator.peak_bytes(layout) - generator.weight_bytes  # compiles the steps
+            # compiles the steps
+            estimate = generator.steps.peak_bytes(layout) - generator.weight_bytes
             baseline = _reset_peak()
             generator.generate(prompts, 1)
             grown = (_status_kib("VmHWM") - baseline) * 1024

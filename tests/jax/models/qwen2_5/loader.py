@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Loading a Hugging Face Qwen2/Qwen2.5 checkpoint directory (safetensors only) into the model.
 
 Strict by design: every tensor the model needs must be present with the right shape, and
@@ -22,7 +26,12 @@ from safetensors import SafetensorError, safe_open
 from tests.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
-from tests.jax.models.qwen2_5.tensor_parallel import RegionReader, build_model, param_sharding, tensor_parallel_config
+from tests.jax.models.qwen2_5.tensor_parallel import (
+    RegionReader,
+    build_model,
+    param_sharding,
+    tensor_parallel_config,
+)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -38,7 +47,9 @@ class CheckpointError(ValueError):
 
 def _listing(names: list[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
+    return shown + (
+        f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    )
 
 
 @contextmanager
@@ -47,7 +58,9 @@ def _opened(file: Path) -> Iterator:
     try:
         handle = safe_open(file, framework="numpy")
     except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{file} is not a readable safetensors file ({err}): download or save it again") from err
+        raise CheckpointError(
+            f"{file} is not a readable safetensors file ({err}): download or save it again"
+        ) from err
     with handle:
         yield handle
 
@@ -56,17 +69,31 @@ def tensor_files(model_dir: str | Path) -> dict[str, Path]:
     """Tensor name -> the safetensors file holding it, from the index or the single file."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise CheckpointError(f"{model_dir} is not a directory: point at a Hugging Face checkpoint directory")
+        raise CheckpointError(
+            f"{model_dir} is not a directory: point at a Hugging Face checkpoint directory"
+        )
     index = model_dir / INDEX_FILE
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-            files = {str(name): model_dir / str(file) for name, file in weight_map.items()}
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise CheckpointError(f"{index} is not a safetensors index (no valid 'weight_map'): {err}") from err
+            files = {
+                str(name): model_dir / str(file) for name, file in weight_map.items()
+            }
+        except (
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+            KeyError,
+            TypeError,
+            AttributeError,
+        ) as err:
+            raise CheckpointError(
+                f"{index} is not a safetensors index (no valid 'weight_map'): {err}"
+            ) from err
         absent = sorted({str(f.name) for f in files.values() if not f.is_file()})
         if absent:
-            raise CheckpointError(f"{index} names shard files that do not exist: {_listing(absent)}")
+            raise CheckpointError(
+                f"{index} names shard files that do not exist: {_listing(absent)}"
+            )
         return files
     single = model_dir / SINGLE_FILE
     if single.is_file():
@@ -95,8 +122,14 @@ def stored_tensors(files: dict[str, Path]) -> dict[str, StoredTensor]:
         with _opened(file) as handle:
             for name in handle.keys():
                 piece = handle.get_slice(name)
-                found[name] = StoredTensor(file, tuple(piece.get_shape()), piece.get_dtype())
-    misplaced = sorted(name for name, file in files.items() if name not in found or found[name].file != file)
+                found[name] = StoredTensor(
+                    file, tuple(piece.get_shape()), piece.get_dtype()
+                )
+    misplaced = sorted(
+        name
+        for name, file in files.items()
+        if name not in found or found[name].file != file
+    )
     if misplaced:
         where = [f"{name} -> {files[name].name}" for name in misplaced]
         raise CheckpointError(
@@ -114,14 +147,17 @@ def hf_name(path: tuple) -> str:
 @contextmanager
 def _open_tensor(file: Path, name: str, dtype: jnp.dtype) -> Iterator[RegionReader]:
     """Region reads of one tensor, memory-mapped only while open. A region holding NaN or
-    infinity is refused: checked where it is read, so at no extra pass over the files."""
+    infinity is refused: checked where it is read, so at no extra pass over the files.
+    """
     with _opened(file) as handle:
         tensor = handle.get_slice(name)
 
         def read(index: tuple[slice, ...]) -> np.ndarray:
             region = tensor[index]
             if not np.isfinite(region).all():
-                raise CheckpointError(f"{name} in {file} holds NaN or infinite values: the checkpoint is corrupt")
+                raise CheckpointError(
+                    f"{name} in {file} holds NaN or infinite values: the checkpoint is corrupt"
+                )
             return np.ascontiguousarray(region, dtype=dtype)
 
         yield read
@@ -129,26 +165,41 @@ def _open_tensor(file: Path, name: str, dtype: jnp.dtype) -> Iterator[RegionRead
 
 def check_checkpoint(model_dir: str | Path, cfg: Qwen2Config) -> dict[str, Path]:
     """The tensor files of a checkpoint whose headers match `cfg`: every tensor the model needs,
-    with its shape and a floating dtype, and nothing it does not use; else an error naming them."""
+    with its shape and a floating dtype, and nothing it does not use; else an error naming them.
+    """
     files = tensor_files(model_dir)
-    abstract = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: Qwen2ForCausalLM(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    )
     wanted: dict[str, tuple[int, ...]] = {}
     for path, variable in nnx.to_flat_state(nnx.state(abstract)):
         wanted[hf_name(path)] = tuple(variable.shape)
     missing = sorted(set(wanted) - set(files))
     unexpected = sorted(set(files) - set(wanted))
     if missing:
-        raise CheckpointError(f"checkpoint {model_dir} is missing tensors the model needs: {_listing(missing)}")
+        raise CheckpointError(
+            f"checkpoint {model_dir} is missing tensors the model needs: {_listing(missing)}"
+        )
     if unexpected:
         raise CheckpointError(
             f"checkpoint {model_dir} has tensors this Qwen2 model does not use: {_listing(unexpected)} "
             "(is config.json, e.g. tie_word_embeddings or num_hidden_layers, the one these weights were saved with?)"
         )
     stored = stored_tensors(files)
-    mismatched = [f"{n} has shape {stored[n].shape}, expected {s}" for n, s in wanted.items() if stored[n].shape != s]
+    mismatched = [
+        f"{n} has shape {stored[n].shape}, expected {s}"
+        for n, s in wanted.items()
+        if stored[n].shape != s
+    ]
     if mismatched:
-        raise CheckpointError(f"checkpoint {model_dir} has tensors of the wrong shape: {_listing(sorted(mismatched))}")
-    integral = [f"{n} ({t.dtype} in {t.file.name})" for n, t in stored.items() if t.dtype not in _FLOATING]
+        raise CheckpointError(
+            f"checkpoint {model_dir} has tensors of the wrong shape: {_listing(sorted(mismatched))}"
+        )
+    integral = [
+        f"{n} ({t.dtype} in {t.file.name})"
+        for n, t in stored.items()
+        if t.dtype not in _FLOATING
+    ]
     if integral:
         raise CheckpointError(
             f"checkpoint {model_dir} has non-floating-point tensors: {_listing(sorted(integral))}; only "
@@ -158,7 +209,11 @@ def check_checkpoint(model_dir: str | Path, cfg: Qwen2Config) -> dict[str, Path]
 
 
 def load_model(
-    model_dir: str | Path, dtype: jnp.dtype = jnp.float32, *, mesh: Mesh | None = None, progress: bool = False
+    model_dir: str | Path,
+    dtype: jnp.dtype = jnp.float32,
+    *,
+    mesh: Mesh | None = None,
+    progress: bool = False,
 ) -> Qwen2ForCausalLM:
     """The checkpoint's model with every weight converted to `dtype`: on the default device, or,
     with `mesh`, the padded tensor-parallel model (tensor_parallel.py) with each device's shard
@@ -176,5 +231,9 @@ def load_model(
 
     if mesh is None:
         device = SingleDeviceSharding(jax.devices()[0])
-        return build_model(cfg, dtype, plan, source, lambda variable: device, progress=progress)
-    return build_model(cfg, dtype, plan, source, lambda v: param_sharding(v, mesh), progress=progress)
+        return build_model(
+            cfg, dtype, plan, source, lambda variable: device, progress=progress
+        )
+    return build_model(
+        cfg, dtype, plan, source, lambda v: param_sharding(v, mesh), progress=progress
+    )

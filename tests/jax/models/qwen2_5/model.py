@@ -1,8 +1,12 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Qwen2.5 in Flax NNX, with the numerics of Hugging Face `modeling_qwen2`.
 
 Shapes: B batch, T query tokens, S key tokens, D hidden, K KV heads, G queries per KV head,
 H head_dim, F MLP width, V vocabulary. Weights are stored (out, in), as PyTorch and the
-checkpoints store them: loading transposes nothing, and XLA:CPU streams them fastest (_dense).
+checkpoints store them: loading transposes nothing.
 
 Numerics follow the PyTorch reference so that float32 matches to rounding and bfloat16 to
 the same cast points: matmuls accumulate in float32 and round once (as PyTorch's CPU GEMM
@@ -12,24 +16,15 @@ are float32, attention softmax is float32.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
-from tests.jax.models.qwen2_5 import streaming_matmul
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.partitioning import (
-    LOGICAL_RULES,
-    Axes,
-    batch_split,
-    constrain,
-    logical_to_spec,
-    rows_per_device,
-)
+from tests.jax.models.qwen2_5.partitioning import Axes, constrain
 
 _INIT = jax.nn.initializers.normal(0.02)
 RESIDUAL = ("batch", None, "embed")
@@ -41,86 +36,51 @@ def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
 
 
-# Rows (batch x tokens) per device up to which a product with a weight is a stream over the
-# weight (a decode step) rather than a GEMM (a prefill chunk).
-FEW_ROWS = 16
+# A product with a weight: x (B, T, in) times w stored (out, in), with the weight's logical axes
+# -> (B, T, out) float32, rounded once by the caller.
+WeightProduct = Callable[[jax.Array, jax.Array, Axes], jax.Array]
 
 
-def _dense(x: jax.Array, w: jax.Array, axes: Axes) -> jax.Array:
-    """x (B, T, in) times a weight stored (out, in), as PyTorch stores it, with logical `axes`
-    -> (B, T, out), accumulated in float32 (the caller rounds once). Many rows: one GEMM on every
-    platform. Few rows on XLA:CPU: bfloat16 on a CPU without bfloat16 instructions goes to
-    `_streamed` (streaming_matmul.faster_here), the rest to `_few_rows_on_cpu`; other compilers
-    get the plain product."""
-    if rows_per_device(x) > FEW_ROWS:
-        return _product(x, w)
-    if x.dtype == jnp.bfloat16 and streaming_matmul.faster_here():
-        cpu = functools.partial(_streamed, axes=tuple(axes))
-    else:
-        cpu = _few_rows_on_cpu
-    return jax.lax.platform_dependent(x, w, cpu=cpu, default=_product)
-
-
-def _product(x: jax.Array, w: jax.Array) -> jax.Array:
+def weight_product(x: jax.Array, w: jax.Array, axes: Axes) -> jax.Array:
+    """The model's product with a weight, one einsum on every platform (`axes` serve host forms)."""
     return _matmul(x, w, "bti,oi->bto")  # (B, T, in) x (out, in) -> (B, T, out)
 
 
-def _streamed(x: jax.Array, w: jax.Array, *, axes: Axes) -> jax.Array:
-    """The product by streaming_matmul's kernel, on each device's blocks: a custom call has no
-    partitioning rule, and the partitioner would gather the whole weight onto every device. A
-    weight split on its input axis (row-parallel) yields float32 partial sums, all-reduced here
-    before the caller's single rounding, as the partitioner does for `_product`."""
-
-    def per_device(x: jax.Array, w: jax.Array, split_axis: str | None = None) -> jax.Array:
-        y = streaming_matmul.streamed_product(x.reshape(-1, x.shape[-1]), w)  # (B*T, out)
-        y = y.reshape(*x.shape[:2], w.shape[0])  # (B, T, out)
-        return y if split_axis is None else jax.lax.psum(y, split_axis)
-
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return per_device(x, w)
-    weight_spec = logical_to_spec(axes)
-    out_axis, in_axis = weight_spec
-    # A batch the mesh's batch axis does not divide (one sequence on 2x4) is computed whole by
-    # every group, as the partitioner replicates it.
-    batch = LOGICAL_RULES["batch"] if x.shape[0] % batch_split() == 0 else None
-    return jax.shard_map(
-        functools.partial(per_device, split_axis=in_axis),
-        in_specs=(P(batch, None, in_axis), weight_spec),
-        out_specs=P(batch, None, out_axis),
-    )(x, w)
+# The one seam for a host's own form of the weight product: the same products with float32
+# sums, another summation order at most (cpu_products.py installs XLA:CPU's at start-up).
+_weight_product: WeightProduct = weight_product
 
 
-def _few_rows_on_cpu(x: jax.Array, w: jax.Array) -> jax.Array:
-    """A decode step's product on XLA:CPU, whose matrix library (YNNPACK) reads the weight in place
-    only in one form (measured on 2-core hosts, README "Performance"):
+def use_weight_product(product: WeightProduct) -> None:
+    """Every weight product traced from now on goes through `product`."""
+    global _weight_product
+    _weight_product = product
 
-    - the weight is the dot's left operand, contracted on its contiguous axis, and the small
-      (out, rows) result reaches its transpose through an optimization barrier: otherwise XLA
-      folds the transpose into the dot, YNNPACK repacks the weight on every call and reads
-      bfloat16 at 6-9 GB/s instead of 18-32 with AMX (float32 at batch 8: 7-9 instead of 14-21);
-    - YNNPACK takes no matrix-vector products: with one bfloat16 row per device XLA's own kernel
-      converts the whole weight to float32 on every call (1.7 GB/s, and a float32 copy of the
-      weights), so a zero second row is added; the real row is unchanged.
 
-    On CPUs without bfloat16 instructions this form is compute-bound at 7.5-9 GB/s, so bfloat16
-    goes to `_streamed` there.
-    """
-    one_row = x.dtype == jnp.bfloat16 and rows_per_device(x) == 1
-    if one_row:
-        x = jnp.concatenate([x, jnp.zeros_like(x)], axis=1)
-    y = jax.lax.dot_general(w, x, (((1,), (2,)), ((), ())), preferred_element_type=jnp.float32)  # (out, B, T)
-    y = jnp.transpose(jax.lax.optimization_barrier(y), (1, 2, 0))  # (B, T, out)
-    return y[:, :1] if one_row else y
+def _dense(x: jax.Array, w: jax.Array, axes: Axes) -> jax.Array:
+    return _weight_product(x, w, tuple(axes))
 
 
 class Linear(nnx.Module):
     def __init__(
-        self, in_features: int, out_features: int, *, axes: Axes, use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        axes: Axes,
+        use_bias: bool,
+        dtype: jnp.dtype,
+        rngs: nnx.Rngs,
     ):
         """`axes`: the logical axes of the weight, (out, in)."""
-        self.weight = nnx.Param(_INIT(rngs.params(), (out_features, in_features), dtype), axes=tuple(axes))
-        self.bias = nnx.Param(jnp.zeros((out_features,), dtype), axes=(axes[0],)) if use_bias else None
+        self.weight = nnx.Param(
+            _INIT(rngs.params(), (out_features, in_features), dtype), axes=tuple(axes)
+        )
+        self.bias = (
+            nnx.Param(jnp.zeros((out_features,), dtype), axes=(axes[0],))
+            if use_bias
+            else None
+        )
         self.axes = tuple(axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -136,8 +96,12 @@ class Linear(nnx.Module):
 
 
 class Embedding(nnx.Module):
-    def __init__(self, vocab_size: int, features: int, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.weight = nnx.Param(_INIT(rngs.params(), (vocab_size, features), dtype), axes=("vocab", "embed"))
+    def __init__(
+        self, vocab_size: int, features: int, *, dtype: jnp.dtype, rngs: nnx.Rngs
+    ):
+        self.weight = nnx.Param(
+            _INIT(rngs.params(), (vocab_size, features), dtype), axes=("vocab", "embed")
+        )
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.weight[...], ids, axis=0)  # (B, T) -> (B, T, D)
@@ -145,7 +109,10 @@ class Embedding(nnx.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the embedding table, for tied lm_heads: (B, T, D) -> (B, T, V)."""
         table = self.weight[...]  # (V, D): already a weight stored (out, in)
-        return constrain(_dense(x, table, ("vocab", "embed")).astype(table.dtype), ("batch", None, "vocab"))
+        return constrain(
+            _dense(x, table, ("vocab", "embed")).astype(table.dtype),
+            ("batch", None, "vocab"),
+        )
 
 
 class RMSNorm(nnx.Module):
@@ -160,7 +127,9 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * h.astype(x.dtype)
 
 
-def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def rope_cos_sin(
+    positions: jax.Array, head_dim: int, theta: float
+) -> tuple[jax.Array, jax.Array]:
     """float32 cos and sin of the rotary angles, (B, T) -> (B, T, H)."""
     # Bit-for-bit Hugging Face's float32 recipe: float32 exponents, a correctly rounded float32
     # power (as PyTorch's is, measured), then a float32 reciprocal. At position 1e5 one ulp of
@@ -185,19 +154,27 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 KV = tuple[jax.Array, jax.Array]
 
 
-def attention_mask(key_valid: jax.Array, start: int | jax.Array, num_queries: int) -> jax.Array:
+def attention_mask(
+    key_valid: jax.Array, start: int | jax.Array, num_queries: int
+) -> jax.Array:
     """(B, S) key validity -> (B, T, S) bool: query t sits at slot start + t and sees the valid
-    keys at slots up to its own. Without a cache, start is 0 and S = T (plain causal mask)."""
+    keys at slots up to its own. Without a cache, start is 0 and S = T (plain causal mask).
+    """
     query_slots = start + jnp.arange(num_queries)
     causal = jnp.arange(key_valid.shape[-1])[None, :] <= query_slots[:, None]  # (T, S)
     return causal[None] & key_valid.astype(bool)[:, None, :]
 
 
-def init_cache(cfg: Qwen2Config, batch: int, max_len: int, dtype: jnp.dtype) -> tuple[KV, ...]:
+def init_cache(
+    cfg: Qwen2Config, batch: int, max_len: int, dtype: jnp.dtype
+) -> tuple[KV, ...]:
     """An empty static-shape KV cache: per layer, keys and values (B, max_len, K, H)."""
     shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     return tuple(
-        (constrain(jnp.zeros(shape, dtype), KV_AXES), constrain(jnp.zeros(shape, dtype), KV_AXES))
+        (
+            constrain(jnp.zeros(shape, dtype), KV_AXES),
+            constrain(jnp.zeros(shape, dtype), KV_AXES),
+        )
         for _ in range(cfg.num_layers)
     )
 
@@ -206,14 +183,41 @@ class Attention(nnx.Module):
     """Grouped-query attention: q/k/v with bias, o_proj without."""
 
     def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q_width, kv_width = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        )
+        q_width, kv_width = (
+            cfg.num_heads * cfg.head_dim,
+            cfg.num_kv_heads * cfg.head_dim,
+        )
         # Column-parallel q/k/v and row-parallel o_proj: each device computes whole heads.
         common = {"dtype": dtype, "rngs": rngs}
-        self.q_proj = Linear(cfg.hidden_size, q_width, axes=("q_heads", "embed"), use_bias=True, **common)
-        self.k_proj = Linear(cfg.hidden_size, kv_width, axes=("kv_heads", "embed"), use_bias=True, **common)
-        self.v_proj = Linear(cfg.hidden_size, kv_width, axes=("kv_heads", "embed"), use_bias=True, **common)
-        self.o_proj = Linear(q_width, cfg.hidden_size, axes=("embed", "q_heads"), use_bias=False, **common)
+        self.q_proj = Linear(
+            cfg.hidden_size, q_width, axes=("q_heads", "embed"), use_bias=True, **common
+        )
+        self.k_proj = Linear(
+            cfg.hidden_size,
+            kv_width,
+            axes=("kv_heads", "embed"),
+            use_bias=True,
+            **common,
+        )
+        self.v_proj = Linear(
+            cfg.hidden_size,
+            kv_width,
+            axes=("kv_heads", "embed"),
+            use_bias=True,
+            **common,
+        )
+        self.o_proj = Linear(
+            q_width,
+            cfg.hidden_size,
+            axes=("embed", "q_heads"),
+            use_bias=False,
+            **common,
+        )
 
     def __call__(
         self,
@@ -230,20 +234,31 @@ class Attention(nnx.Module):
         attention runs over all S cache slots; without, over the T tokens of this call.
         """
         batch, seq, _ = x.shape
-        kv, group, hd = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+        kv, group, hd = (
+            self.num_kv_heads,
+            self.num_heads // self.num_kv_heads,
+            self.head_dim,
+        )
         # Query heads are grouped under the KV head they read: head k*G + g reads KV head k.
         # The KV-head axis K is the one split over `model`, so a device's queries and the KV
         # head they read live on the same device and attention needs no communication.
-        q = constrain(self.q_proj(x).reshape(batch, seq, kv, group, hd), ("batch", None, "kv_heads", None, None))
-        k = constrain(self.k_proj(x).reshape(batch, seq, kv, hd), KV_AXES)  # (B, T, K, H)
-        v = constrain(self.v_proj(x).reshape(batch, seq, kv, hd), KV_AXES)  # (B, T, K, H)
+        q = constrain(
+            self.q_proj(x).reshape(batch, seq, kv, group, hd),
+            ("batch", None, "kv_heads", None, None),
+        )
+        # (B, T, K, H)
+        k = constrain(self.k_proj(x).reshape(batch, seq, kv, hd), KV_AXES)
+        # (B, T, K, H)
+        v = constrain(self.v_proj(x).reshape(batch, seq, kv, hd), KV_AXES)
         q = apply_rope(q, cos[:, :, None, None, :], sin[:, :, None, None, :])
         k = apply_rope(k, cos[:, :, None, :], sin[:, :, None, :])
         if cache is not None:
-            k, v = self.write(cache[0], k, start), self.write(cache[1], v, start)  # (B, S, K, H)
+            # (B, S, K, H)
+            k, v = self.write(cache[0], k, start), self.write(cache[1], v, start)
 
         # Scores are rounded to the model dtype before scaling, as Hugging Face's eager path.
-        scores = _matmul(q, k, "btkgh,bskh->bkgts").astype(x.dtype) * (hd**-0.5)  # (B, K, G, T, S)
+        # (B, K, G, T, S)
+        scores = _matmul(q, k, "btkgh,bskh->bkgts").astype(x.dtype) * (hd**-0.5)
         probs = self.softmax(scores, mask[:, None, None])
         out = _matmul(probs, v, "bkgts,bskh->btkgh").astype(x.dtype)  # (B, T, K, G, H)
         return self.o_proj(out.reshape(batch, seq, kv * group * hd)), (k, v)
@@ -251,13 +266,18 @@ class Attention(nnx.Module):
     @staticmethod
     def write(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
         """This call's keys or values (B, T, K, H) into the cache (B, S, K, H) at slots start..start+T-1.
-        The cache is split like the KV heads, so each device writes and reads only its own."""
-        return constrain(jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=1), KV_AXES)
+        The cache is split like the KV heads, so each device writes and reads only its own.
+        """
+        return constrain(
+            jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=1), KV_AXES
+        )
 
     @staticmethod
     def softmax(scores: jax.Array, visible: jax.Array) -> jax.Array:
         """Attention probabilities of the scores' dtype from a float32 softmax over the visible keys."""
-        masked = jnp.where(visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+        masked = jnp.where(
+            visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min
+        )
         return jax.nn.softmax(masked, axis=-1).astype(scores.dtype)
 
 
@@ -267,9 +287,15 @@ class MLP(nnx.Module):
     def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
         # Column-parallel gate/up and row-parallel down: the MLP width never leaves its device.
         common = {"use_bias": False, "dtype": dtype, "rngs": rngs}
-        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, axes=("mlp", "embed"), **common)
-        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, axes=("mlp", "embed"), **common)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, axes=("embed", "mlp"), **common)
+        self.gate_proj = Linear(
+            cfg.hidden_size, cfg.intermediate_size, axes=("mlp", "embed"), **common
+        )
+        self.up_proj = Linear(
+            cfg.hidden_size, cfg.intermediate_size, axes=("mlp", "embed"), **common
+        )
+        self.down_proj = Linear(
+            cfg.intermediate_size, cfg.hidden_size, axes=("embed", "mlp"), **common
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         gate = self.gate_proj(x)  # (B, T, F)
@@ -281,9 +307,13 @@ class MLP(nnx.Module):
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.input_layernorm = RMSNorm(
+            cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype
+        )
         self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.post_attention_layernorm = RMSNorm(
+            cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype
+        )
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(
@@ -308,8 +338,12 @@ class Qwen2Model(nnx.Module):
 
     def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.embed_tokens = Embedding(
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs
+        )
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)]
+        )
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
     def __call__(
@@ -334,18 +368,27 @@ class Qwen2Model(nnx.Module):
 class Qwen2ForCausalLM(nnx.Module):
     """The causal LM: token ids -> logits (B, T, V), with an untied or a tied lm_head."""
 
-    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: Qwen2Config, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs
+    ):
         self.cfg = cfg
         self.model = Qwen2Model(cfg, dtype=dtype, rngs=rngs)
         self.lm_head = (
             None
             if cfg.tie_word_embeddings
             else Linear(
-                cfg.hidden_size, cfg.vocab_size, axes=("vocab", "embed"), use_bias=False, dtype=dtype, rngs=rngs
+                cfg.hidden_size,
+                cfg.vocab_size,
+                axes=("vocab", "embed"),
+                use_bias=False,
+                dtype=dtype,
+                rngs=rngs,
             )
         )
 
-    def __call__(self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, input_ids: jax.Array, positions: jax.Array, attention_mask: jax.Array
+    ) -> jax.Array:
         """input_ids, positions, attention_mask (B, T) -> logits (B, T, V)."""
         hidden, _ = self.model(input_ids, positions, attention_mask)
         return self.logits(hidden)

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Logical axes and the rules that map them onto the ("batch", "model") mesh.
 
 Every parameter carries logical axis names (as `axes` metadata) and the forward pass

@@ -1,5 +1,9 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """A checkpoint ready to generate: its config, tokenizer and EOS ids, then generators on a device
-or a mesh, planned (shape-only weights: compiled, memory known) before they are loaded.
+or a mesh, first with shape-only weights (compiled, memory known), then loaded.
 
 Shared by the generate and GSM8K command lines.
 """
@@ -17,13 +21,24 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers import Qwen2Config as HFQwen2Config
 
 from tests.infra.devices import configure_jax
-from tests.infra.distributed import DEFAULT_TIMEOUT, ClusterError, check_cluster, join_cluster
+from tests.infra.distributed import (
+    DEFAULT_TIMEOUT,
+    ClusterError,
+    check_cluster,
+    join_cluster,
+)
 from tests.infra.mesh import MeshError, MeshShape, make_mesh
+from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK, GenerationError
 from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 from tests.jax.models.qwen2_5.config import ConfigError, Qwen2Config
-from tests.jax.models.qwen2_5.generation import PREFILL_CHUNK, GenerationError, Generator
-from tests.jax.models.qwen2_5.loader import CheckpointError, check_checkpoint, load_model
-from tests.jax.models.qwen2_5.streaming_matmul import KernelBuildError, prepare_kernel
+from tests.jax.models.qwen2_5.cpu_products import AUTO, CpuProductsError, install
+from tests.jax.models.qwen2_5.generation import Generator
+from tests.jax.models.qwen2_5.loader import (
+    CheckpointError,
+    check_checkpoint,
+    load_model,
+)
+from tests.jax.models.qwen2_5.streaming_matmul import KernelBuildError
 from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, abstract_model
 
 # What a user can get wrong; the command lines print these as one line and exit 2.
@@ -35,10 +50,13 @@ EXPECTED_ERRORS = (
     GenerationError,
     ClusterError,
     KernelBuildError,
+    CpuProductsError,
 )
 
 
-def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[int]:
+def eos_token_ids(
+    model_path: Path, tokenizer: PreTrainedTokenizerBase, vocab_size: int
+) -> list[int]:
     """From generation_config.json (Qwen2.5: 151643 and 151645), else config.json, else the
     tokenizer; each must be a token id of the model's vocabulary (a string "2" is refused: it
     would never match a generated id, and generation would never stop on it)."""
@@ -56,13 +74,18 @@ def eos_token_ids(model_path: Path, tokenizer: PreTrainedTokenizerBase, vocab_si
         if eos is None:
             continue
         ids = eos if isinstance(eos, list) else [eos]
-        if not ids or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab_size for i in ids):
+        if not ids or any(
+            not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab_size
+            for i in ids
+        ):
             raise CheckpointError(
                 f"{path}: eos_token_id must be a token id or a non-empty list of them in [0, {vocab_size}), got {eos!r}"
             )
         return ids
     if tokenizer.eos_token_id is None:
-        raise CheckpointError(f"{model_path} declares no EOS token (generation_config.json eos_token_id)")
+        raise CheckpointError(
+            f"{model_path} declares no EOS token (generation_config.json eos_token_id)"
+        )
     return [tokenizer.eos_token_id]
 
 
@@ -73,15 +96,23 @@ _TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
 def load_tokenizer(model_path: Path, cfg: Qwen2Config) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, checked against the model: present, loadable, and no token id
     beyond the model's vocabulary (an embedding lookup would silently clamp it)."""
-    if not any(all((model_path / f).is_file() for f in files) for files in _TOKENIZER_FILES):
+    if not any(
+        all((model_path / f).is_file() for f in files) for files in _TOKENIZER_FILES
+    ):
         raise CheckpointError(
             f"{model_path} has no tokenizer: tokenizer.json (or vocab.json and merges.txt) is missing"
         )
     try:
         # The validated config goes in, so transformers does not read config.json a second time.
-        tokenizer = AutoTokenizer.from_pretrained(model_path, config=HFQwen2Config(**cfg.to_hf_dict()))
-    except Exception as err:  # transformers raises many types here; the user needs the file and the reason
-        raise CheckpointError(f"the tokenizer in {model_path} cannot be loaded: {type(err).__name__}: {err}") from err
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_path, config=HFQwen2Config(**cfg.to_hf_dict())
+        )
+    except (
+        Exception
+    ) as err:  # transformers raises many types here; the user needs the file and the reason
+        raise CheckpointError(
+            f"the tokenizer in {model_path} cannot be loaded: {type(err).__name__}: {err}"
+        ) from err
     if len(tokenizer) > cfg.vocab_size:
         raise CheckpointError(
             f"the tokenizer in {model_path} has {len(tokenizer):,} tokens but the model's vocabulary is "
@@ -107,23 +138,33 @@ def resolve_model_path(model_path: Path | None) -> Path:
 
 def configure_for(
     mesh: str,
+    cpu_products: str = AUTO,
     coordinator: str | None = None,
     num_processes: int = 1,
     process_id: int = 0,
     cluster_timeout: float = DEFAULT_TIMEOUT,
 ) -> MeshShape:
     """Parse a mesh and, before JAX starts, ask for the simulated CPU devices it needs; with a
-    coordinator, join a multi-process run in which each process holds its share of them. Builds
-    the CPU decode kernel where it is used, so a missing compiler is reported before any work."""
+    coordinator, join a multi-process run in which each process holds its share of them. Installs
+    the weight products' CPU form (cpu_products), building the CPU decode kernel when that is
+    chosen, so a missing compiler is reported before any work."""
     shape = MeshShape.parse(mesh)
     check_cluster(coordinator, num_processes, process_id, cluster_timeout)
     if coordinator is None:
         configure_jax(cpu_devices=shape.size)
     elif shape.size % num_processes:
-        raise ClusterError(f"mesh {shape} ({shape.size} devices) does not split evenly over {num_processes} processes")
+        raise ClusterError(
+            f"mesh {shape} ({shape.size} devices) does not split evenly over {num_processes} processes"
+        )
     else:
-        join_cluster(coordinator, num_processes, process_id, shape.size // num_processes, cluster_timeout)
-    prepare_kernel()
+        join_cluster(
+            coordinator,
+            num_processes,
+            process_id,
+            shape.size // num_processes,
+            cluster_timeout,
+        )
+    install(cpu_products)
     return shape
 
 
@@ -140,7 +181,8 @@ class Checkpoint:
     @classmethod
     def open(cls, path: Path) -> Checkpoint:
         """config.json first (typed), then the tokenizer and generation config, then the weights'
-        headers against the config: every problem is named before anything heavy happens."""
+        headers against the config: every problem is named before anything heavy happens.
+        """
         cfg = Qwen2Config.from_pretrained(path)
         tokenizer = load_tokenizer(path, cfg)
         eos = eos_token_ids(path, tokenizer, cfg.vocab_size)
@@ -152,27 +194,46 @@ class Checkpoint:
         """Token ids of `prompt`, as one user turn of the chat template when `chat`."""
         if chat:
             if not self.tokenizer.chat_template:
-                raise CheckpointError("--chat needs a chat template, and this checkpoint's tokenizer has none")
+                raise CheckpointError(
+                    "--chat needs a chat template, and this checkpoint's tokenizer has none"
+                )
             messages = [{"role": "user", "content": prompt}]
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(prompt)["input_ids"]
 
     def _mesh(self, shape: MeshShape) -> jax.sharding.Mesh | None:
         return make_mesh(shape, jax.devices()) if shape.size > 1 else None
 
-    def plan(self, shape: MeshShape, dtype: str, prefill_chunk: int = PREFILL_CHUNK) -> Generator:
+    def shape_only(
+        self, shape: MeshShape, dtype: str, prefill_chunk: int = PREFILL_CHUNK
+    ) -> Generator:
         """A generator with shape-only weights: it compiles its steps and reports their memory
         before anything is loaded; `load` reuses what it compiled."""
         mesh = self._mesh(shape)
         model = abstract_model(self.cfg, getattr(jnp, dtype), mesh)
-        return Generator(model, self.eos_token_ids, self.pad_token_id, mesh, prefill_chunk)
+        return Generator(
+            model, self.eos_token_ids, self.pad_token_id, mesh, prefill_chunk
+        )
 
-    def load(self, shape: MeshShape, dtype: str, plan: Generator | None = None) -> Generator:
-        """The weights in `dtype` on `shape` (1x1: one device), as `plan` laid them out (and with
-        its compiled steps), or with the default prefill chunk."""
+    def load(
+        self, shape: MeshShape, dtype: str, shape_only: Generator | None = None
+    ) -> Generator:
+        """The weights in `dtype` on `shape` (1x1: one device), with the prefill chunk and the
+        compiled steps of `shape_only` (a generator of the same shapes), or the default chunk.
+        """
         mesh = self._mesh(shape)
         model = load_model(self.path, getattr(jnp, dtype), mesh=mesh, progress=True)
-        if plan is None:
+        if shape_only is None:
             return Generator(model, self.eos_token_ids, self.pad_token_id, mesh)
-        return Generator(model, self.eos_token_ids, self.pad_token_id, mesh, plan.prefill_chunk, plan.compiled)
+        chunk = shape_only.prefill_chunk
+        return Generator(
+            model,
+            self.eos_token_ids,
+            self.pad_token_id,
+            mesh,
+            chunk,
+            steps=shape_only.steps,
+        )

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The tensor-parallel plan of a model on a mesh, verified by compiling it with shape-only weights.
 
     python -m tests.jax.models.qwen2_5.plan --mesh 1x32 [--device tt] [--json]
@@ -22,7 +26,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from tests.infra.collectives import compile_and_count
-from tests.infra.devices import CPU, TT, DeviceUnavailableError, configure_jax, platform_devices
+from tests.infra.devices import (
+    CPU,
+    TT,
+    DeviceUnavailableError,
+    configure_jax,
+    platform_devices,
+)
 from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS, MeshError, MeshShape, make_mesh
 from tests.infra.tt_plugin import TTPluginError, enable_compile_only, has_card
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, Qwen2Config
@@ -74,15 +84,24 @@ class PlanReport:
         """What falls short of the plan's promises (empty when it holds)."""
         problems = []
         if self.param_bytes_ratio > 1.05:
-            problems.append(f"per-device parameter bytes are {self.param_bytes_ratio:.3f}x ideal (> 1.05)")
+            problems.append(
+                f"per-device parameter bytes are {self.param_bytes_ratio:.3f}x ideal (> 1.05)"
+            )
         if self.all_reduces != 2 * self.num_layers + 1:
-            problems.append(f"{self.all_reduces} all-reduces, expected 2 per layer + 1 for the embedding")
+            problems.append(
+                f"{self.all_reduces} all-reduces, expected 2 per layer + 1 for the embedding"
+            )
         if self.all_gathers:
             problems.append(f"{self.all_gathers} all-gathers in the forward pass")
         if self.other_collectives:
             problems.append(f"unexpected collectives: {self.other_collectives}")
-        if self.ttnn_collectives is not None and self.ttnn_collectives != self.planned_collectives():
-            problems.append(f"TTNN collectives {self.ttnn_collectives}, planned {self.planned_collectives()}")
+        if (
+            self.ttnn_collectives is not None
+            and self.ttnn_collectives != self.planned_collectives()
+        ):
+            problems.append(
+                f"TTNN collectives {self.ttnn_collectives}, planned {self.planned_collectives()}"
+            )
         return problems
 
     def planned_collectives(self) -> dict[str, int]:
@@ -108,19 +127,25 @@ _ROLE_ORDER = (
 def _role(path: tuple) -> str:
     """'layers.q_proj.weight' for every layer's q_proj weight, the module path otherwise."""
     names = [str(p) for p in path if not str(p).isdigit()]
-    return "layers." + ".".join(names[-2:]) if "layers" in names else ".".join(names[-2:])
+    return (
+        "layers." + ".".join(names[-2:]) if "layers" in names else ".".join(names[-2:])
+    )
 
 
 def _role_key(role: str) -> int:
     return next(i for i, name in enumerate(_ROLE_ORDER) if f".{name}." in f".{role}")
 
 
-def lower_forward(cfg: Qwen2Config, mesh: Mesh, dtype_name: str, seq_len: int) -> jax.stages.Lowered:
+def lower_forward(
+    cfg: Qwen2Config, mesh: Mesh, dtype_name: str, seq_len: int
+) -> jax.stages.Lowered:
     """The padded forward of `cfg` on `mesh` for `seq_len` tokens per batch slot, lowered with
     shape-only weights."""
     model = abstract_model(cfg, jnp.dtype(dtype_name), mesh)
     graphdef, state = nnx.split(model)
-    tokens = jax.ShapeDtypeStruct((mesh.shape[BATCH_AXIS], seq_len), jnp.int32, sharding=batch_sharding(mesh))
+    tokens = jax.ShapeDtypeStruct(
+        (mesh.shape[BATCH_AXIS], seq_len), jnp.int32, sharding=batch_sharding(mesh)
+    )
 
     def forward(state, ids, positions, mask):
         return nnx.merge(graphdef, state)(ids, positions, mask)
@@ -130,20 +155,31 @@ def lower_forward(cfg: Qwen2Config, mesh: Mesh, dtype_name: str, seq_len: int) -
 
 
 def build_report(
-    cfg: Qwen2Config, mesh: Mesh, dtype_name: str = "bfloat16", seq_len: int = DEFAULT_SEQ_LEN
+    cfg: Qwen2Config,
+    mesh: Mesh,
+    dtype_name: str = "bfloat16",
+    seq_len: int = DEFAULT_SEQ_LEN,
 ) -> PlanReport:
     """Lay `cfg` out on `mesh`, compile its forward for `seq_len` tokens per row with XLA:CPU, and report."""
     dtype = jnp.dtype(dtype_name)
     model_axis, batch = mesh.shape[MODEL_AXIS], mesh.shape[BATCH_AXIS]
     _, heads = tensor_parallel_config(cfg, model_axis)
     original = dict(
-        nnx.to_flat_state(nnx.state(nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))))
+        nnx.to_flat_state(
+            nnx.state(
+                nnx.eval_shape(
+                    lambda: Qwen2ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0))
+                )
+            )
+        )
     )
 
     rows: dict[str, list[int]] = {}
     strict_ideal = 0
     layouts: dict[str, str] = {}
-    for path, variable in nnx.to_flat_state(nnx.state(abstract_model(cfg, dtype, mesh))):
+    for path, variable in nnx.to_flat_state(
+        nnx.state(abstract_model(cfg, dtype, mesh))
+    ):
         sharding = variable.get_value().sharding
         local = int(np.prod(sharding.shard_shape(variable.shape))) * dtype.itemsize
         full = int(np.prod(original[path].shape)) * dtype.itemsize
@@ -156,7 +192,9 @@ def build_report(
         elif split:
             ideal = full // model_axis
             layout = "split over model" + (
-                f", {heads.pad_heads} zero pad heads" if module in ("q_proj", "o_proj") and heads.pad_heads else ""
+                f", {heads.pad_heads} zero pad heads"
+                if module in ("q_proj", "o_proj") and heads.pad_heads
+                else ""
             )
         else:
             ideal, layout = full, "replicated"
@@ -167,8 +205,13 @@ def build_report(
         acc[1] += ideal
         layouts[role] = layout
 
-    params = [ParamRow(role, layouts[role], *rows[role]) for role in sorted(rows, key=_role_key)]
-    compiled, collectives = compile_and_count(lower_forward(cfg, mesh, dtype_name, seq_len), CPU)
+    params = [
+        ParamRow(role, layouts[role], *rows[role])
+        for role in sorted(rows, key=_role_key)
+    ]
+    compiled, collectives = compile_and_count(
+        lower_forward(cfg, mesh, dtype_name, seq_len), CPU
+    )
     memory = compiled.memory_analysis()
     per_device = sum(r.per_device_bytes for r in params)
     ideal = sum(r.ideal_per_device_bytes for r in params)
@@ -195,10 +238,16 @@ def build_report(
     )
 
 
-def with_ttnn_collectives(report: PlanReport, cfg: Qwen2Config, tt_mesh: Mesh) -> PlanReport:
+def with_ttnn_collectives(
+    report: PlanReport, cfg: Qwen2Config, tt_mesh: Mesh
+) -> PlanReport:
     """`report` with the TTNN collectives of the same forward compiled by the TT plugin for `tt_mesh`."""
-    _, collectives = compile_and_count(lower_forward(cfg, tt_mesh, report.dtype, report.seq_len), TT)
-    return replace(report, ttnn_collectives={"all_reduce": 0, "all_gather": 0, **collectives})
+    _, collectives = compile_and_count(
+        lower_forward(cfg, tt_mesh, report.dtype, report.seq_len), TT
+    )
+    return replace(
+        report, ttnn_collectives={"all_reduce": 0, "all_gather": 0, **collectives}
+    )
 
 
 def _mib(n: int) -> str:
@@ -212,9 +261,22 @@ def format_report(report: PlanReport) -> str:
         "",
         f"{'parameter (all layers)':<38} {'layout':<40} {'per device':>13} {'ideal':>13}",
     ]
-    rows = [(r.role, r.layout, r.per_device_bytes, r.ideal_per_device_bytes) for r in report.params]
-    rows.append(("total", "", report.per_device_param_bytes, report.ideal_per_device_param_bytes))
-    lines += [f"{role:<38} {layout:<40} {_mib(local):>13} {_mib(ideal):>13}" for role, layout, local, ideal in rows]
+    rows = [
+        (r.role, r.layout, r.per_device_bytes, r.ideal_per_device_bytes)
+        for r in report.params
+    ]
+    rows.append(
+        (
+            "total",
+            "",
+            report.per_device_param_bytes,
+            report.ideal_per_device_param_bytes,
+        )
+    )
+    lines += [
+        f"{role:<38} {layout:<40} {_mib(local):>13} {_mib(ideal):>13}"
+        for role, layout, local, ideal in rows
+    ]
     layers = report.num_layers
     lines += [
         "",
@@ -231,16 +293,24 @@ def format_report(report: PlanReport) -> str:
         f"{_mib(report.temp_bytes_per_device)}",
     ]
     problems = report.check()
-    lines.append("plan holds" if not problems else "PLAN VIOLATED: " + "; ".join(problems))
+    lines.append(
+        "plan holds" if not problems else "PLAN VIOLATED: " + "; ".join(problems)
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.jax.models.qwen2_5.plan", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.jax.models.qwen2_5.plan",
+        description=__doc__.split("\n")[0],
+    )
     parser.add_argument("--mesh", required=True, help="BATCHxMODEL, e.g. 1x8")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument(
-        "--seq-len", type=int, default=DEFAULT_SEQ_LEN, help="tokens per row for the temporary-memory figure"
+        "--seq-len",
+        type=int,
+        default=DEFAULT_SEQ_LEN,
+        help="tokens per row for the temporary-memory figure",
     )
     parser.add_argument(
         "--device",
@@ -248,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         default=CPU,
         help="tt: also compile with the TT plugin and report its TTNN collectives (no card needed)",
     )
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as one JSON object"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -265,10 +337,22 @@ def main(argv: list[str] | None = None) -> int:
         # Before the first device query starts a backend: enough simulated devices, and the
         # TT plugin only when asked for.
         configure_jax(cpu_devices=shape.size, platform=args.device)
-        report = build_report(QWEN2_5_7B, make_mesh(shape, platform_devices(CPU)), args.dtype, args.seq_len)
+        report = build_report(
+            QWEN2_5_7B,
+            make_mesh(shape, platform_devices(CPU)),
+            args.dtype,
+            args.seq_len,
+        )
         if args.device == TT:
-            report = with_ttnn_collectives(report, QWEN2_5_7B, make_mesh(shape, platform_devices(TT)))
-    except (MeshError, TensorParallelError, TTPluginError, DeviceUnavailableError) as err:
+            report = with_ttnn_collectives(
+                report, QWEN2_5_7B, make_mesh(shape, platform_devices(TT))
+            )
+    except (
+        MeshError,
+        TensorParallelError,
+        TTPluginError,
+        DeviceUnavailableError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(report), indent=2) if args.json else format_report(report))

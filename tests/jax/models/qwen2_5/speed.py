@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """One speed measurement in a fresh process: ours or Hugging Face, decode, prefill or GSM8K.
 
     python -m tests.jax.models.qwen2_5.speed --side ours|hf --phase decode|prefill|gsm8k
@@ -35,7 +39,10 @@ def gsm8k_prompts() -> list[list[int]]:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return [rng.integers(100, 50_000, n).tolist() for n in rng.integers(700, 1_001, GSM8K_PROBLEMS)]
+    return [
+        rng.integers(100, 50_000, n).tolist()
+        for n in rng.integers(700, 1_001, GSM8K_PROBLEMS)
+    ]
 
 
 def gsm8k_batches(batch: int) -> list[list[list[int]]]:
@@ -57,6 +64,10 @@ def ours(model_path: Path, dtype: str, batch: int, phase: str) -> float:
     configure_jax(cpu_devices=1)
     import jax.numpy as jnp
 
+    from tests.jax.models.qwen2_5 import cpu_products
+
+    cpu_products.install()
+
     from tests.jax.models.qwen2_5.generation import Generator
     from tests.jax.models.qwen2_5.loader import load_model
 
@@ -65,16 +76,24 @@ def ours(model_path: Path, dtype: str, batch: int, phase: str) -> float:
         batches = gsm8k_batches(batch)
         for prompts in batches:  # compile every layout once
             gen.generate(prompts, GSM8K_NEW_TOKENS)
-        seconds = _timed(lambda: [gen.generate(prompts, GSM8K_NEW_TOKENS) for prompts in batches])
+        seconds = _timed(
+            lambda: [gen.generate(prompts, GSM8K_NEW_TOKENS) for prompts in batches]
+        )
         return 60 * GSM8K_PROBLEMS / seconds
     if phase == "prefill":
         prompts = [[100 + i % 1000 for i in range(PREFILL_LEN)]] * batch
         gen.generate(prompts, 1)
-        return batch * PREFILL_LEN / min(gen.generate(prompts, 1).prefill_seconds for _ in range(3))
+        return (
+            batch
+            * PREFILL_LEN
+            / min(gen.generate(prompts, 1).prefill_seconds for _ in range(3))
+        )
     prompts = [list(range(100, 100 + PROMPT_LEN))] * batch
     for n in (SHORT, LONG):  # compile and warm both
         gen.generate(prompts, n)
-    short, long = (_timed(lambda n=n: gen.generate(prompts, n), 2) for n in (SHORT, LONG))
+    short, long = (
+        _timed(lambda n=n: gen.generate(prompts, n), 2) for n in (SHORT, LONG)
+    )
     return batch * (LONG - SHORT) / (long - short)
 
 
@@ -82,7 +101,9 @@ def hugging_face(model_path: Path, dtype: str, batch: int, phase: str) -> float:
     import torch
     from transformers import Qwen2ForCausalLM
 
-    model = Qwen2ForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+    model = Qwen2ForCausalLM.from_pretrained(
+        model_path, dtype=getattr(torch, dtype)
+    ).eval()
     with torch.no_grad():
         if phase == "gsm8k":
             # As lm-evaluation-harness's HF backend: left-padded batches, one generate call each.
@@ -90,7 +111,9 @@ def hugging_face(model_path: Path, dtype: str, batch: int, phase: str) -> float:
             for prompts in gsm8k_batches(batch):
                 width = max(map(len, prompts))
                 ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+                mask = torch.tensor(
+                    [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+                )
                 padded.append((ids, mask))
 
             def run_all() -> None:
@@ -113,17 +136,23 @@ def hugging_face(model_path: Path, dtype: str, batch: int, phase: str) -> float:
         ids = torch.tensor([list(range(100, 100 + PROMPT_LEN))] * batch)
 
         def generate(n: int) -> None:
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+            model.generate(
+                ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0
+            )
 
         generate(4)
-        short, long = _timed(lambda: generate(SHORT), 2), _timed(lambda: generate(LONG), 2)
+        short, long = _timed(lambda: generate(SHORT), 2), _timed(
+            lambda: generate(LONG), 2
+        )
     return batch * (LONG - SHORT) / (long - short)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.jax.models.qwen2_5.speed")
     parser.add_argument("--side", choices=["ours", "hf"], required=True)
-    parser.add_argument("--phase", choices=["decode", "prefill", "gsm8k"], required=True)
+    parser.add_argument(
+        "--phase", choices=["decode", "prefill", "gsm8k"], required=True
+    )
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], required=True)
     parser.add_argument("--batch", type=int, default=1)
@@ -138,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         emulate_avx2_only()
     measure = ours if args.side == "ours" else hugging_face
     unit = "problems_per_minute" if args.phase == "gsm8k" else "tokens_per_second"
-    print(json.dumps({unit: measure(args.model_path, args.dtype, args.batch, args.phase)}))
+    print(
+        json.dumps({unit: measure(args.model_path, args.dtype, args.batch, args.phase)})
+    )
     return 0
 
 

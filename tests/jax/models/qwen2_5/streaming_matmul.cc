@@ -1,3 +1,7 @@
+// SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+//
+// SPDX-License-Identifier: Apache-2.0
+
 // y (M, N) = x (M, K) times w (N, K) transposed, bfloat16 operands accumulated in float32, for few
 // rows M: a decode step's product streamed once from a weight stored (out, in). Why it exists:
 // streaming_matmul.py.

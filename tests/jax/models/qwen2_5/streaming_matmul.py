@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """A decode step's bfloat16 product on x86-64 CPUs without bfloat16 instructions, at memory speed.
 
 With few rows per device a product with a weight is a stream over the weight, and its speed is
@@ -13,7 +17,7 @@ Where the CPU has bfloat16 dot instructions (AVX512_BF16, AMX) YNNPACK's own ker
 
 It is built with the host's C++ compiler on first use (a few seconds) and cached by the hash of
 its source, flags and jaxlib version, so an upgrade rebuilds it. Registered for XLA:CPU only:
-other platforms never see the custom call (model._dense branches on the platform).
+other platforms never see the custom call (cpu_products branches on the platform).
 """
 
 from __future__ import annotations
@@ -64,7 +68,11 @@ def streams_faster(cpu_flags: frozenset[str], xla_flags: str) -> bool:
     tests/infra/cpu_class's emulation of an AVX2-only CPU does)."""
     if not {"avx2", "fma"} <= cpu_flags:
         return False
-    max_isa = [arg.split("=", 1)[1] for arg in xla_flags.split() if arg.startswith("--xla_cpu_max_isa=")]
+    max_isa = [
+        arg.split("=", 1)[1]
+        for arg in xla_flags.split()
+        if arg.startswith("--xla_cpu_max_isa=")
+    ]
     if max_isa and max_isa[-1].upper() in _BELOW_AVX512:
         return True
     return not cpu_flags & {"avx512_bf16", "amx_bf16"}
@@ -85,7 +93,9 @@ def _library() -> Path:
     """Build (once per source, flags, compiler and jaxlib) and return the shared library."""
     compiler = os.environ.get("CXX", "g++")
     command = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir()]
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(command).encode() + jaxlib.__version__.encode())
+    key = hashlib.sha256(
+        _SOURCE.read_bytes() + " ".join(command).encode() + jaxlib.__version__.encode()
+    )
     library = _cache_dir() / f"streaming_matmul-{key.hexdigest()[:16]}.so"
     if library.is_file():
         return library
@@ -95,7 +105,9 @@ def _library() -> Path:
     fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
     os.close(fd)
     try:
-        result = subprocess.run([*command, str(_SOURCE), "-o", partial], capture_output=True, text=True)
+        result = subprocess.run(
+            [*command, str(_SOURCE), "-o", partial], capture_output=True, text=True
+        )
     except FileNotFoundError:
         os.unlink(partial)
         raise KernelBuildError(
@@ -116,14 +128,15 @@ def _library() -> Path:
 @functools.cache
 def _register() -> None:
     kernel = ctypes.CDLL(str(_library()))
-    jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(kernel.qwen2_5_streaming_matmul), platform="cpu")
+    jax.ffi.register_ffi_target(
+        TARGET, jax.ffi.pycapsule(kernel.qwen2_5_streaming_matmul), platform="cpu"
+    )
 
 
 def prepare_kernel() -> None:
-    """Build and register the kernel now if this CPU uses it (`faster_here`), so that a missing
-    compiler is reported before a long run starts rather than at its first decode step."""
-    if faster_here():
-        _register()
+    """Build and register the kernel now, so that a missing compiler is reported before a long run
+    starts rather than at its first decode step."""
+    _register()
 
 
 def streamed_product(x: jax.Array, w: jax.Array) -> jax.Array:

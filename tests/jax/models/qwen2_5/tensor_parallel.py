@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Tensor parallelism over the `model` mesh axis, including head counts it does not divide.
 
 Megatron layout (see partitioning.LOGICAL_RULES): q/k/v and gate/up are column-parallel,
@@ -43,7 +47,7 @@ class TensorParallelError(ValueError):
 
 
 @dataclass(frozen=True)
-class HeadPlan:
+class HeadSplit:
     """How query and KV heads are laid out over a `model` axis of size `model_axis`."""
 
     num_heads: int
@@ -75,7 +79,10 @@ class HeadPlan:
     def query_sources(self) -> np.ndarray:
         """For each padded query head, the original head it holds, or -1 for a zero pad head."""
         slot = np.arange(self.padded_group)
-        per_group = [np.where(slot < self.group, k * self.group + slot, -1) for k in range(self.num_kv_heads)]
+        per_group = [
+            np.where(slot < self.group, k * self.group + slot, -1)
+            for k in range(self.num_kv_heads)
+        ]
         return np.concatenate(per_group)
 
     def kv_sources(self) -> np.ndarray:
@@ -83,17 +90,19 @@ class HeadPlan:
         return np.repeat(np.arange(self.num_kv_heads), self.kv_replicas)
 
 
-def plan_heads(num_heads: int, num_kv_heads: int, model_axis: int) -> HeadPlan:
+def split_heads(num_heads: int, num_kv_heads: int, model_axis: int) -> HeadSplit:
     """The head layout for `model_axis` devices, or an error saying which axis sizes work."""
     if model_axis <= num_kv_heads:
         if num_kv_heads % model_axis:
             raise TensorParallelError(_axis_hint(num_kv_heads, model_axis))
-        return HeadPlan(num_heads, num_kv_heads, model_axis, 1, num_heads // num_kv_heads)
+        return HeadSplit(
+            num_heads, num_kv_heads, model_axis, 1, num_heads // num_kv_heads
+        )
     if model_axis % num_kv_heads:
         raise TensorParallelError(_axis_hint(num_kv_heads, model_axis))
     replicas = model_axis // num_kv_heads
     padded_group = math.ceil(num_heads // num_kv_heads / replicas) * replicas
-    return HeadPlan(num_heads, num_kv_heads, model_axis, replicas, padded_group)
+    return HeadSplit(num_heads, num_kv_heads, model_axis, replicas, padded_group)
 
 
 def _axis_hint(num_kv_heads: int, model_axis: int) -> str:
@@ -105,16 +114,21 @@ def _axis_hint(num_kv_heads: int, model_axis: int) -> str:
     )
 
 
-def tensor_parallel_config(cfg: Qwen2Config, model_axis: int) -> tuple[Qwen2Config, HeadPlan]:
-    """The config of the padded model for `model_axis`, and its head plan."""
-    plan = plan_heads(cfg.num_heads, cfg.num_kv_heads, model_axis)
+def tensor_parallel_config(
+    cfg: Qwen2Config, model_axis: int
+) -> tuple[Qwen2Config, HeadSplit]:
+    """The config of the padded model for `model_axis`, and its head split."""
+    split = split_heads(cfg.num_heads, cfg.num_kv_heads, model_axis)
     for name in ("intermediate_size", "vocab_size"):
         if getattr(cfg, name) % model_axis:
             raise TensorParallelError(
                 f"{name} {getattr(cfg, name)} is not divisible by the model axis {model_axis}: choose a model axis "
                 f"that divides it"
             )
-    return cfg.replace(num_heads=plan.padded_heads, num_kv_heads=plan.stored_kv_heads), plan
+    return (
+        cfg.replace(num_heads=split.padded_heads, num_kv_heads=split.stored_kv_heads),
+        split,
+    )
 
 
 # Reads a region (a tuple of slices, in this package's layout) of an unpadded parameter.
@@ -123,17 +137,18 @@ RegionReader = Callable[[tuple[slice, ...]], np.ndarray]
 ParamSource = Callable[[tuple], AbstractContextManager[RegionReader]]
 
 
-def head_axis(path: tuple, plan: HeadPlan) -> tuple[int, np.ndarray] | None:
-    """For a parameter whose heads `plan` rearranges: the head axis and, per padded head, the
+def head_axis(path: tuple, split: HeadSplit) -> tuple[int, np.ndarray] | None:
+    """For a parameter whose heads `split` rearranges: the head axis and, per padded head, the
     original head it holds (-1: zeros). None for every other parameter. Weights are (out, in):
-    q/k/v hold heads on their output axis (as do their biases), o_proj on its input axis."""
+    q/k/v hold heads on their output axis (as do their biases), o_proj on its input axis.
+    """
     module, leaf = str(path[-2]), str(path[-1])
     if module == "q_proj":
-        return 0, plan.query_sources()
+        return 0, split.query_sources()
     if module in ("k_proj", "v_proj"):
-        return 0, plan.kv_sources()
+        return 0, split.kv_sources()
     if module == "o_proj" and leaf == "weight":
-        return 1, plan.query_sources()
+        return 1, split.query_sources()
     return None
 
 
@@ -152,16 +167,27 @@ def padded_region(
     if heads is None:
         return read(index)
     axis, sources = heads
-    extent = [len(range(*sl.indices(dim))) for sl, dim in zip(index, shape, strict=True)]
+    extent = [
+        len(range(*sl.indices(dim))) for sl, dim in zip(index, shape, strict=True)
+    ]
     start, stop, _ = index[axis].indices(shape[axis])
     pieces = []
     for head in range(start // head_dim, -(-stop // head_dim)):
-        lo, hi = max(start, head * head_dim) - head * head_dim, min(stop, (head + 1) * head_dim) - head * head_dim
+        lo, hi = (
+            max(start, head * head_dim) - head * head_dim,
+            min(stop, (head + 1) * head_dim) - head * head_dim,
+        )
         if sources[head] < 0:
-            pieces.append(np.zeros([hi - lo if i == axis else n for i, n in enumerate(extent)], dtype))
+            pieces.append(
+                np.zeros(
+                    [hi - lo if i == axis else n for i, n in enumerate(extent)], dtype
+                )
+            )
         else:
             part = list(index)
-            part[axis] = slice(sources[head] * head_dim + lo, sources[head] * head_dim + hi)
+            part[axis] = slice(
+                sources[head] * head_dim + lo, sources[head] * head_dim + hi
+            )
             pieces.append(read(tuple(part)))
     return np.concatenate(pieces, axis=axis)
 
@@ -174,28 +200,36 @@ def param_sharding(variable: nnx.Variable, mesh: Mesh) -> NamedSharding:
 def build_model(
     cfg: Qwen2Config,
     dtype: jnp.dtype,
-    plan: HeadPlan,
+    split: HeadSplit,
     source: ParamSource,
     placement: Callable[[nnx.Variable], jax.sharding.Sharding],
     *,
     progress: bool = False,
 ) -> Qwen2ForCausalLM:
-    """The model of `cfg` laid out by `plan`, each weight built shard by shard where `placement`
+    """The model of `cfg` laid out by `split`, each weight built shard by shard where `placement`
     puts it, from region reads of the unpadded weight that `source(path)` opens.
 
     Every device's shard is read by the process that owns the device (make_array_from_callback),
     so no process materializes a tensor, or a padded copy, that it does not hold; a source is
     open only while its own weight is built.
     """
-    tp_cfg = cfg.replace(num_heads=plan.padded_heads, num_kv_heads=plan.stored_kv_heads)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0))))
+    tp_cfg = cfg.replace(
+        num_heads=split.padded_heads, num_kv_heads=split.stored_kv_heads
+    )
+    graphdef, abstract = nnx.split(
+        nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    )
     flat = list(nnx.to_flat_state(abstract))
     built = []
-    for path, variable in tqdm(flat, desc="loading weights", unit="tensor", disable=not progress):
-        shape, heads = tuple(variable.shape), head_axis(path, plan)
+    for path, variable in tqdm(
+        flat, desc="loading weights", unit="tensor", disable=not progress
+    ):
+        shape, heads = tuple(variable.shape), head_axis(path, split)
         with source(path) as read:
 
-            def region(index: tuple[slice, ...], shape=shape, heads=heads, read=read) -> np.ndarray:
+            def region(
+                index: tuple[slice, ...], shape=shape, heads=heads, read=read
+            ) -> np.ndarray:
                 return padded_region(read, index, shape, heads, cfg.head_dim, dtype)
 
             array = jax.make_array_from_callback(shape, placement(variable), region)
@@ -209,33 +243,49 @@ def in_memory_source(model: Qwen2ForCausalLM) -> ParamSource:
     return lambda path: nullcontext(lambda index: np.asarray(values[path][...][index]))
 
 
-def pad_model(model: Qwen2ForCausalLM, plan: HeadPlan) -> Qwen2ForCausalLM:
-    """`model` with its heads laid out by `plan` (padded queries, replicated KV heads), on one device."""
+def pad_model(model: Qwen2ForCausalLM, split: HeadSplit) -> Qwen2ForCausalLM:
+    """`model` with its heads laid out by `split` (padded queries, replicated KV heads), on one device."""
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     dtype = model.model.norm.weight.dtype
-    return build_model(model.cfg, dtype, plan, in_memory_source(model), lambda variable: device)
+    return build_model(
+        model.cfg, dtype, split, in_memory_source(model), lambda variable: device
+    )
 
 
 def shard_model(model: Qwen2ForCausalLM, mesh: Mesh) -> Qwen2ForCausalLM:
     """The padded, tensor-parallel copy of an in-memory `model`, every weight placed on `mesh`."""
-    _, plan = tensor_parallel_config(model.cfg, mesh.shape[MODEL_AXIS])
+    _, split = tensor_parallel_config(model.cfg, mesh.shape[MODEL_AXIS])
     dtype = model.model.norm.weight.dtype
-    return build_model(model.cfg, dtype, plan, in_memory_source(model), lambda v: param_sharding(v, mesh))
+    return build_model(
+        model.cfg,
+        dtype,
+        split,
+        in_memory_source(model),
+        lambda v: param_sharding(v, mesh),
+    )
 
 
-def abstract_model(cfg: Qwen2Config, dtype: jnp.dtype, mesh: Mesh | None) -> Qwen2ForCausalLM:
+def abstract_model(
+    cfg: Qwen2Config, dtype: jnp.dtype, mesh: Mesh | None
+) -> Qwen2ForCausalLM:
     """The model of `cfg` with shape-only weights (ShapeDtypeStructs) placed where loading it would
     put them: padded and sharded over `mesh`, or on the default device. Enough to lower and compile
     (and to read a compiled step's memory) before any weight is read."""
-    tp_cfg, _ = tensor_parallel_config(cfg, 1 if mesh is None else mesh.shape[MODEL_AXIS])
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0))))
+    tp_cfg, _ = tensor_parallel_config(
+        cfg, 1 if mesh is None else mesh.shape[MODEL_AXIS]
+    )
+    graphdef, abstract = nnx.split(
+        nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    )
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shaped = [
         (
             path,
             variable.replace(
                 jax.ShapeDtypeStruct(
-                    variable.shape, dtype, sharding=device if mesh is None else param_sharding(variable, mesh)
+                    variable.shape,
+                    dtype,
+                    sharding=device if mesh is None else param_sharding(variable, mesh),
                 )
             ),
         )
@@ -247,7 +297,13 @@ def abstract_model(cfg: Qwen2Config, dtype: jnp.dtype, mesh: Mesh | None) -> Qwe
 # All-reduces per piece of the model under this layout, on a model axis > 1: one per row-parallel
 # product (its partial sums) and one for the embedding lookup (each device contributes the rows it
 # owns). Column-parallel and vocab-parallel outputs stay split and need none; no weight is gathered.
-ALL_REDUCES = {"column_parallel": 0, "row_parallel": 1, "embedding": 1, "attention": 1, "decoder_layer": 2}
+ALL_REDUCES = {
+    "column_parallel": 0,
+    "row_parallel": 1,
+    "embedding": 1,
+    "attention": 1,
+    "decoder_layer": 2,
+}
 
 
 def forward_all_reduces(cfg: Qwen2Config) -> int:

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The audit against the float32 oracle: its rules on constructed logits, its verdicts on correct
 meshes (float32 identical, bfloat16 identical or equivalent: every divergence a rounding tie) and
 on the fault catalog (different).
@@ -16,7 +20,7 @@ import pytest
 from jax.sharding import Mesh
 
 from tests.infra.mesh import make_mesh
-from tests.jax.models.qwen2_5 import streaming_matmul
+from tests.jax.models.qwen2_5 import cpu_products, streaming_matmul
 from tests.jax.models.qwen2_5.audit import (
     DIFFERENT,
     EQUIVALENT,
@@ -33,10 +37,13 @@ from tests.jax.models.qwen2_5.audit import (
     ulp,
 )
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
+from tests.jax.models.qwen2_5.cpu_products import FEW_ROWS_FORM, STREAMED
 from tests.jax.models.qwen2_5.faults import CATALOG, WEIGHTS_ONLY
-from tests.jax.models.qwen2_5.generation import TOP_K, Generator
+from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
 from tests.jax.models.qwen2_5.loader import load_model
+from tests.jax.models.qwen2_5.sampling import TOP_K
+from tests.jax.models.qwen2_5.scoring import teacher_forced_logits
 
 pytestmark = [pytest.mark.model_test]
 PUSH = pytest.mark.push
@@ -47,7 +54,11 @@ NEEDS_DATA = "measures outputs: a compile-only device holds none (its steps are 
 # Faults whose effect on this checkpoint's logits is below bfloat16's resolution (the mesh's error
 # against the oracle within ~1.4x the single device's, README "What the audit catches"): the
 # float32 audit catches them; the bfloat16 one cannot tell them from rounding.
-BELOW_BFLOAT16 = ("q_bias_dropped_on_one_device", "bfloat16_softmax", "rms_norm_eps_changed")
+BELOW_BFLOAT16 = (
+    "q_bias_dropped_on_one_device",
+    "bfloat16_softmax",
+    "rms_norm_eps_changed",
+)
 
 
 class Audited:
@@ -57,7 +68,9 @@ class Audited:
     def __init__(self, path, cfg):
         self.path, self.cfg = path, cfg
         rng = np.random.default_rng(1)
-        self.prompts = [rng.integers(3, cfg.vocab_size, n).tolist() for n in PROMPT_LENGTHS]
+        self.prompts = [
+            rng.integers(3, cfg.vocab_size, n).tolist() for n in PROMPT_LENGTHS
+        ]
         self._made: dict = {}
 
     def _once(self, key: tuple, make):
@@ -66,7 +79,10 @@ class Audited:
         return self._made[key]
 
     def single(self, dtype: str) -> Generator:
-        return self._once(("single", dtype), lambda: Generator(load_model(self.path, getattr(jnp, dtype)), (), 0))
+        return self._once(
+            ("single", dtype),
+            lambda: Generator(load_model(self.path, getattr(jnp, dtype)), (), 0),
+        )
 
     def oracle(self, dtype: str) -> Generator:
         return self._once(("oracle", dtype), lambda: oracle_of(self.single(dtype)))
@@ -74,31 +90,54 @@ class Audited:
     def reference(self, dtype: str) -> list[Generated]:
         def make() -> list[Generated]:
             result = self.single(dtype).generate(self.prompts, NEW_TOKENS)
-            return [Generated(t, top) for t, top in zip(result.generated_token_ids, result.top_logits, strict=True)]
+            return [
+                Generated(t, top)
+                for t, top in zip(
+                    result.generated_token_ids, result.top_logits, strict=True
+                )
+            ]
 
         return self._once(("reference", dtype), make)
 
     def correct(self, dtype: str, mesh: Mesh) -> Generator:
-        make = lambda: Generator(load_model(self.path, getattr(jnp, dtype), mesh=mesh), (), 0, mesh)  # noqa: E731
+        def make() -> Generator:
+            return Generator(
+                load_model(self.path, getattr(jnp, dtype), mesh=mesh), (), 0, mesh
+            )
+
         return self._once(("correct", dtype, mesh), make)
 
     def faulty(self, dtype: str, mesh: Mesh, fault: str) -> Generator:
         """The faulty mesh model; one that changes only weights runs the correct one's programs."""
-        compiled = self.correct(dtype, mesh).compiled if fault in WEIGHTS_ONLY else {}
-        return Generator(CATALOG[fault](self.single(dtype).model, mesh), (), 0, mesh, compiled=compiled)
+        steps = self.correct(dtype, mesh).steps if fault in WEIGHTS_ONLY else None
+        return Generator(
+            CATALOG[fault](self.single(dtype).model, mesh), (), 0, mesh, steps=steps
+        )
 
     def audit(self, mesh_generator: Generator, dtype: str) -> MeshAudit:
         result = mesh_generator.generate(self.prompts, NEW_TOKENS)
-        theirs = [Generated(t, top) for t, top in zip(result.generated_token_ids, result.top_logits, strict=True)]
+        theirs = [
+            Generated(t, top)
+            for t, top in zip(
+                result.generated_token_ids, result.top_logits, strict=True
+            )
+        ]
         audit = MeshAudit(dtype)
         runs = dict(enumerate(self.reference(dtype))), dict(enumerate(theirs))
-        audit.audit(self.oracle(dtype), mesh_generator, dict(enumerate(self.prompts)), *runs)
+        audit.audit(
+            self.oracle(dtype), mesh_generator, dict(enumerate(self.prompts)), *runs
+        )
         return audit
 
 
 def audited_checkpoint(tmp_path_factory, layers: int) -> Audited:
     cfg = TINY_PRESETS["gqa28x4"].replace(num_layers=layers)
-    return Audited(build_checkpoint(cfg, tmp_path_factory.mktemp(f"audit_{layers}"), bias_scale=1.0), cfg)
+    return Audited(
+        build_checkpoint(
+            cfg, tmp_path_factory.mktemp(f"audit_{layers}"), bias_scale=1.0
+        ),
+        cfg,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +151,14 @@ def deep(tmp_path_factory) -> Audited:
     return audited_checkpoint(tmp_path_factory, 28)
 
 
-def check_correct(audited: Audited, mesh: Mesh, dtype: str, record_property) -> MeshAudit:
+def check_correct(
+    audited: Audited, mesh: Mesh, dtype: str, record_property
+) -> MeshAudit:
     audit = audited.audit(audited.correct(dtype, mesh), dtype)
     record_property("audit", audit.describe())
-    assert audit.verdict in ((IDENTICAL,) if dtype == "float32" else (IDENTICAL, EQUIVALENT)), audit.describe()
+    assert audit.verdict in (
+        (IDENTICAL,) if dtype == "float32" else (IDENTICAL, EQUIVALENT)
+    ), audit.describe()
     assert audit.summary()["real_divergences"] == 0
     return audit
 
@@ -123,19 +166,30 @@ def check_correct(audited: Audited, mesh: Mesh, dtype: str, record_property) -> 
 def effect_size(audited: Audited, faulty: Generator, dtype: str) -> dict[str, float]:
     """A fault's teacher-forced effect on the logits against the single device: PCC and the
     largest move of a top-5 logit, in ulps of the dtype."""
-    sequences = [p + r.tokens for p, r in zip(audited.prompts, audited.reference(dtype), strict=True)]
+    sequences = [
+        p + r.tokens
+        for p, r in zip(audited.prompts, audited.reference(dtype), strict=True)
+    ]
     first = [len(p) for p in audited.prompts]
-    golden = np.concatenate(audited.single(dtype).score(sequences, first)).astype(np.float64)
-    actual = np.concatenate(faulty.score(sequences, first)).astype(np.float64)
+    golden = np.concatenate(
+        teacher_forced_logits(audited.single(dtype), sequences, first)
+    ).astype(np.float64)
+    actual = np.concatenate(teacher_forced_logits(faulty, sequences, first)).astype(
+        np.float64
+    )
     top = np.argsort(-golden, axis=-1)[:, :5]
     g, a = np.take_along_axis(golden, top, -1), np.take_along_axis(actual, top, -1)
     return {
         "logits_pcc": float(np.corrcoef(golden.ravel(), actual.ravel())[0, 1]),
-        "max_ulps_moved": float((np.abs(g - a) / ulp(np.abs(g).max(-1, keepdims=True), dtype)).max()),
+        "max_ulps_moved": float(
+            (np.abs(g - a) / ulp(np.abs(g).max(-1, keepdims=True), dtype)).max()
+        ),
     }
 
 
-def check_fault(audited: Audited, dut, dtype: str, fault: str, record_property, with_effect: bool) -> None:
+def check_fault(
+    audited: Audited, dut, dtype: str, fault: str, record_property, with_effect: bool
+) -> None:
     mesh = make_mesh("1x8", dut.devices)
     faulty = audited.faulty(dtype, mesh, fault)
     audit = audited.audit(faulty, dtype)
@@ -148,7 +202,9 @@ def check_fault(audited: Audited, dut, dtype: str, fault: str, record_property, 
 
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_correct_mesh_is_identical_in_float32_and_equivalent_in_bfloat16(dtype, dut, audited, record_property):
+def test_correct_mesh_is_identical_in_float32_and_equivalent_in_bfloat16(
+    dtype, dut, audited, record_property
+):
     """Greedy generations on 1x8 against one device. float32: the same tokens. bfloat16: prompts
     part at near-ties, and every divergence is a rounding tie against the oracle."""
     if dut.compile_only:
@@ -158,31 +214,44 @@ def test_correct_mesh_is_identical_in_float32_and_equivalent_in_bfloat16(dtype, 
 
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("kernel", [True, False], ids=["streamed", "xla"])
-def test_correct_mesh_audit_with_and_without_the_streaming_kernel(kernel, dut, audited, monkeypatch, record_property):
+def test_correct_mesh_audit_with_and_without_the_streaming_kernel(
+    kernel, dut, audited, record_property
+):
     """The bfloat16 audit of a correct 2x4 mesh with its bfloat16 decode products on the AVX2
-    kernel (streaming_matmul) and on XLA's own: other summation orders, the same verdict."""
+    kernel (streaming_matmul) and on XLA's own: other summation orders, the same verdict.
+    """
     if dut.compile_only:
         pytest.skip(NEEDS_DATA)
     if kernel and not streaming_matmul.runs_here():
         pytest.skip("the kernel needs an x86-64 CPU with AVX2 and FMA")
-    monkeypatch.setattr(streaming_matmul, "faster_here", lambda: kernel)
     mesh = make_mesh("2x4", dut.devices)
-    generator = Generator(load_model(audited.path, jnp.bfloat16, mesh=mesh), (), 0, mesh)
-    audit = audited.audit(generator, "bfloat16")
+    generator = Generator(
+        load_model(audited.path, jnp.bfloat16, mesh=mesh), (), 0, mesh
+    )
+    with cpu_products.forced(STREAMED if kernel else FEW_ROWS_FORM):
+        audit = audited.audit(generator, "bfloat16")
     record_property("audit", audit.describe())
-    assert audit.verdict in (IDENTICAL, EQUIVALENT) and audit.summary()["real_divergences"] == 0, audit.describe()
+    assert (
+        audit.verdict in (IDENTICAL, EQUIVALENT)
+        and audit.summary()["real_divergences"] == 0
+    ), audit.describe()
 
 
-@pytest.mark.nightly_unless(dtype="float32", fault=("decode_position_off_by_one", "late_cache_slot_on_one_device"))
+@pytest.mark.nightly_unless(
+    dtype="float32",
+    fault=("decode_position_off_by_one", "late_cache_slot_on_one_device"),
+)
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize(
     ("dtype", "fault"),
-    [("float32", f) for f in CATALOG] + [("bfloat16", f) for f in CATALOG if f not in BELOW_BFLOAT16],
+    [("float32", f) for f in CATALOG]
+    + [("bfloat16", f) for f in CATALOG if f not in BELOW_BFLOAT16],
 )
 def test_a_catalog_fault_is_different(dtype, fault, dut, audited, record_property):
     """Each fault of the catalog on 1x8: verdict `different` (real divergences, or a mesh less
     accurate than the single device). The default run has every fault in float32 and the
-    decode-path faults in bfloat16 too (the ones only the step records see); the nightly all."""
+    decode-path faults in bfloat16 too (the ones only the step records see); the nightly all.
+    """
     if dut.compile_only:
         pytest.skip(NEEDS_DATA)
     check_fault(audited, dut, dtype, fault, record_property, with_effect=False)
@@ -202,9 +271,12 @@ def test_correct_mesh_at_7b_depth(dtype, mesh, dut, deep, record_property):
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize(
     ("dtype", "fault"),
-    [("float32", f) for f in CATALOG] + [("bfloat16", f) for f in CATALOG if f not in BELOW_BFLOAT16],
+    [("float32", f) for f in CATALOG]
+    + [("bfloat16", f) for f in CATALOG if f not in BELOW_BFLOAT16],
 )
-def test_a_catalog_fault_is_different_at_7b_depth(dtype, fault, dut, deep, record_property):
+def test_a_catalog_fault_is_different_at_7b_depth(
+    dtype, fault, dut, deep, record_property
+):
     """The catalog at 28 layers, each fault's effect size (logits PCC, max ulps moved) recorded."""
     if dut.compile_only:
         pytest.skip(NEEDS_DATA)
@@ -240,32 +312,47 @@ def test_error_scale_is_the_largest_top_k_error_and_at_least_half_an_ulp():
     off = exact.copy()
     off[0, 3, 0] += 0.25
     assert errors(off, oracle, "bfloat16")[0] == 0.25
-    assert errors(exact, oracle, "bfloat16")[1] == 2**-7 / 2  # exact: the half-ulp floor
+    # exact: the half-ulp floor
+    assert errors(exact, oracle, "bfloat16")[1] == 2**-7 / 2
 
 
 @PUSH
 def test_a_divergence_is_a_tie_only_within_twice_the_single_devices_error():
     """Position 0: both runs pick at a near-tie the oracle cannot separate beyond the single
     device's error: a tie. Position 1 (teacher-forced): the mesh prefers a token the oracle puts
-    far below: real. A mesh whose logits are off by 8x more than the single device's: less accurate."""
+    far below: real. A mesh whose logits are off by 8x more than the single device's: less accurate.
+    """
     vocab, step = 16, 2**-7
     oracle = np.zeros((2, vocab))
-    oracle[:, 1], oracle[:, 2] = 1.5, 1.5 - step  # the exact answer prefers 1, by one step
+    # the exact answer prefers 1, by one step
+    oracle[:, 1], oracle[:, 2] = (
+        1.5,
+        1.5 - step,
+    )
     single_logits = oracle.copy()
-    single_logits[:, 5] += 2 * step  # the single device is off by 2 steps somewhere in its top-k
+    # the single device is off by 2 steps somewhere in its top-k
+    single_logits[:, 5] += 2 * step
     mesh_logits = oracle.copy()
-    mesh_logits[0, 2] += 2 * step  # the mesh ranks 2 first at position 0 (within 2 x E_s of the oracle)
+    # the mesh ranks 2 first at position 0 (within 2 x E_s of the oracle)
+    mesh_logits[0, 2] += 2 * step
     mesh_forced = oracle.copy()
-    mesh_forced[1, 9] = 1.5 + step  # and, teacher-forced, 9 at position 1 (oracle: 1.5 below)
+    # and, teacher-forced, 9 at position 1 (oracle: 1.5 below)
+    mesh_forced[1, 9] = 1.5 + step
     single, mesh = run_of([1, 1], single_logits), run_of([2, 3], mesh_logits)
     audit = judge(single, mesh, oracle, mesh_forced, "bfloat16")
     tie, real = audit.divergences
     assert (tie.position, tie.chosen, tie.other, tie.rounding_tie) == (0, 1, 2, True)
     assert tie.oracle_margin == step and tie.bound == TIE_FACTOR * 2 * step
-    assert (real.position, real.other, real.rounding_tie) == (1, 9, False) and real.oracle_margin == 1.5
+    assert (real.position, real.other, real.rounding_tie) == (
+        1,
+        9,
+        False,
+    ) and real.oracle_margin == 1.5
     assert audit.first_divergence == 0 and not audit.equivalent
 
-    noisy = mesh_logits + 16 * step * np.sign(np.random.default_rng(0).standard_normal(mesh_logits.shape))
+    noisy = mesh_logits + 16 * step * np.sign(
+        np.random.default_rng(0).standard_normal(mesh_logits.shape)
+    )
     less_accurate = judge(single, run_of([2, 3], noisy), oracle, oracle, "bfloat16")
     assert less_accurate.real_divergences == 0 and not less_accurate.as_accurate
 
@@ -290,21 +377,36 @@ def test_verdicts_and_a_resumed_audit():
         "bound": 0.06,
         "rounding_tie": True,
     }
-    record = {"first_divergence": 3, "divergences": [tie], "single_error": 0.02, "mesh_error": 0.021}
+    record = {
+        "first_divergence": 3,
+        "divergences": [tie],
+        "single_error": 0.02,
+        "mesh_error": 0.021,
+    }
     audit = MeshAudit("bfloat16", {0: None, 1: None})
     assert audit.verdict == IDENTICAL
     audit.audits[2] = SequenceAudit.from_dict(record)
-    assert audit.verdict == EQUIVALENT and audit.audits[2].to_dict()["rounding_ties"] == 1
+    assert (
+        audit.verdict == EQUIVALENT and audit.audits[2].to_dict()["rounding_ties"] == 1
+    )
     assert SequenceAudit.from_dict(audit.audits[2].to_dict()) == audit.audits[2]
-    audit.audits[3] = SequenceAudit.from_dict({**record, "mesh_error": 0.05})  # 2.5x the single device's
+    # 2.5x the single device's
+    audit.audits[3] = SequenceAudit.from_dict({**record, "mesh_error": 0.05})
     assert audit.verdict == DIFFERENT
     summary = audit.summary()
-    assert summary["prompts_with_different_tokens"] == [2, 3] and summary["less_accurate"] == [3]
-    assert "2 of 4 prompts differ in tokens; 2 rounding ties, 0 real divergences" in audit.describe()
+    assert summary["prompts_with_different_tokens"] == [2, 3] and summary[
+        "less_accurate"
+    ] == [3]
+    assert (
+        "2 of 4 prompts differ in tokens; 2 rounding ties, 0 real divergences"
+        in audit.describe()
+    )
 
 
 @PUSH
 def test_a_generation_record_survives_the_results_log():
-    run = run_of([4, 2], np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32))
+    run = run_of(
+        [4, 2], np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
+    )
     back = Generated.from_dict(run.to_dict())
     assert back.tokens == run.tokens and np.array_equal(back.top, run.top)

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Every bad checkpoint, config and argument the README's table lists: one `error:` line, exit 2,
 no traceback, nothing written half. Checkpoints are copies of a random Hugging Face Qwen2
 checkpoint (save_pretrained, sharded, with an index) corrupted one way each. The default tier:
@@ -32,7 +36,9 @@ def _shard_of(path: Path, tensor: str) -> Path:
 
 def _edit_json(name: str, change: Callable[[dict], object]) -> Callable[[Path], None]:
     def edit(path: Path) -> None:
-        (path / name).write_text(json.dumps(change(json.loads((path / name).read_text()))))
+        (path / name).write_text(
+            json.dumps(change(json.loads((path / name).read_text())))
+        )
 
     return edit
 
@@ -50,7 +56,9 @@ def _truncate(keep: Callable[[int], int]) -> Callable[[Path], None]:
     return truncate
 
 
-def _rewrite_tensor(tensor: str, change: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+def _rewrite_tensor(
+    tensor: str, change: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[Path], None]:
     def rewrite(path: Path) -> None:
         shard = _shard_of(path, tensor)
         tensors = load_file(shard)
@@ -62,7 +70,11 @@ def _rewrite_tensor(tensor: str, change: Callable[[np.ndarray], np.ndarray]) -> 
 
 def _misroute_lm_head(path: Path) -> None:
     index = json.loads((path / INDEX_FILE).read_text())
-    other = next(f for f in sorted(set(index["weight_map"].values())) if f != index["weight_map"]["lm_head.weight"])
+    other = next(
+        f
+        for f in sorted(set(index["weight_map"].values()))
+        if f != index["weight_map"]["lm_head.weight"]
+    )
     index["weight_map"]["lm_head.weight"] = other
     (path / INDEX_FILE).write_text(json.dumps(index))
 
@@ -81,11 +93,31 @@ def _with_inf(x: np.ndarray) -> np.ndarray:
 
 # (corruption, what the error says, whether it is found before any weight is read)
 CHECKPOINT_ROWS = {
-    "shard_truncated_to_half": (_truncate(lambda n: n // 2), "is not a readable safetensors file", True),
-    "shard_truncated_to_5_bytes": (_truncate(lambda n: 5), "is not a readable safetensors file", True),
-    "num_hidden_layers_string": (_config(num_hidden_layers="2"), "num_hidden_layers must be an integer", True),
-    "hidden_size_string": (_config(hidden_size="224"), "hidden_size must be an integer >= 1, got '224'", True),
-    "rms_norm_eps_not_a_number": (_config(rms_norm_eps="abc"), "rms_norm_eps must be a finite number > 0", True),
+    "shard_truncated_to_half": (
+        _truncate(lambda n: n // 2),
+        "is not a readable safetensors file",
+        True,
+    ),
+    "shard_truncated_to_5_bytes": (
+        _truncate(lambda n: 5),
+        "is not a readable safetensors file",
+        True,
+    ),
+    "num_hidden_layers_string": (
+        _config(num_hidden_layers="2"),
+        "num_hidden_layers must be an integer",
+        True,
+    ),
+    "hidden_size_string": (
+        _config(hidden_size="224"),
+        "hidden_size must be an integer >= 1, got '224'",
+        True,
+    ),
+    "rms_norm_eps_not_a_number": (
+        _config(rms_norm_eps="abc"),
+        "rms_norm_eps must be a finite number > 0",
+        True,
+    ),
     "max_position_embeddings_string": (
         _config(max_position_embeddings="4096"),
         "max_position_embeddings must be an integer",
@@ -97,11 +129,31 @@ CHECKPOINT_ROWS = {
         True,
     ),
     # null is Hugging Face's default (as many KV heads as query heads): these weights then do not fit.
-    "num_key_value_heads_null": (_config(num_key_value_heads=None), "tensors of the wrong shape", True),
-    "config_is_a_list": (_edit_json("config.json", lambda config: [config]), "must hold a JSON object", True),
-    "more_layers_than_the_weights": (_config(num_hidden_layers=3), "missing tensors the model needs", True),
-    "config_not_json": (lambda p: (p / "config.json").write_text("{"), "config.json is not valid JSON", True),
-    "tokenizer_json_missing": (lambda p: (p / "tokenizer.json").unlink(), "has no tokenizer: tokenizer.json", True),
+    "num_key_value_heads_null": (
+        _config(num_key_value_heads=None),
+        "tensors of the wrong shape",
+        True,
+    ),
+    "config_is_a_list": (
+        _edit_json("config.json", lambda config: [config]),
+        "must hold a JSON object",
+        True,
+    ),
+    "more_layers_than_the_weights": (
+        _config(num_hidden_layers=3),
+        "missing tensors the model needs",
+        True,
+    ),
+    "config_not_json": (
+        lambda p: (p / "config.json").write_text("{"),
+        "config.json is not valid JSON",
+        True,
+    ),
+    "tokenizer_json_missing": (
+        lambda p: (p / "tokenizer.json").unlink(),
+        "has no tokenizer: tokenizer.json",
+        True,
+    ),
     "generation_config_not_json": (
         lambda p: (p / "generation_config.json").write_text("{"),
         "generation_config.json is not valid JSON",
@@ -112,8 +164,16 @@ CHECKPOINT_ROWS = {
         "eos_token_id must be a token id",
         True,
     ),
-    "index_sends_lm_head_to_another_shard": (_misroute_lm_head, "do not hold them: lm_head.weight", True),
-    "nan_in_a_weight": (_rewrite_tensor("model.norm.weight", _with_nan), "model.norm.weight in", False),
+    "index_sends_lm_head_to_another_shard": (
+        _misroute_lm_head,
+        "do not hold them: lm_head.weight",
+        True,
+    ),
+    "nan_in_a_weight": (
+        _rewrite_tensor("model.norm.weight", _with_nan),
+        "model.norm.weight in",
+        False,
+    ),
     "inf_in_a_weight": (
         _rewrite_tensor("model.layers.1.self_attn.q_proj.weight", _with_inf),
         "holds NaN or infinite values",
@@ -139,39 +199,103 @@ BAD_ARGUMENTS = [
     (["--temperature", "-1"], {}, "temperature must be a finite number >= 0"),
     (["--top-p", "nan"], {}, "top_p must be in (0, 1]"),
     (["--top-k", "-1"], {}, "top_k must be >= 0"),
-    (["--num-processes", "2"], {}, "--num-processes and --process-id need --coordinator HOST:PORT"),
+    (
+        ["--num-processes", "2"],
+        {},
+        "--num-processes and --process-id need --coordinator HOST:PORT",
+    ),
     (["--process-id", "5", "--num-processes", "2"], {}, "need --coordinator"),
-    (["--coordinator", "127.0.0.1:abc", "--mesh", "2x4"], {}, "--coordinator must be HOST:PORT with a port"),
-    (["--coordinator", "127.0.0.1:1", "--process-id", "3", "--num-processes", "2"], {}, "--process-id must be in"),
+    (
+        ["--coordinator", "127.0.0.1:abc", "--mesh", "2x4"],
+        {},
+        "--coordinator must be HOST:PORT with a port",
+    ),
+    (
+        ["--coordinator", "127.0.0.1:1", "--process-id", "3", "--num-processes", "2"],
+        {},
+        "--process-id must be in",
+    ),
     (["--compare-single-device", "--temperature", "0.7"], {}, "audits greedy decoding"),
-    ([], {"QWEN2_5_DEMO_CACHE": "/sys/qwen2_5_cache"}, "cannot create the demo checkpoint in /sys/qwen2_5_cache"),
+    (
+        [],
+        {"QWEN2_5_DEMO_CACHE": "/sys/qwen2_5_cache"},
+        "cannot create the demo checkpoint in /sys/qwen2_5_cache",
+    ),
 ]
-OTHER_COMMANDS_ROWS = ["num_hidden_layers_string", "config_is_a_list", "tie_word_embeddings_string", "int8_weights"]
+OTHER_COMMANDS_ROWS = [
+    "num_hidden_layers_string",
+    "config_is_a_list",
+    "tie_word_embeddings_string",
+    "int8_weights",
+]
 
 
 @pytest.fixture(scope="module")
 def refusals(tiny_checkpoint, tmp_path_factory, gsm8k_dir, demo_cache):
     """Every row's command, run once for the whole module: all `generate` calls in one process,
     all `gsm8k` calls in another, all `load_stats` calls in a third (each a fresh interpreter, as
-    a user's command is; sharing one saves a JAX start-up per row). row -> outcome (and paths)."""
+    a user's command is; sharing one saves a JAX start-up per row). row -> outcome (and paths).
+    """
     paths = {}
     for row, (corruption, _, _) in CHECKPOINT_ROWS.items():
-        paths[row] = Path(shutil.copytree(tiny_checkpoint("gqa28x4"), tmp_path_factory.mktemp(row) / "checkpoint"))
+        paths[row] = Path(
+            shutil.copytree(
+                tiny_checkpoint("gqa28x4"), tmp_path_factory.mktemp(row) / "checkpoint"
+            )
+        )
         corruption(paths[row])
-    generate = [(["--model-path", str(paths[r]), "--prompt", "Hello", "--max-new-tokens", "2"], {}) for r in paths]
+    generate = [
+        (
+            [
+                "--model-path",
+                str(paths[r]),
+                "--prompt",
+                "Hello",
+                "--max-new-tokens",
+                "2",
+            ],
+            {},
+        )
+        for r in paths
+    ]
     base = {"QWEN2_5_DEMO_CACHE": str(demo_cache)}
     for args, env, _ in BAD_ARGUMENTS:
-        generate.append(((["--prompt", "Hello"] if "--prompt" not in args else []) + args, {**base, **env}))
-    outputs = {row: tmp_path_factory.mktemp(f"out_{row}") / "out.json" for row in OTHER_COMMANDS_ROWS}
-    data = ["--data-file", str(gsm8k_dir / "test.jsonl"), "--limit", "1", "--num-fewshot", "0"]
-    gsm8k = [(["--model-path", str(paths[r]), *data, "--output", str(outputs[r])], {}) for r in OTHER_COMMANDS_ROWS]
-    stats = [(["--model-path", str(paths[r]), "--mesh", "1x1"], {}) for r in OTHER_COMMANDS_ROWS]
+        generate.append(
+            (
+                (["--prompt", "Hello"] if "--prompt" not in args else []) + args,
+                {**base, **env},
+            )
+        )
+    outputs = {
+        row: tmp_path_factory.mktemp(f"out_{row}") / "out.json"
+        for row in OTHER_COMMANDS_ROWS
+    }
+    data = [
+        "--data-file",
+        str(gsm8k_dir / "test.jsonl"),
+        "--limit",
+        "1",
+        "--num-fewshot",
+        "0",
+    ]
+    gsm8k = [
+        (["--model-path", str(paths[r]), *data, "--output", str(outputs[r])], {})
+        for r in OTHER_COMMANDS_ROWS
+    ]
+    stats = [
+        (["--model-path", str(paths[r]), "--mesh", "1x1"], {})
+        for r in OTHER_COMMANDS_ROWS
+    ]
     env = {"JAX_NUM_CPU_DEVICES": "8"}
     done = run_cli_calls(GENERATE, generate, env)
     return {
         "generate": dict(zip([*paths, *range(len(BAD_ARGUMENTS))], done, strict=True)),
-        "gsm8k": dict(zip(OTHER_COMMANDS_ROWS, run_cli_calls(GSM8K, gsm8k, env), strict=True)),
-        "load_stats": dict(zip(OTHER_COMMANDS_ROWS, run_cli_calls(LOAD_STATS, stats, env), strict=True)),
+        "gsm8k": dict(
+            zip(OTHER_COMMANDS_ROWS, run_cli_calls(GSM8K, gsm8k, env), strict=True)
+        ),
+        "load_stats": dict(
+            zip(OTHER_COMMANDS_ROWS, run_cli_calls(LOAD_STATS, stats, env), strict=True)
+        ),
         "outputs": outputs,
     }
 
@@ -201,14 +325,25 @@ def test_the_gsm8k_and_load_stats_commands_refuse_them_too(row, refusals):
     assert_refused(refusals["load_stats"][row], message)
 
 
-@pytest.mark.parametrize("case", range(len(BAD_ARGUMENTS)), ids=[m for _, _, m in BAD_ARGUMENTS])
+@pytest.mark.parametrize(
+    "case", range(len(BAD_ARGUMENTS)), ids=[m for _, _, m in BAD_ARGUMENTS]
+)
 def test_a_bad_argument_is_one_error_line(case, refusals):
     assert_refused(refusals["generate"][case], BAD_ARGUMENTS[case][2])
     assert not Path("/sys/qwen2_5_cache").exists()
 
 
 def test_a_process_whose_peers_never_come_says_so_and_gives_up(demo_cache):
-    args = ["--prompt", "Hello", "--mesh", "2x4", "--num-processes", "2", "--coordinator", "127.0.0.1:23901"]
+    args = [
+        "--prompt",
+        "Hello",
+        "--mesh",
+        "2x4",
+        "--num-processes",
+        "2",
+        "--coordinator",
+        "127.0.0.1:23901",
+    ]
     done = run_cli(
         GENERATE,
         *args,
@@ -217,5 +352,10 @@ def test_a_process_whose_peers_never_come_says_so_and_gives_up(demo_cache):
         env={"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": None},
         timeout=120,
     )
-    assert "process 0 of 2: waiting up to 3 s for every process to join at 127.0.0.1:23901" in done.stderr
-    assert_refused(done, "not every one of the 2 processes joined at 127.0.0.1:23901 within 3 s")
+    assert (
+        "process 0 of 2: waiting up to 3 s for every process to join at 127.0.0.1:23901"
+        in done.stderr
+    )
+    assert_refused(
+        done, "not every one of the 2 processes joined at 127.0.0.1:23901 within 3 s"
+    )

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Speed and memory against Hugging Face, in the same run, on a random checkpoint with
 Qwen2.5-0.5B's shapes (24 layers, hidden 896, 14:2 heads, MLP 4864, vocab 151936, tied).
 
@@ -29,7 +33,12 @@ from tests.jax.models.qwen2_5.config import QWEN2_5_0_5B, Qwen2Config
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
-from tests.jax.models.qwen2_5.speed import GSM8K_NEW_TOKENS, GSM8K_PROBLEMS, PROMPT_LEN, SHORT
+from tests.jax.models.qwen2_5.speed import (
+    GSM8K_NEW_TOKENS,
+    GSM8K_PROBLEMS,
+    PROMPT_LEN,
+    SHORT,
+)
 
 pytestmark = pytest.mark.benchmark
 
@@ -38,14 +47,17 @@ pytestmark = pytest.mark.benchmark
 def bench_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("qwen2_5_0_5b_random")
     (out / "config.json").write_text(json.dumps(QWEN2_5_0_5B.to_hf_dict()))
-    write_weights(Qwen2ForCausalLM(QWEN2_5_0_5B, rngs=nnx.Rngs(0)), out, max_shard_bytes=2**30)
+    write_weights(
+        Qwen2ForCausalLM(QWEN2_5_0_5B, rngs=nnx.Rngs(0)), out, max_shard_bytes=2**30
+    )
     return out
 
 
 @pytest.fixture(autouse=True)
 def release_models():
     """Models hold reference cycles (NNX graphs): collect them before the next benchmark loads
-    its own, or the 8x4 mesh (eight bfloat16 replicas on simulated devices) runs out of memory."""
+    its own, or the 8x4 mesh (eight bfloat16 replicas on simulated devices) runs out of memory.
+    """
     yield
     gc.collect()
 
@@ -65,8 +77,12 @@ def report(pytestconfig, bandwidth):
     if rows:
         root = pytestconfig.rootpath
         host = {**host_class(), "read_bandwidth_gb_per_s": bandwidth / 1e9}
-        (root / "benchmark-results.json").write_text(json.dumps({"host": host, "rows": rows}, indent=2))
-        flags = ", ".join(f"{f} {'yes' if present else 'no'}" for f, present in host["flags"].items())
+        (root / "benchmark-results.json").write_text(
+            json.dumps({"host": host, "rows": rows}, indent=2)
+        )
+        flags = ", ".join(
+            f"{f} {'yes' if present else 'no'}" for f, present in host["flags"].items()
+        )
         lines = [
             f"Host: {host['cpu']}, {host['cores']} cores ({host['class']}: {flags}); "
             f"measured read bandwidth {host['read_bandwidth_gb_per_s']:.1f} GB/s.",
@@ -85,7 +101,10 @@ def report(pytestconfig, bandwidth):
 
 def _weight_bytes(cfg: Qwen2Config, dtype) -> int:
     model = nnx.eval_shape(lambda: Qwen2ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-    return sum(int(np.prod(v.shape)) * jnp.dtype(dtype).itemsize for v in jax.tree.leaves(nnx.state(model)))
+    return sum(
+        int(np.prod(v.shape)) * jnp.dtype(dtype).itemsize
+        for v in jax.tree.leaves(nnx.state(model))
+    )
 
 
 def _host_read_bandwidth() -> float:
@@ -103,8 +122,21 @@ def _host_read_bandwidth() -> float:
     return best
 
 
-def _speed(side: str, phase: str, path: Path, dtype: str, batch: int, cpu_class: str = "native") -> float:
-    args = ["--side", side, "--phase", phase, "--model-path", str(path), "--dtype", dtype, "--batch", str(batch)]
+def _speed(
+    side: str, phase: str, path: Path, dtype: str, batch: int, cpu_class: str = "native"
+) -> float:
+    args = [
+        "--side",
+        side,
+        "--phase",
+        phase,
+        "--model-path",
+        str(path),
+        "--dtype",
+        dtype,
+        "--batch",
+        str(batch),
+    ]
     args += ["--cpu-class", cpu_class]
     done = run_cli("tests.jax.models.qwen2_5.speed", *args, timeout=1800)
     assert done.returncode == 0, done.stderr
@@ -113,10 +145,14 @@ def _speed(side: str, phase: str, path: Path, dtype: str, batch: int, cpu_class:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("batch", [1, 8])
-def test_decode_against_hugging_face(dtype, batch, bench_checkpoint, benchmark, report, bandwidth):
+def test_decode_against_hugging_face(
+    dtype, batch, bench_checkpoint, benchmark, report, bandwidth
+):
     """Greedy decode tokens/s against Hugging Face generate; batch 1 also as a fraction of the
     bandwidth limit (weight bytes per step over the host's measured read bandwidth)."""
-    ours = benchmark.pedantic(lambda: _speed("ours", "decode", bench_checkpoint, dtype, batch), rounds=1)
+    ours = benchmark.pedantic(
+        lambda: _speed("ours", "decode", bench_checkpoint, dtype, batch), rounds=1
+    )
     hf = _speed("hf", "decode", bench_checkpoint, dtype, batch)
     notes = ""
     if batch == 1:
@@ -144,7 +180,10 @@ def test_bfloat16_decode_as_avx2_only_cpu(batch, bench_checkpoint, benchmark, re
     """bfloat16 decode with both sides picking kernels as on an AVX2-only CPU (speed --cpu-class
     avx2), so that the README shows the instruction-set-dependent figures for both classes from
     one host. On an AVX2-only host this is the native figure again."""
-    ours = benchmark.pedantic(lambda: _speed("ours", "decode", bench_checkpoint, "bfloat16", batch, "avx2"), rounds=1)
+    ours = benchmark.pedantic(
+        lambda: _speed("ours", "decode", bench_checkpoint, "bfloat16", batch, "avx2"),
+        rounds=1,
+    )
     hf = _speed("hf", "decode", bench_checkpoint, "bfloat16", batch, "avx2")
     benchmark.extra_info["ratio"] = ours / hf
     report.append(
@@ -162,16 +201,28 @@ def test_bfloat16_decode_as_avx2_only_cpu(batch, bench_checkpoint, benchmark, re
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_prefill_against_hugging_face(dtype, bench_checkpoint, benchmark, report):
     """Tokens/s of a 512-token prompt at batch 1: a ratio to report (compute-bound, no target)."""
-    ours = benchmark.pedantic(lambda: _speed("ours", "prefill", bench_checkpoint, dtype, 1), rounds=1)
+    ours = benchmark.pedantic(
+        lambda: _speed("ours", "prefill", bench_checkpoint, dtype, 1), rounds=1
+    )
     hf = _speed("hf", "prefill", bench_checkpoint, dtype, 1)
-    report.append({"name": f"prefill 512 tokens, {dtype}", "ours": ours, "hf": hf, "ratio": ours / hf, "unit": "tok/s"})
+    report.append(
+        {
+            "name": f"prefill 512 tokens, {dtype}",
+            "ours": ours,
+            "hf": hf,
+            "ratio": ours / hf,
+            "unit": "tok/s",
+        }
+    )
 
 
 def test_gsm8k_throughput_against_hugging_face(bench_checkpoint, benchmark, report):
     """GSM8K-shaped problems per minute, bfloat16, batches of 8 sorted by length (speed.py): our
     chunked prefill and cached decode against Hugging Face `generate` batched as
     lm-evaluation-harness's HF backend batches it."""
-    ours = benchmark.pedantic(lambda: _speed("ours", "gsm8k", bench_checkpoint, "bfloat16", 8), rounds=1)
+    ours = benchmark.pedantic(
+        lambda: _speed("ours", "gsm8k", bench_checkpoint, "bfloat16", 8), rounds=1
+    )
     hf = _speed("hf", "gsm8k", bench_checkpoint, "bfloat16", 8)
     benchmark.extra_info["ratio"] = ours / hf
     report.append(
@@ -193,8 +244,22 @@ def test_prefill_memory_of_4096_tokens_at_batch_8(bench_checkpoint, benchmark, r
     loaded model, against the checkpoint's size and the compiled steps' own estimate."""
 
     def run() -> dict:
-        args = ["--model-path", str(bench_checkpoint), "--mesh", "1x1", "--dtype", "bfloat16"]
-        done = run_cli("tests.jax.models.qwen2_5.load_stats", *args, "--prefill-tokens", "4096", "--batch", "8")
+        args = [
+            "--model-path",
+            str(bench_checkpoint),
+            "--mesh",
+            "1x1",
+            "--dtype",
+            "bfloat16",
+        ]
+        done = run_cli(
+            "tests.jax.models.qwen2_5.load_stats",
+            *args,
+            "--prefill-tokens",
+            "4096",
+            "--batch",
+            "8",
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)["prefill"]
 
@@ -211,7 +276,9 @@ def test_prefill_memory_of_4096_tokens_at_batch_8(bench_checkpoint, benchmark, r
     assert prefill["peak_rss_growth_bytes"] <= 1.5 * prefill["estimated_bytes"]
 
 
-@pytest.mark.parametrize("mesh_arg", ["2x4", "1x8", "1x32", "8x4"], ids=lambda m: f"mesh_{m}")
+@pytest.mark.parametrize(
+    "mesh_arg", ["2x4", "1x8", "1x32", "8x4"], ids=lambda m: f"mesh_{m}"
+)
 def test_mesh_compile_and_step_time(mesh_arg, bench_checkpoint, benchmark, report):
     """Compile time of prefill + decode and decode step time on the simulated mesh (all devices
     share two cores: a report, not a speed claim)."""

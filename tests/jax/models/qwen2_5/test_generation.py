@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Generation: the KV cache against full recompute, greedy tokens against Hugging Face and
 across meshes, compilation per shape bucket, sampling, stopping, and the CLI."""
 
@@ -18,22 +22,37 @@ from jax.sharding import NamedSharding
 
 from tests.infra.cli import run_cli, run_cli_calls
 from tests.infra.collectives import check_collectives
-from tests.infra.testers import COMPILE_ONLY_PROPERTY
+from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
 from tests.jax.models.qwen2_5 import streaming_matmul
-from tests.jax.models.qwen2_5.generation import GenerationError, Generator, SamplingConfig, sample, step_collectives
+from tests.jax.models.qwen2_5.batching import GenerationError
+from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.hf_golden import load_hf
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import KV_AXES, init_cache
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
-from tests.jax.models.qwen2_5.tensor_parallel import batch_sharding, forward_all_reduces, shard_model
+from tests.jax.models.qwen2_5.sampling import SamplingConfig, SamplingParams, sample
+from tests.jax.models.qwen2_5.steps import step_collectives
+from tests.jax.models.qwen2_5.tensor_parallel import (
+    batch_sharding,
+    forward_all_reduces,
+    shard_model,
+)
 from tests.jax.models.qwen2_5.workloads import left_padded_batch
 
 pytestmark = [pytest.mark.model_test]
 
 # Three prompts (divides neither batch axis 2 nor 8: padded rows are exercised) of mixed length.
-PROMPTS = [[5, 17, 300, 42, 8, 99, 123, 7, 64, 11, 2 + 300], [77, 3, 250], [401, 19, 88, 6, 150, 33]]
+PROMPTS = [
+    [5, 17, 300, 42, 8, 99, 123, 7, 64, 11, 2 + 300],
+    [77, 3, 250],
+    [401, 19, 88, 6, 150, 33],
+]
 NEW_TOKENS = 32
-EOS = (2, 0)  # <|im_end|>, <|endoftext|> of the local tokenizer, as in its generation_config.json
+# <|im_end|>, <|endoftext|> of the local tokenizer, as in its generation_config.json
+EOS = (
+    2,
+    0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +88,17 @@ def hf_greedy(tiny_checkpoint):
 
 
 def generator(model, mesh=None) -> Generator:
-    return Generator(shard_model(model, mesh) if mesh is not None else model, EOS, 0, mesh)
+    return Generator(
+        shard_model(model, mesh) if mesh is not None else model, EOS, 0, mesh
+    )
 
 
-def compiles_as_planned(gen: Generator, sampling: SamplingConfig, mesh, dut, record_property) -> bool:
+def compiles_as_planned(
+    gen: Generator, sampling: SamplingConfig, mesh, dut, record_property
+) -> bool:
     """The request's prefill chunk, decode step and scoring chunk compile on the device under test
-    with exactly the planned collectives; True when there is also data to compare (not compile-only)."""
+    with exactly the planned collectives; True when there is also data to compare (not compile-only).
+    """
     for kind, lowered in gen.lower(PROMPTS, NEW_TOKENS, sampling).items():
         planned = step_collectives(gen.model.cfg, mesh, kind, sampling.greedy)
         _, check = check_collectives(lowered, dut.platform, planned)
@@ -88,13 +112,17 @@ def compiles_as_planned(gen: Generator, sampling: SamplingConfig, mesh, dut, rec
 def test_greedy_matches_hugging_face_single_device(model_for, hf_greedy):
     result = generator(model_for()).generate(PROMPTS, NEW_TOKENS)
     assert result.generated_token_ids == hf_greedy
-    assert max(map(len, hf_greedy)) == NEW_TOKENS  # at least one row ran the full 32 tokens
+    # at least one row ran the full 32 tokens
+    assert max(map(len, hf_greedy)) == NEW_TOKENS
 
 
 @pytest.mark.push_where(mesh="1x8")
-@pytest.mark.nightly_unless(mesh=("1x8", "2x4"))  # 1x32 and 8x4: their caches in test_cached_decode
+# 1x32 and 8x4: their caches in test_cached_decode
+@pytest.mark.nightly_unless(mesh=("1x8", "2x4"))
 @pytest.mark.tensor_parallel
-def test_greedy_on_mesh_matches_single_device_and_hugging_face(mesh, dut, model_for, hf_greedy, record_property):
+def test_greedy_on_mesh_matches_single_device_and_hugging_face(
+    mesh, dut, model_for, hf_greedy, record_property
+):
     gen = generator(model_for(), mesh)
     if compiles_as_planned(gen, SamplingConfig(), mesh, dut, record_property):
         assert gen.generate(PROMPTS, NEW_TOKENS).generated_token_ids == hf_greedy
@@ -104,25 +132,35 @@ def test_greedy_on_mesh_matches_single_device_and_hugging_face(mesh, dut, model_
 @pytest.mark.tensor_parallel
 def test_sampling_on_mesh_matches_single_device(mesh, dut, model_for, record_property):
     """Random bits do not depend on the sharding (partitionable threefry), so a seed draws the
-    same tokens on a mesh as on one device (float32: no logit is near enough to flip a draw)."""
+    same tokens on a mesh as on one device (float32: no logit is near enough to flip a draw).
+    """
     config = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=7)
     gen = generator(model_for(), mesh)
     if compiles_as_planned(gen, config, mesh, dut, record_property):
-        single = generator(model_for()).generate(PROMPTS, 12, config).generated_token_ids
+        single = (
+            generator(model_for()).generate(PROMPTS, 12, config).generated_token_ids
+        )
         assert gen.generate(PROMPTS, 12, config).generated_token_ids == single
 
 
 @pytest.mark.nightly_unless(preset="gqa28x4", mesh="1x8")
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("preset", ["gqa28x4", "gqa14x2_tied", "mha8"])
-def test_cached_decode_equals_full_recompute(preset, mesh, dut, model_for, record_property):
+def test_cached_decode_equals_full_recompute(
+    preset, mesh, dut, model_for, record_property
+):
     """Prefill 8 rows, then decode 6 tokens one at a time through the sharded cache; each step's
     logits must equal a full forward over the whole sequence so far. The cached step compiles to
     the forward's all-reduces and nothing else."""
     model = model_for(preset)
     sharded = shard_model(model, mesh)
     prompt_len, steps = 10, 6
-    full = left_padded_batch(model.cfg.vocab_size, [16, 13, 11, 16, 12, 14, 11, 15], prompt_len + steps, seed=5)
+    full = left_padded_batch(
+        model.cfg.vocab_size,
+        [16, 13, 11, 16, 12, 14, 11, 15],
+        prompt_len + steps,
+        seed=5,
+    )
     # Left-padded prompts of the first `prompt_len` columns; the rest are the "decoded" tokens.
     rows = batch_sharding(mesh)
     max_len = prompt_len + steps
@@ -134,9 +172,14 @@ def test_cached_decode_equals_full_recompute(preset, mesh, dut, model_for, recor
         step = jax.jit(lambda m, *a: m.step(*a), donate_argnums=(4,))
         key_valid = np.zeros((8, max_len), bool)
         key_valid[:, :prompt_len] = full.attention_mask[:, :prompt_len]
-        args = jax.device_put((full.input_ids[:, :prompt_len], full.positions[:, :prompt_len], key_valid), rows)
+        args = jax.device_put(
+            (full.input_ids[:, :prompt_len], full.positions[:, :prompt_len], key_valid),
+            rows,
+        )
         _, check = check_collectives(
-            step.lower(sharded, *args, cache, 0), dut.platform, {"all_reduce": forward_all_reduces(model.cfg)}
+            step.lower(sharded, *args, cache, 0),
+            dut.platform,
+            {"all_reduce": forward_all_reduces(model.cfg)},
         )
         record_property("collectives", str(check))
         if dut.compile_only:
@@ -146,48 +189,68 @@ def test_cached_decode_equals_full_recompute(preset, mesh, dut, model_for, recor
         cached = [np.asarray(logits[:, -1])]
         for t in range(prompt_len, max_len - 1):
             key_valid[:, t] = True
-            args = jax.device_put((full.input_ids[:, t : t + 1], full.positions[:, t : t + 1], key_valid), rows)
+            args = jax.device_put(
+                (full.input_ids[:, t : t + 1], full.positions[:, t : t + 1], key_valid),
+                rows,
+            )
             logits, cache = step(sharded, *args, cache, t)
             cached.append(np.asarray(logits[:, 0]))
     recomputed = np.asarray(model(full.input_ids, full.positions, full.attention_mask))
     for i, logits in enumerate(cached):
-        np.testing.assert_allclose(logits, recomputed[:, prompt_len - 1 + i], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            logits, recomputed[:, prompt_len - 1 + i], atol=1e-5, rtol=0
+        )
 
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_cpu_decode_path_stays_on_the_cpu(model_for, platform):
     """A one-token bfloat16 forward (a decode step's products) exported for another platform
-    carries none of the CPU paths (model._few_rows_on_cpu, model._streamed): no zero second row,
+    carries none of the CPU forms (cpu_products.few_rows, cpu_products.streamed): no zero second row,
     no optimization barrier, no custom call, every product on the single real row. (Exported
-    without that platform's hardware; the TT compile-only suite checks the TTNN graph itself.)"""
+    without that platform's hardware; the TT compile-only suite checks the TTNN graph itself.)
+    """
     model = model_for(dtype="bfloat16")
     graph, state = nnx.split(model)
 
     def forward(state, ids, positions, mask):
         return nnx.merge(graph, state)(ids, positions, mask)
 
-    args = (state, jnp.ones((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool))
+    args = (
+        state,
+        jnp.ones((1, 1), jnp.int32),
+        jnp.zeros((1, 1), jnp.int32),
+        jnp.ones((1, 1), bool),
+    )
     # The kernel's custom call has no serialization guarantee; exported here only to be read.
     allowed = [jax.export.DisabledSafetyCheck.custom_call(streaming_matmul.TARGET)]
     texts = {
-        p: jax.export.export(jax.jit(forward), platforms=[p], disabled_checks=allowed)(*args).mlir_module()
+        p: jax.export.export(jax.jit(forward), platforms=[p], disabled_checks=allowed)(
+            *args
+        ).mlir_module()
         for p in ("cpu", platform)
     }
     cpu_only = ("optimization_barrier", streaming_matmul.TARGET)
-    assert any(mark in texts["cpu"] for mark in cpu_only)  # a CPU path is really taken on the CPU
+    # a CPU path is really taken on the CPU
+    assert any(mark in texts["cpu"] for mark in cpu_only)
     assert not any(mark in texts[platform] for mark in cpu_only)
-    dots = [line for line in texts[platform].splitlines() if "stablehlo.dot_general" in line]
-    assert dots and not any("tensor<1x2x" in line or "tensor<2x" in line for line in dots)
+    dots = [
+        line for line in texts[platform].splitlines() if "stablehlo.dot_general" in line
+    ]
+    assert dots and not any(
+        "tensor<1x2x" in line or "tensor<2x" in line for line in dots
+    )
 
 
 def test_compiles_once_per_shape_bucket(model_for):
     gen = generator(model_for())
     gen.generate(PROMPTS, 8)
-    assert len(gen.compiled) == 2  # one prefill, one decode step, for every decode step
-    gen.generate([[9, 9, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4]], 8)  # same bucket (16), same batch
-    assert len(gen.compiled) == 2
+    # one prefill, one decode step, for every decode step
+    assert len(gen.steps.programs) == 2
+    # same bucket (16), same batch
+    gen.generate([[9, 9, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [4]], 8)
+    assert len(gen.steps.programs) == 2
     gen.generate([list(range(1, 20))] * 3, 8)  # 19 tokens: the 32 bucket
-    assert len(gen.compiled) == 4
+    assert len(gen.steps.programs) == 4
 
 
 def test_sampling_is_reproducible_for_a_seed(model_for):
@@ -195,26 +258,56 @@ def test_sampling_is_reproducible_for_a_seed(model_for):
     config = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=7)
     first = gen.generate(PROMPTS, 12, config).generated_token_ids
     assert gen.generate(PROMPTS, 12, config).generated_token_ids == first
-    other = gen.generate(PROMPTS, 12, SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=8))
+    other = gen.generate(
+        PROMPTS, 12, SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=8)
+    )
     assert other.generated_token_ids != first
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy(model_for):
     gen = generator(model_for())
     greedy = gen.generate(PROMPTS, 10).generated_token_ids
-    assert gen.generate(PROMPTS, 10, SamplingConfig(temperature=0.7, top_k=1, seed=3)).generated_token_ids == greedy
-    assert gen.generate(PROMPTS, 10, SamplingConfig(temperature=0.7, top_p=1e-6, seed=3)).generated_token_ids == greedy
+    assert (
+        gen.generate(
+            PROMPTS, 10, SamplingConfig(temperature=0.7, top_k=1, seed=3)
+        ).generated_token_ids
+        == greedy
+    )
+    assert (
+        gen.generate(
+            PROMPTS, 10, SamplingConfig(temperature=0.7, top_p=1e-6, seed=3)
+        ).generated_token_ids
+        == greedy
+    )
 
 
 def test_sample_filters_keep_only_allowed_tokens():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000, jnp.float32))
     keys = jax.random.key(0)
-    top2 = np.asarray(sample(logits, keys, jnp.float32(1.0), jnp.int32(2), jnp.float32(1.0)))
+    top2 = np.asarray(
+        sample(
+            logits,
+            keys,
+            SamplingParams(jnp.float32(1.0), jnp.int32(2), jnp.float32(1.0)),
+        )
+    )
     assert set(top2.tolist()) == {0, 1}
     assert 0.55 < (top2 == 0).mean() < 0.70  # 0.5 / 0.8 = 0.625 after renormalizing
-    nucleus = np.asarray(sample(logits, keys, jnp.float32(1.0), jnp.int32(0), jnp.float32(0.7)))
+    nucleus = np.asarray(
+        sample(
+            logits,
+            keys,
+            SamplingParams(jnp.float32(1.0), jnp.int32(0), jnp.float32(0.7)),
+        )
+    )
     assert set(nucleus.tolist()) == {0, 1}  # 0.5 < 0.7 <= 0.8
-    everything = np.asarray(sample(logits, keys, jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0)))
+    everything = np.asarray(
+        sample(
+            logits,
+            keys,
+            SamplingParams(jnp.float32(1.0), jnp.int32(0), jnp.float32(1.0)),
+        )
+    )
     assert set(everything.tolist()) == {0, 1, 2, 3}
 
 
@@ -230,7 +323,9 @@ def test_each_sequence_stops_on_its_own(model_for):
 
 def test_bad_requests(model_for):
     gen = generator(model_for())
-    with pytest.raises(GenerationError, match="exceeds the model's context of 256 tokens"):
+    with pytest.raises(
+        GenerationError, match="exceeds the model's context of 256 tokens"
+    ):
         gen.generate([[1] * 250], 10)
     with pytest.raises(GenerationError, match="max_new_tokens must be >= 1"):
         gen.generate(PROMPTS, 0)
@@ -242,7 +337,13 @@ def test_bad_requests(model_for):
 
 GENERATE = "tests.jax.models.qwen2_5.generate"
 CLI_MESHES = ["1x1", "2x4", "1x8", "1x32", "8x4"]
-BATCH = ["--prompt", "Hello", "--prompt", "The capital of France", *"--max-new-tokens 6 --json --dtype float32".split()]
+BATCH = [
+    "--prompt",
+    "Hello",
+    "--prompt",
+    "The capital of France",
+    *"--max-new-tokens 6 --json --dtype float32".split(),
+]
 BAD_INPUT = [
     (["--model-path", "/nonexistent/qwen"], "is not a directory"),
     (["--mesh", "8by4"], "malformed mesh"),
@@ -256,7 +357,11 @@ BAD_INPUT = [
 def cli(tiny_checkpoint, tmp_path_factory, demo_cache):
     """The generate command's cases, all run in one fresh process (one JAX start-up; every mesh
     up to 32 devices exists there): name -> outcome."""
-    llama = Path(shutil.copytree(tiny_checkpoint("mha8"), tmp_path_factory.mktemp("llama") / "llama"))
+    llama = Path(
+        shutil.copytree(
+            tiny_checkpoint("mha8"), tmp_path_factory.mktemp("llama") / "llama"
+        )
+    )
     config = json.loads((llama / "config.json").read_text())
     (llama / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     saved = "--mesh 1x8 --chat --max-new-tokens 12 --json --dtype float32".split()
@@ -271,7 +376,9 @@ def cli(tiny_checkpoint, tmp_path_factory, demo_cache):
     calls["streams"] = ["--prompt", "Hello", "--max-new-tokens", "5"]
     calls["not_qwen2"] = ["--model-path", str(llama), "--prompt", "Hello"]
     for i, (args, _) in enumerate(BAD_INPUT):
-        calls[f"bad_{i}"] = (["--prompt", "Hello"] if "--prompt" not in args else []) + args
+        calls[f"bad_{i}"] = (
+            ["--prompt", "Hello"] if "--prompt" not in args else []
+        ) + args
     env = {"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": "32"}
     done = run_cli_calls(GENERATE, [(argv, {}) for argv in calls.values()], env)
     return dict(zip(calls, done, strict=True))
@@ -284,11 +391,18 @@ def test_cli_embedded_default(mesh_arg, cli):
     assert done.returncode == 0, done.stderr
     assert "RANDOM weights" in done.stderr
     out = json.loads(done.stdout)
-    assert out["mesh"] == mesh_arg and out["dtype"] == "float32" and len(out["generated_token_ids"]) == 2
+    assert (
+        out["mesh"] == mesh_arg
+        and out["dtype"] == "float32"
+        and len(out["generated_token_ids"]) == 2
+    )
     assert all(1 <= len(g) <= 6 for g in out["generated_token_ids"])
     assert out["prefill_tokens_per_second"] > 0 and out["decode_tokens_per_second"] >= 0
     # The embedded default is one checkpoint: every mesh generates the same greedy tokens.
-    assert out["generated_token_ids"] == json.loads(cli["embedded_1x1"].stdout)["generated_token_ids"]
+    assert (
+        out["generated_token_ids"]
+        == json.loads(cli["embedded_1x1"].stdout)["generated_token_ids"]
+    )
 
 
 @pytest.mark.tensor_parallel
@@ -301,13 +415,17 @@ def test_cli_on_save_pretrained_checkpoint_matches_hugging_face(tiny_checkpoint,
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Natalia sold clips"}], add_generation_prompt=True, tokenize=False
+        [{"role": "user", "content": "Natalia sold clips"}],
+        add_generation_prompt=True,
+        tokenize=False,
     )
     prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert out["prompt_token_ids"] == [prompt]
     hf = load_hf(path, "float32")
     with torch.no_grad():
-        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt) :].tolist()
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[
+            0, len(prompt) :
+        ].tolist()
     stop = next((i + 1 for i, t in enumerate(ref) if t in EOS), len(ref))
     assert out["generated_token_ids"] == [ref[:stop]]
 
@@ -315,7 +433,11 @@ def test_cli_on_save_pretrained_checkpoint_matches_hugging_face(tiny_checkpoint,
 def test_cli_streams_text_and_reports_rates(cli):
     done = cli["streams"]
     assert done.returncode == 0, done.stderr
-    assert "1 prompt(s)" in done.stdout and "tok/s" in done.stdout and "loading weights" in done.stderr
+    assert (
+        "1 prompt(s)" in done.stdout
+        and "tok/s" in done.stdout
+        and "loading weights" in done.stderr
+    )
 
 
 def assert_one_error_line(done, message: str) -> None:
@@ -338,4 +460,8 @@ def test_cli_with_too_few_devices_is_one_line_and_exit_2(demo_cache):
 
 def test_cli_refuses_a_checkpoint_that_is_not_qwen2(cli):
     done = cli["not_qwen2"]
-    assert done.returncode == 2 and "not a Qwen2/Qwen2.5 checkpoint" in done.stderr and "Traceback" not in done.stderr
+    assert (
+        done.returncode == 2
+        and "not a Qwen2/Qwen2.5 checkpoint" in done.stderr
+        and "Traceback" not in done.stderr
+    )

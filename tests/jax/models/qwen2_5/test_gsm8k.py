@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """GSM8K harness: extraction and scoring against the real test set, prompt format, the
 pipeline on a mesh against one device, the CLI (up-front checks, resuming after a signal), and the
 nightly audited comparison of a mesh with one device on real weights."""
@@ -17,23 +21,27 @@ from flax import nnx
 
 from tests.infra.cli import run_cli, run_cli_calls, start_cli
 from tests.infra.mesh import MeshShape
-from tests.jax.models.qwen2_5.checkpoint_writer import build_tokenizer, demo_checkpoint, write_checkpoint
+from tests.infra.runs import progress_path
+from tests.jax.models.qwen2_5.checkpoint_writer import (
+    build_tokenizer,
+    demo_checkpoint,
+    write_checkpoint,
+)
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.gsm8k import (
+from tests.jax.models.qwen2_5.gsm8k import complete
+from tests.jax.models.qwen2_5.gsm8k_task import (
     INVALID,
     DataError,
     Graded,
     Problem,
     accuracy,
     build_prompt,
-    complete,
     fewshot_exemplars,
     flexible_extract,
     grade,
     length_sorted_batches,
     normalize,
     paired_scores,
-    progress_path,
     read_jsonl,
     scores,
     strict_extract,
@@ -64,10 +72,17 @@ def test_both_extractors_recover_every_gold_answer(test_set):
 @pytest.mark.push
 def test_gold_oracle_scores_100_and_a_shifted_oracle_near_0(test_set):
     gold = scores([grade(i, [], p.answer, p) for i, p in enumerate(test_set)])
-    assert gold["strict-match"]["accuracy"] == 1.0 and gold["flexible-extract"]["accuracy"] == 1.0
-    shifted = [grade(i, [], test_set[(i + 1) % len(test_set)].answer, p) for i, p in enumerate(test_set)]
+    assert (
+        gold["strict-match"]["accuracy"] == 1.0
+        and gold["flexible-extract"]["accuracy"] == 1.0
+    )
+    shifted = [
+        grade(i, [], test_set[(i + 1) % len(test_set)].answer, p)
+        for i, p in enumerate(test_set)
+    ]
     for metric in scores(shifted).values():
-        assert metric["accuracy"] < 0.05  # only coincidences: equal answers of neighbouring problems
+        # only coincidences: equal answers of neighbouring problems
+        assert metric["accuracy"] < 0.05
 
 
 @pytest.mark.push
@@ -94,12 +109,17 @@ def test_normalization_ignores_commas_dollars_trailing_period_and_the_solution()
     graded = grade(0, [], "so #### 1,000.", Problem("q", "x\n#### 1000"))
     assert graded.strict == "1,000." and graded.strict_correct
     # The reference's strict pattern wants the number right after "#### ": a "$" there is invalid.
-    assert grade(0, [], "so #### $1,000.", Problem("q", "x\n#### 1000")).strict == INVALID
+    assert (
+        grade(0, [], "so #### $1,000.", Problem("q", "x\n#### 1000")).strict == INVALID
+    )
 
 
 @pytest.mark.push
 def test_prompt_matches_the_reference_format():
-    exemplars = [Problem("What is 1+1?", "1+1=2\n#### 2"), Problem("What is 2*3?", "2*3=6\n#### 6")]
+    exemplars = [
+        Problem("What is 1+1?", "1+1=2\n#### 2"),
+        Problem("What is 2*3?", "2*3=6\n#### 6"),
+    ]
     prompt = build_prompt(Problem("What is 3-1?", "3-1=2\n#### 2"), exemplars)
     assert prompt == (
         "Question: What is 1+1?\nAnswer: 1+1=2\n#### 2\n\n"
@@ -114,14 +134,18 @@ def test_fewshot_exemplars_are_seeded_and_drawn_per_problem(gsm8k_dir):
     train = read_jsonl(gsm8k_dir / "train.jsonl")
     first, again = fewshot_exemplars(train, 3, 5), fewshot_exemplars(train, 3, 5)
     assert first == again and len(first[0]) == 5
-    assert first[0] != first[1]  # one generator, drawn in problem order, as the harness does
+    # one generator, drawn in problem order, as the harness does
+    assert first[0] != first[1]
     with pytest.raises(DataError, match="exceeds the 2 available exemplars"):
         fewshot_exemplars(train[:2], 1, 5)
 
 
 @pytest.mark.push
 def test_generation_is_cut_at_the_first_stop_sequence():
-    assert truncate_at_stop(" 5 apples.\n#### 5\n\nQuestion: more") == " 5 apples.\n#### 5\n\n"
+    assert (
+        truncate_at_stop(" 5 apples.\n#### 5\n\nQuestion: more")
+        == " 5 apples.\n#### 5\n\n"
+    )
     assert truncate_at_stop(" 7<|im_end|>junk") == " 7"
     assert truncate_at_stop(" no stop") == " no stop"
 
@@ -137,7 +161,10 @@ def test_accuracy_and_its_standard_error():
 def test_bad_jsonl_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"question": "q", "answer": "a"}\n{"question": "q"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2 is not a JSON object with 'question' and 'answer'"):
+    with pytest.raises(
+        DataError,
+        match=r"bad.jsonl:2 is not a JSON object with 'question' and 'answer'",
+    ):
         read_jsonl(path)
 
 
@@ -147,12 +174,29 @@ def test_mesh_completions_equal_single_device(test_set, gsm8k_dir, demo_cache):
     """The whole pipeline on the tiny random checkpoint: 1x8 against one device, a few problems."""
     train = read_jsonl(gsm8k_dir / "train.jsonl")
     problems = test_set[:4]
-    prompts = [build_prompt(p, ex) for p, ex in zip(problems, fewshot_exemplars(train, 4, 2), strict=True)]
+    prompts = [
+        build_prompt(p, ex)
+        for p, ex in zip(problems, fewshot_exemplars(train, 4, 2), strict=True)
+    ]
     checkpoint = Checkpoint.open(demo_checkpoint(demo_cache))
     token_ids = [checkpoint.encode(p, chat=False) for p in prompts]
     batch = [0, 1, 2, 3]
-    single = complete(checkpoint.load(MeshShape(1, 1), "float32"), checkpoint, problems, token_ids, batch, 24)
-    sharded = complete(checkpoint.load(MeshShape(1, 8), "float32"), checkpoint, problems, token_ids, batch, 24)
+    single = complete(
+        checkpoint.load(MeshShape(1, 1), "float32"),
+        checkpoint,
+        problems,
+        token_ids,
+        batch,
+        24,
+    )
+    sharded = complete(
+        checkpoint.load(MeshShape(1, 8), "float32"),
+        checkpoint,
+        problems,
+        token_ids,
+        batch,
+        24,
+    )
     assert [g.tokens for g in sharded] == [g.tokens for g in single]
     assert all(g.generated for g in single)
 
@@ -161,7 +205,12 @@ def test_mesh_completions_equal_single_device(test_set, gsm8k_dir, demo_cache):
 def test_batches_are_sorted_by_length_and_cover_every_problem():
     lengths = [5, 9, 1, 9, 7, 3, 8]
     batches = length_sorted_batches(lengths, 3)
-    assert batches == [[1, 3, 6], [4, 0, 5], [2]]  # longest first, ties in problem order
+    # longest first, ties in problem order
+    assert batches == [
+        [1, 3, 6],
+        [4, 0, 5],
+        [2],
+    ]
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
 
 
@@ -173,7 +222,10 @@ def test_paired_scores_and_mcnemar():
     single = [graded(i, ok) for i, ok in enumerate([True, True, False, False, True])]
     mesh = [graded(i, ok) for i, ok in enumerate([True, False, False, True, True])]
     strict = paired_scores(single, mesh)["strict-match"]
-    assert strict["difference"] == 0.0 and strict["discordant"] == {"single_device_only": 1, "mesh_only": 1}
+    assert strict["difference"] == 0.0 and strict["discordant"] == {
+        "single_device_only": 1,
+        "mesh_only": 1,
+    }
     assert strict["mcnemar_p_value"] == 1.0
     assert strict["mesh"]["stderr"] == pytest.approx(math.sqrt(0.6 * 0.4 / 4))
 
@@ -192,7 +244,9 @@ def context_checkpoint(tmp_path_factory) -> Path:
     prompts are 1,500-2,700 tokens, long enough that prefill memory matters."""
     cfg = TINY_PRESETS["gqa28x4"].replace(vocab_size=640, max_position_embeddings=4096)
     out = tmp_path_factory.mktemp("context_4096")
-    return write_checkpoint(Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(3)), build_tokenizer(640), out)
+    return write_checkpoint(
+        Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(3)), build_tokenizer(640), out
+    )
 
 
 # Each fails at once, with one error line and exit 2, before a weight is read.
@@ -200,19 +254,30 @@ UP_FRONT = [
     (["--limit", "4", "--output", "{tmp}"], "is a directory: name a file"),
     (["--limit", "4", "--output", "{tmp}/a_file/out.json"], "cannot be written"),
     (["--limit", "4", "--output", "/proc/gsm8k/out.json"], "cannot be written"),
-    (["--limit", "4", "--max-new-tokens", "2000"], "do not fit the model's context of 4,096 tokens"),
-    (["--limit", "4", "--memory-budget", "0.25"], "lower --batch-size (now 8) or --prefill-chunk (now 256)"),
+    (
+        ["--limit", "4", "--max-new-tokens", "2000"],
+        "do not fit the model's context of 4,096 tokens",
+    ),
+    (
+        ["--limit", "4", "--memory-budget", "0.25"],
+        "lower --batch-size (now 8) or --prefill-chunk (now 256)",
+    ),
     (["--limit", "4", "--prefill-chunk", "0"], "--prefill-chunk must be >= 1"),
     (["--data-file", "{tmp}/empty.jsonl"], "holds no problems"),
 ]
 BAD_INPUT = [
-    (["--data-file", "/nonexistent/test.jsonl"], "/nonexistent/test.jsonl does not exist"),
+    (
+        ["--data-file", "/nonexistent/test.jsonl"],
+        "/nonexistent/test.jsonl does not exist",
+    ),
     (["--limit", "0"], "--limit must be >= 1"),
     (["--num-fewshot", "-1"], "--num-fewshot must be >= 0"),
     (["--mesh", "1x3"], "model axis of 3 cannot split 4 KV heads"),
     (["--compare-single-device"], "compares a mesh with one device"),
 ]
-RESUMABLE = [*"--limit 6 --batch-size 2 --num-fewshot 1 --max-new-tokens 24 --mesh 1x8 --dtype float32".split()]
+RESUMABLE = [
+    *"--limit 6 --batch-size 2 --num-fewshot 1 --max-new-tokens 24 --mesh 1x8 --dtype float32".split()
+]
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +298,9 @@ def cli(gsm8k_dir, demo_cache, tiny_checkpoint, context_checkpoint, tmp_path_fac
             *args,
         ]
     for i, (args, _) in enumerate(BAD_INPUT):
-        calls[f"bad_{i}"] = ([] if "--data-file" in args else [*test_file, "--limit", "1"]) + args
+        calls[f"bad_{i}"] = (
+            [] if "--data-file" in args else [*test_file, "--limit", "1"]
+        ) + args
     outputs["embedded"] = tmp / "out.json"
     calls["embedded"] = [
         *test_file,
@@ -258,18 +325,32 @@ def cli(gsm8k_dir, demo_cache, tiny_checkpoint, context_checkpoint, tmp_path_fac
     calls["changed"] = [*calls["whole"], "--max-new-tokens", "8"]
     env = {"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": "8"}
     done = run_cli_calls(GSM8K, [(argv, {}) for argv in calls.values()], env)
-    return {name: (outcome, outputs.get(name)) for name, outcome in zip(calls, done, strict=True)}
+    return {
+        name: (outcome, outputs.get(name))
+        for name, outcome in zip(calls, done, strict=True)
+    }
 
 
 def test_cli_on_the_embedded_default(cli):
     done, out = cli["embedded"]
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert result["settings"]["mesh"] == "1x1" and result["settings"]["num_fewshot"] == 1
+    assert (
+        result["settings"]["mesh"] == "1x1" and result["settings"]["num_fewshot"] == 1
+    )
     assert set(result["scores"]["1x1"]) == {"strict-match", "flexible-extract"}
     problem = result["problems"][1]
     assert problem["prompt_id"] == 1 and problem["prompt"].endswith("Answer:")
-    fields = {"index", "generated", "tokens", "strict", "flexible", "gold", "strict_correct", "flexible_correct"}
+    fields = {
+        "index",
+        "generated",
+        "tokens",
+        "strict",
+        "flexible",
+        "gold",
+        "strict_correct",
+        "flexible_correct",
+    }
     assert {k for k, v in problem["1x1"].items() if v is not None} == fields
     assert "strict-match" in done.stdout and "memory: an estimated" in done.stderr
 
@@ -281,9 +362,15 @@ def test_cli_compare_mode_on_a_save_pretrained_checkpoint(cli):
     result = json.loads(out.read_text())
     comparison = result["comparison"]
     assert comparison["verdict"] == "identical" and comparison["real_divergences"] == 0
-    assert comparison["extracted_answer_agreement"] == 1.0 and comparison["mcnemar_p_value"] == 1.0
+    assert (
+        comparison["extracted_answer_agreement"] == 1.0
+        and comparison["mcnemar_p_value"] == 1.0
+    )
     assert result["scores"]["2x4"] == result["scores"]["1x1"]
-    assert result["problems"][0]["prompt"].startswith("Question:") and result["problems"][0]["audit"] is None
+    assert (
+        result["problems"][0]["prompt"].startswith("Question:")
+        and result["problems"][0]["audit"] is None
+    )
     # Compare mode keeps each run's step records: the audit's evidence, per generated token.
     record = result["problems"][0]["2x4"]
     assert len(record["top_ids"]) == len(record["tokens"]) and all(
@@ -296,14 +383,20 @@ def test_cli_compare_mode_on_a_save_pretrained_checkpoint(cli):
 def test_cli_checks_everything_before_any_work(case, cli):
     done, _ = cli[f"up_front_{case}"]
     assert done.returncode == 2, done.stderr
-    assert UP_FRONT[case][1] in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert (
+        UP_FRONT[case][1] in done.stderr and "Traceback" not in done.stderr
+    ), done.stderr
     assert "loading weights" not in done.stderr
 
 
 @pytest.mark.nightly_unless(signum=signal.SIGINT)
 @pytest.mark.tensor_parallel
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(signum, gsm8k_dir, demo_cache, tmp_path, cli):
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"]
+)
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
+    signum, gsm8k_dir, demo_cache, tmp_path, cli
+):
     """Stopped after its first batch, a run exits without a traceback, prints the scores so far and
     keeps its finished problems; the same command then reuses them and ends with exactly the
     result of a run never interrupted."""
@@ -313,12 +406,18 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(signum, gsm8k_di
     progress = progress_path(out)
     process = start_cli(GSM8K, *args, "--output", str(out), env=env)
     deadline = time.monotonic() + 300
-    while not (progress.is_file() and len(progress.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
+    while (
+        not (progress.is_file() and len(progress.read_text().splitlines()) >= 3)
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signum, stderr
-    assert f"stopped by {signal.Signals(signum).name} after" in stderr and "Traceback" not in stderr
+    assert (
+        f"stopped by {signal.Signals(signum).name} after" in stderr
+        and "Traceback" not in stderr
+    )
     assert "mesh 1x8: strict-match" in stdout and not out.exists()
     finished = len(progress.read_text().splitlines()) - 1
     assert 2 <= finished < 6
@@ -328,14 +427,22 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(signum, gsm8k_di
     assert f"reusing {finished} finished problems" in resumed.stderr
     whole_done, whole = cli["whole"]
     assert whole_done.returncode == 0, whole_done.stderr
-    assert json.loads(out.read_text())["problems"] == json.loads(whole.read_text())["problems"]
-    assert json.loads(out.read_text())["scores"] == json.loads(whole.read_text())["scores"]
+    assert (
+        json.loads(out.read_text())["problems"]
+        == json.loads(whole.read_text())["problems"]
+    )
+    assert (
+        json.loads(out.read_text())["scores"] == json.loads(whole.read_text())["scores"]
+    )
 
 
 def test_a_run_with_other_settings_is_refused(cli):
     done, _ = cli["changed"]
     assert done.returncode == 2
-    assert "holds a run with other settings (max_new_tokens: 24 there, 8 now)" in done.stderr
+    assert (
+        "holds a run with other settings (max_new_tokens: 24 there, 8 now)"
+        in done.stderr
+    )
 
 
 @pytest.mark.parametrize("case", range(len(BAD_INPUT)), ids=[m for _, m in BAD_INPUT])
@@ -349,7 +456,9 @@ def test_cli_bad_input(case, cli):
 def real_model_path() -> Path:
     model_path = os.environ.get("QWEN2_5_MODEL_PATH")
     if not model_path:
-        pytest.skip("set QWEN2_5_MODEL_PATH to a Qwen2.5-7B(-Instruct) checkpoint directory to run GSM8K on it")
+        pytest.skip(
+            "set QWEN2_5_MODEL_PATH to a Qwen2.5-7B(-Instruct) checkpoint directory to run GSM8K on it"
+        )
     return Path(model_path)
 
 
@@ -357,19 +466,36 @@ def real_model_path() -> Path:
 @pytest.mark.tensor_parallel
 @pytest.mark.model_test
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_gsm8k_score_on_mesh_equals_single_device(dtype, real_model_path, mesh, gsm8k_dir, tmp_path, record_property):
+def test_gsm8k_score_on_mesh_equals_single_device(
+    dtype, real_model_path, mesh, gsm8k_dir, tmp_path, record_property
+):
     """The full task (QWEN2_5_GSM8K_LIMIT shortens it) on a real checkpoint, the mesh audited
     against one device: float32 gives identical tokens; bfloat16 identical tokens or only rounding
-    ties (never a real divergence), its score difference and McNemar p-value reported."""
+    ties (never a real divergence), its score difference and McNemar p-value reported.
+    """
     limit = os.environ.get("QWEN2_5_GSM8K_LIMIT")
     out = tmp_path / "gsm8k.json"
-    args = ["--model-path", str(real_model_path), "--data-file", str(gsm8k_dir / "test.jsonl"), "--dtype", dtype]
-    args += ["--mesh", f"{mesh.shape['batch']}x{mesh.shape['model']}", "--compare-single-device", "--output", str(out)]
+    args = [
+        "--model-path",
+        str(real_model_path),
+        "--data-file",
+        str(gsm8k_dir / "test.jsonl"),
+        "--dtype",
+        dtype,
+    ]
+    args += [
+        "--mesh",
+        f"{mesh.shape['batch']}x{mesh.shape['model']}",
+        "--compare-single-device",
+        "--output",
+        str(out),
+    ]
     args += ["--limit", limit] if limit else []
     args += ["--chat"] if os.environ.get("QWEN2_5_GSM8K_CHAT") == "1" else []
     done = run_cli("tests.jax.models.qwen2_5.gsm8k", *args, timeout=7 * 24 * 3600)
     if done.returncode == 2 and "GiB of host memory" in done.stderr:
-        pytest.skip(done.stderr.strip().splitlines()[-1])  # refused before starting: this host is too small
+        # refused before starting: this host is too small
+        pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-3000:]
     comparison = json.loads(out.read_text())["comparison"]
     for metric, paired in comparison["scores"].items():
@@ -382,4 +508,7 @@ def test_gsm8k_score_on_mesh_equals_single_device(dtype, real_model_path, mesh, 
     if dtype == "float32":
         assert comparison["verdict"] == "identical", comparison
     else:
-        assert comparison["verdict"] in ("identical", "equivalent") and comparison["real_divergences"] == 0, comparison
+        assert (
+            comparison["verdict"] in ("identical", "equivalent")
+            and comparison["real_divergences"] == 0
+        ), comparison

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The single-device model against Hugging Face `transformers` on the same random weights.
 
 Each module is fed the same inputs on both sides and compared; then full logits of a
@@ -15,13 +19,22 @@ import torch
 from flax import nnx
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from tests.infra.comparison import ComparisonConfig, assert_equivalent
-from tests.infra.testers import EquivalenceTester
+from tests.infra.equivalence import EquivalenceTester
+from tests.infra.golden_check import Thresholds, assert_equivalent
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.hf_golden import additive_mask, load_hf, to_numpy, to_torch
+from tests.jax.models.qwen2_5.hf_golden import (
+    additive_mask,
+    load_hf,
+    to_numpy,
+    to_torch,
+)
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import apply_rope, attention_mask, rope_cos_sin
-from tests.jax.models.qwen2_5.workloads import hidden_only, left_padded_batch, module_workload
+from tests.jax.models.qwen2_5.workloads import (
+    hidden_only,
+    left_padded_batch,
+    module_workload,
+)
 
 pytestmark = [pytest.mark.single_device, pytest.mark.model_test, pytest.mark.push]
 
@@ -32,12 +45,12 @@ pytestmark = [pytest.mark.single_device, pytest.mark.model_test, pytest.mark.pus
 # >= 0.99995 with identical argmax were measured, so 0.9999 / 0.999 (tighter than the 0.99
 # asked for) still leave a margin of ~10x in 1 - PCC.
 MODULE_TOLERANCE = {
-    "float32": ComparisonConfig(atol=2e-5),
-    "bfloat16": ComparisonConfig(pcc=0.9999),
+    "float32": Thresholds(atol=2e-5),
+    "bfloat16": Thresholds(pcc=0.9999),
 }
 LOGITS_TOLERANCE = {
-    "float32": ComparisonConfig(atol=1e-4, top1=1.0),
-    "bfloat16": ComparisonConfig(pcc=0.999, top1=1.0),
+    "float32": Thresholds(atol=1e-4, top1=1.0),
+    "bfloat16": Thresholds(pcc=0.999, top1=1.0),
 }
 LENGTHS, SEQ_LEN = [16, 11, 5], 16
 
@@ -57,17 +70,32 @@ def models(tiny_checkpoint):
     return get
 
 
-def check_module(golden, module: nnx.Module, *inputs, dut, config, record_property, mask=None, output=lambda out: out):
+def check_module(
+    golden,
+    module: nnx.Module,
+    *inputs,
+    dut,
+    config,
+    record_property,
+    mask=None,
+    output=lambda out: out,
+):
     """`output(module(*inputs))` on the device under test against the Hugging Face `golden` array."""
     workload = module_workload(module, *inputs, output=output)
-    result = EquivalenceTester(config, dut).test_against(lambda: golden, workload, mask=mask)
+    result = EquivalenceTester(config, dut).test_against(
+        lambda: golden, workload, mask=mask
+    )
     for key, value in result.metrics().items():
         record_property(key, value)
 
 
 def hidden_states(cfg, dtype: str, seed: int = 1) -> np.ndarray:
     """Activations of unit scale, rounded to `dtype` once so both sides see identical inputs."""
-    x = np.random.default_rng(seed).standard_normal((len(LENGTHS), SEQ_LEN, cfg.hidden_size)).astype(np.float32)
+    x = (
+        np.random.default_rng(seed)
+        .standard_normal((len(LENGTHS), SEQ_LEN, cfg.hidden_size))
+        .astype(np.float32)
+    )
     return np.asarray(jnp.asarray(x).astype(getattr(jnp, dtype)).astype(jnp.float32))
 
 
@@ -124,15 +152,28 @@ def test_rope(preset, dtype, models, record_property):
         hf_cos, hf_sin = hf.model.rotary_emb(x, to_torch(positions).long())
     cos, sin = rope_cos_sin(jnp.asarray(positions), cfg.head_dim, cfg.rope_theta)
     # Same recipe to the bit on the angles; only cos/sin themselves may differ by an ulp or two.
-    check(to_numpy(hf_cos), np.asarray(cos), ComparisonConfig(atol=1e-6), record_property)
-    check(to_numpy(hf_sin), np.asarray(sin), ComparisonConfig(atol=1e-6), record_property)
+    check(to_numpy(hf_cos), np.asarray(cos), Thresholds(atol=1e-6), record_property)
+    check(to_numpy(hf_sin), np.asarray(sin), Thresholds(atol=1e-6), record_property)
 
     rng = np.random.default_rng(2)
-    q = rng.standard_normal((1, 2, positions.shape[1], cfg.head_dim)).astype(np.float32)  # (B, heads, T, H)
+    # (B, heads, T, H)
+    q = rng.standard_normal((1, 2, positions.shape[1], cfg.head_dim)).astype(np.float32)
     with torch.no_grad():
-        hf_q, _ = apply_rotary_pos_emb(to_torch(q, dtype), to_torch(q, dtype), hf_cos.to(hf.dtype), hf_sin.to(hf.dtype))
-    rotated = apply_rope(jnp.asarray(q, getattr(jnp, dtype)), cos[:, None], sin[:, None])
-    check(to_numpy(hf_q), np.asarray(rotated, np.float32), MODULE_TOLERANCE[dtype], record_property)
+        hf_q, _ = apply_rotary_pos_emb(
+            to_torch(q, dtype),
+            to_torch(q, dtype),
+            hf_cos.to(hf.dtype),
+            hf_sin.to(hf.dtype),
+        )
+    rotated = apply_rope(
+        jnp.asarray(q, getattr(jnp, dtype)), cos[:, None], sin[:, None]
+    )
+    check(
+        to_numpy(hf_q),
+        np.asarray(rotated, np.float32),
+        MODULE_TOLERANCE[dtype],
+        record_property,
+    )
 
 
 def _attention_inputs(ours, dtype):
@@ -149,11 +190,17 @@ def test_attention(preset, dtype, models, dut, record_property):
     hf, ours = models(preset, dtype)
     batch, x, mask = _attention_inputs(ours, dtype)
     with torch.no_grad():
-        pos_emb = hf.model.rotary_emb(to_torch(x, dtype), to_torch(batch.positions).long())
-        golden, _ = hf.model.layers[0].self_attn(
-            hidden_states=to_torch(x, dtype), position_embeddings=pos_emb, attention_mask=additive_mask(mask, dtype)
+        pos_emb = hf.model.rotary_emb(
+            to_torch(x, dtype), to_torch(batch.positions).long()
         )
-    cos, sin = rope_cos_sin(jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta)
+        golden, _ = hf.model.layers[0].self_attn(
+            hidden_states=to_torch(x, dtype),
+            position_embeddings=pos_emb,
+            attention_mask=additive_mask(mask, dtype),
+        )
+    cos, sin = rope_cos_sin(
+        jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta
+    )
     check_module(
         to_numpy(golden),
         ours.model.layers[0].self_attn,
@@ -192,11 +239,17 @@ def test_decoder_layer(preset, dtype, models, dut, record_property):
     hf, ours = models(preset, dtype)
     batch, x, mask = _attention_inputs(ours, dtype)
     with torch.no_grad():
-        pos_emb = hf.model.rotary_emb(to_torch(x, dtype), to_torch(batch.positions).long())
-        golden = hf.model.layers[1](
-            to_torch(x, dtype), attention_mask=additive_mask(mask, dtype), position_embeddings=pos_emb
+        pos_emb = hf.model.rotary_emb(
+            to_torch(x, dtype), to_torch(batch.positions).long()
         )
-    cos, sin = rope_cos_sin(jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta)
+        golden = hf.model.layers[1](
+            to_torch(x, dtype),
+            attention_mask=additive_mask(mask, dtype),
+            position_embeddings=pos_emb,
+        )
+    cos, sin = rope_cos_sin(
+        jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta
+    )
     check_module(
         to_numpy(golden),
         ours.model.layers[1],

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The checkpoint loader and config parser: what loads, and every way a checkpoint is refused."""
 
 from __future__ import annotations
@@ -14,9 +18,14 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from tests.infra.cli import run_cli
-from tests.infra.testers import COMPILE_ONLY_PROPERTY
+from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
 from tests.jax.models.qwen2_5.checkpoint_writer import write_weights
-from tests.jax.models.qwen2_5.config import QWEN2_5_7B, TINY_PRESETS, ConfigError, Qwen2Config
+from tests.jax.models.qwen2_5.config import (
+    QWEN2_5_7B,
+    TINY_PRESETS,
+    ConfigError,
+    Qwen2Config,
+)
 from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
 from tests.jax.models.qwen2_5.loader import INDEX_FILE, CheckpointError, load_model
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
@@ -64,7 +73,9 @@ def _shard_of(ckpt: Path, name: str) -> Path:
     return ckpt / json.loads((ckpt / INDEX_FILE).read_text())["weight_map"][name]
 
 
-def _rewrite(ckpt: Path, name: str, value: np.ndarray | None, *, new_name: str | None = None) -> None:
+def _rewrite(
+    ckpt: Path, name: str, value: np.ndarray | None, *, new_name: str | None = None
+) -> None:
     """Replace (or drop, with None) tensor `name`; with `new_name`, add `value` under that name."""
     shard = _shard_of(ckpt, name)
     tensors = load_file(shard)
@@ -83,17 +94,27 @@ def _rewrite(ckpt: Path, name: str, value: np.ndarray | None, *, new_name: str |
 
 def _logits(model, cfg):
     batch = left_padded_batch(cfg.vocab_size, [9, 6], 9)
-    return np.asarray(jax.jit(lambda i, p, m: model(i, p, m))(batch.input_ids, batch.positions, batch.attention_mask))
+    return np.asarray(
+        jax.jit(lambda i, p, m: model(i, p, m))(
+            batch.input_ids, batch.positions, batch.attention_mask
+        )
+    )
 
 
 @pytest.mark.push
-def test_single_file_and_sharded_checkpoints_load_the_same_weights(tiny_checkpoint, tmp_path):
+def test_single_file_and_sharded_checkpoints_load_the_same_weights(
+    tiny_checkpoint, tmp_path
+):
     cfg = TINY_PRESETS["gqa28x4"]
     single = build_checkpoint(cfg, tmp_path / "single", max_shard_size="1GB")
-    assert (single / "model.safetensors").is_file() and not (single / INDEX_FILE).exists()
+    assert (single / "model.safetensors").is_file() and not (
+        single / INDEX_FILE
+    ).exists()
     sharded = tiny_checkpoint("gqa28x4")
     assert len(list(sharded.glob("*.safetensors"))) > 1
-    np.testing.assert_array_equal(_logits(load_model(single), cfg), _logits(load_model(sharded), cfg))
+    np.testing.assert_array_equal(
+        _logits(load_model(single), cfg), _logits(load_model(sharded), cfg)
+    )
 
 
 @pytest.mark.push
@@ -108,22 +129,40 @@ def test_loads_in_the_target_dtype(tiny_checkpoint, dtype):
 @pytest.mark.push
 def test_missing_tensor_is_named(checkpoint):
     _rewrite(checkpoint, "model.layers.1.self_attn.k_proj.bias", None)
-    with pytest.raises(CheckpointError, match=r"missing tensors .*model\.layers\.1\.self_attn\.k_proj\.bias"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing tensors .*model\.layers\.1\.self_attn\.k_proj\.bias",
+    ):
         load_model(checkpoint)
 
 
 @pytest.mark.push
 def test_unexpected_tensor_is_named(checkpoint):
     extra = np.zeros(4, np.float32)
-    _rewrite(checkpoint, "model.norm.weight", extra, new_name="model.layers.0.self_attn.rotary_emb.inv_freq")
-    with pytest.raises(CheckpointError, match=r"does not use: model\.layers\.0\.self_attn\.rotary_emb\.inv_freq"):
+    _rewrite(
+        checkpoint,
+        "model.norm.weight",
+        extra,
+        new_name="model.layers.0.self_attn.rotary_emb.inv_freq",
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not use: model\.layers\.0\.self_attn\.rotary_emb\.inv_freq",
+    ):
         load_model(checkpoint)
 
 
 @pytest.mark.push
 def test_shape_mismatch_is_named_with_both_shapes(checkpoint):
-    _rewrite(checkpoint, "model.layers.0.mlp.up_proj.weight", np.zeros((1184, 200), np.float32))
-    with pytest.raises(CheckpointError, match=r"up_proj\.weight has shape \(1184, 200\), expected \(1184, 224\)"):
+    _rewrite(
+        checkpoint,
+        "model.layers.0.mlp.up_proj.weight",
+        np.zeros((1184, 200), np.float32),
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"up_proj\.weight has shape \(1184, 200\), expected \(1184, 224\)",
+    ):
         load_model(checkpoint)
 
 
@@ -140,7 +179,9 @@ def test_config_that_disagrees_with_the_weights(checkpoint):
 def test_missing_shard_file(checkpoint):
     shard = _shard_of(checkpoint, "lm_head.weight")
     shard.unlink()
-    with pytest.raises(CheckpointError, match=f"shard files that do not exist: {shard.name}"):
+    with pytest.raises(
+        CheckpointError, match=f"shard files that do not exist: {shard.name}"
+    ):
         load_model(checkpoint)
 
 
@@ -157,20 +198,28 @@ def test_pickle_weights_are_refused(checkpoint):
 def test_no_weights(checkpoint):
     for f in checkpoint.glob("*.safetensors*"):
         f.unlink()
-    with pytest.raises(CheckpointError, match="has neither model.safetensors nor model.safetensors.index.json"):
+    with pytest.raises(
+        CheckpointError,
+        match="has neither model.safetensors nor model.safetensors.index.json",
+    ):
         load_model(checkpoint)
 
 
 @pytest.mark.push
 def test_not_a_directory(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist: point at a Hugging Face checkpoint directory"):
+    with pytest.raises(
+        ConfigError,
+        match="does not exist: point at a Hugging Face checkpoint directory",
+    ):
         load_model(tmp_path / "nowhere")
 
 
 @pytest.mark.push
 def test_config_json_must_be_qwen2(checkpoint):
     config = json.loads((checkpoint / "config.json").read_text())
-    (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    (checkpoint / "config.json").write_text(
+        json.dumps({**config, "model_type": "llama"})
+    )
     with pytest.raises(ConfigError, match="not a Qwen2/Qwen2.5 checkpoint"):
         load_model(checkpoint)
 
@@ -186,7 +235,10 @@ def test_config_json_must_be_json(checkpoint):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"rope_scaling": {"type": "yarn", "factor": 4.0}}, "RoPE scaling 'yarn' is not supported"),
+        (
+            {"rope_scaling": {"type": "yarn", "factor": 4.0}},
+            "RoPE scaling 'yarn' is not supported",
+        ),
         ({"use_sliding_window": True}, "use_sliding_window=true is not supported"),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
         ({"num_key_value_heads": 5}, "not a multiple of num_kv_heads 5"),
@@ -194,7 +246,11 @@ def test_config_json_must_be_json(checkpoint):
     ],
 )
 def test_config_refuses_what_it_would_ignore(change, message):
-    hf = {k: v for k, v in {**QWEN2_5_7B_INSTRUCT_CONFIG, **change}.items() if v is not None or k == "rope_scaling"}
+    hf = {
+        k: v
+        for k, v in {**QWEN2_5_7B_INSTRUCT_CONFIG, **change}.items()
+        if v is not None or k == "rope_scaling"
+    }
     with pytest.raises(ConfigError, match=message):
         Qwen2Config.from_hf_dict(hf)
 
@@ -216,7 +272,9 @@ def test_config_round_trips_through_transformers(preset):
 @pytest.mark.push
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("preset", list(TINY_PRESETS))
-def test_loading_onto_the_mesh_equals_sharding_in_memory(preset, mesh, dut, tiny_checkpoint, record_property):
+def test_loading_onto_the_mesh_equals_sharding_in_memory(
+    preset, mesh, dut, tiny_checkpoint, record_property
+):
     """Per-device slices read from the files (padding and transposes per slice) give exactly the
     arrays, and the placements, of loading whole and then sharding (placements only on a
     compile-only device, whose buffers hold no data)."""
@@ -225,9 +283,13 @@ def test_loading_onto_the_mesh_equals_sharding_in_memory(preset, mesh, dut, tiny
     reference = dict(nnx.to_flat_state(nnx.state(shard_model(load_model(path), mesh))))
     for key, variable in direct:
         expected = reference[key][...]
-        assert variable[...].sharding.is_equivalent_to(expected.sharding, expected.ndim), key
+        assert variable[...].sharding.is_equivalent_to(
+            expected.sharding, expected.ndim
+        ), key
         if not dut.compile_only:
-            np.testing.assert_array_equal(np.asarray(variable[...]), np.asarray(expected), err_msg=str(key))
+            np.testing.assert_array_equal(
+                np.asarray(variable[...]), np.asarray(expected), err_msg=str(key)
+            )
     if dut.compile_only:
         record_property(*COMPILE_ONLY_PROPERTY)
 
@@ -235,7 +297,8 @@ def test_loading_onto_the_mesh_equals_sharding_in_memory(preset, mesh, dut, tiny
 @pytest.fixture(scope="module")
 def sizeable_checkpoint(tmp_path_factory) -> Path:
     """~0.5 GB float32 in 64 MB shards, 7B's 28:4 heads: large enough that the interpreter and
-    JAX do not dominate the measurement, small enough for CI; the largest tensor is 3% of it."""
+    JAX do not dominate the measurement, small enough for CI; the largest tensor is 3% of it.
+    """
     cfg = Qwen2Config(
         vocab_size=8192,
         hidden_size=896,
@@ -248,19 +311,25 @@ def sizeable_checkpoint(tmp_path_factory) -> Path:
     )
     out = tmp_path_factory.mktemp("sizeable")
     (out / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
-    write_weights(Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)), out, max_shard_bytes=64 * 2**20)
+    write_weights(
+        Qwen2ForCausalLM(cfg, rngs=nnx.Rngs(0)), out, max_shard_bytes=64 * 2**20
+    )
     return out
 
 
 def _load_stats(path: Path, *flags: str) -> dict:
-    done = run_cli("tests.jax.models.qwen2_5.load_stats", "--model-path", str(path), *flags)
+    done = run_cli(
+        "tests.jax.models.qwen2_5.load_stats", "--model-path", str(path), *flags
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 @pytest.mark.nightly  # a memory measurement of a 0.5 GB load
 @pytest.mark.tensor_parallel
-def test_loading_onto_1x8_holds_little_more_than_the_checkpoint(sizeable_checkpoint, record_property):
+def test_loading_onto_1x8_holds_little_more_than_the_checkpoint(
+    sizeable_checkpoint, record_property
+):
     """Peak RSS growth <= 1.15x the checkpoint's bytes: the shards themselves (1.03x here: zero pad
     heads and KV copies) plus one tensor's pages at a time; the naive path holds the whole model,
     then its sharded copy (measured ~2.1x)."""

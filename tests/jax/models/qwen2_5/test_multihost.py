@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Multi-process meshes: JAX's multi-controller runtime with gloo CPU collectives on loopback.
 
 Two processes join one mesh (2 x 4 devices for 2x4, 2 x 16 for 8x4), each loading only its
@@ -43,14 +47,19 @@ def demo(demo_cache):
 def test_two_processes_generate_what_one_process_does(mesh_arg, demo):
     cluster = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
     processes = [
-        _generate("--mesh", mesh_arg, *REQUEST, *cluster, "--process-id", str(i), cache=demo) for i in range(2)
+        _generate(
+            "--mesh", mesh_arg, *REQUEST, *cluster, "--process-id", str(i), cache=demo
+        )
+        for i in range(2)
     ]
     outputs = [p.communicate(timeout=300) for p in processes]
     for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err
     assert outputs[1][0] == ""  # only process 0 prints
     together = json.loads(outputs[0][0])
-    alone_out, alone_err = _generate("--mesh", mesh_arg, *REQUEST, cache=demo).communicate(timeout=300)
+    alone_out, alone_err = _generate(
+        "--mesh", mesh_arg, *REQUEST, cache=demo
+    ).communicate(timeout=300)
     alone = json.loads(alone_out)
     assert together["mesh"] == mesh_arg
     assert together["generated_token_ids"] == alone["generated_token_ids"]
@@ -58,7 +67,17 @@ def test_two_processes_generate_what_one_process_does(mesh_arg, demo):
 
 
 def test_mesh_must_split_evenly_over_processes(demo):
-    args = ["--mesh", "1x3", *REQUEST, "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"]
+    args = [
+        "--mesh",
+        "1x3",
+        *REQUEST,
+        "--coordinator",
+        "127.0.0.1:1",
+        "--num-processes",
+        "2",
+        "--process-id",
+        "0",
+    ]
     process = _generate(*args, cache=demo)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 2

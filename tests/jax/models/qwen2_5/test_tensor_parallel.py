@@ -1,7 +1,11 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """The tensor-parallel model on every mesh against the CPU single-device golden.
 
 Op level (column- and row-parallel projections, vocab-parallel embedding), attention with
-padded heads, one decoder layer, and full logits of a left-padded batch; plus the head plan
+padded heads, one decoder layer, and full logits of a left-padded batch; plus the head split
 for the Qwen2.5 family and the 7B plan compiled with shape-only weights.
 """
 
@@ -20,26 +24,38 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tests.infra.cli import run_cli, run_cli_calls
-from tests.infra.comparison import ComparisonConfig
 from tests.infra.devices import CPU, TT, platform_devices
+from tests.infra.equivalence import (
+    COMPILE_ONLY_PROPERTY,
+    HOST_SIDE_PROPERTY,
+    EquivalenceTester,
+)
+from tests.infra.golden_check import Thresholds
 from tests.infra.mesh import MODEL_AXIS, MeshShape, make_mesh
-from tests.infra.testers import COMPILE_ONLY_PROPERTY, HOST_SIDE_PROPERTY, EquivalenceTester
 from tests.jax.models.qwen2_5.audit import exact_model, oracle_tie_rule
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, TINY_PRESETS
 from tests.jax.models.qwen2_5.faults import AppendedPadding
 from tests.jax.models.qwen2_5.loader import load_model
-from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM, attention_mask, rope_cos_sin
+from tests.jax.models.qwen2_5.model import (
+    Qwen2ForCausalLM,
+    attention_mask,
+    rope_cos_sin,
+)
 from tests.jax.models.qwen2_5.plan import build_report, with_ttnn_collectives
 from tests.jax.models.qwen2_5.tensor_parallel import (
     ALL_REDUCES,
     TensorParallelError,
     forward_all_reduces,
     pad_model,
-    plan_heads,
     shard_model,
+    split_heads,
     tensor_parallel_config,
 )
-from tests.jax.models.qwen2_5.workloads import hidden_only, left_padded_batch, module_workload
+from tests.jax.models.qwen2_5.workloads import (
+    hidden_only,
+    left_padded_batch,
+    module_workload,
+)
 
 pytestmark = [pytest.mark.tensor_parallel, pytest.mark.model_test]
 
@@ -50,22 +66,30 @@ pytestmark = [pytest.mark.tensor_parallel, pytest.mark.model_test]
 # logits are that close (measured: 1 of 88 rows). Thresholds: 1e-4 / identical argmax for
 # float32; for bfloat16 PCC 0.9999 and 100% top-1 where a flip counts only if the audit's rule
 # calls it a rounding tie against the float32 oracle (audit.oracle_tie_rule).
-OP_TOLERANCE = ComparisonConfig(atol=1e-5)
-FLOAT32_LOGITS = ComparisonConfig(atol=1e-4, top1=1.0)
+OP_TOLERANCE = Thresholds(atol=1e-5)
+FLOAT32_LOGITS = Thresholds(atol=1e-4, top1=1.0)
 
 
-def logits_tolerance(golden, inputs, valid, dtype: str) -> ComparisonConfig:
+def logits_tolerance(golden, inputs, valid, dtype: str) -> Thresholds:
     """The logits tolerance; in bfloat16 with the tie rule judged by the golden's own oracle."""
     if dtype == "float32":
         return FLOAT32_LOGITS
-    oracle = functools.cache(lambda: np.asarray(exact_model(golden)(*inputs), np.float64)[np.asarray(valid, bool)])
+    oracle = functools.cache(
+        lambda: np.asarray(exact_model(golden)(*inputs), np.float64)[
+            np.asarray(valid, bool)
+        ]
+    )
 
-    def tie(golden_rows, actual_rows, expected, picked):  # the oracle runs only where an argmax differs
+    def tie(
+        golden_rows, actual_rows, expected, picked
+    ):  # the oracle runs only where an argmax differs
         if np.array_equal(expected, picked):
             return np.zeros(len(expected), bool)
-        return oracle_tie_rule(oracle(), dtype)(golden_rows, actual_rows, expected, picked)
+        return oracle_tie_rule(oracle(), dtype)(
+            golden_rows, actual_rows, expected, picked
+        )
 
-    return ComparisonConfig(pcc=0.9999, top1=1.0, top1_tie=tie)
+    return Thresholds(pcc=0.9999, top1=1.0, top1_tie=tie)
 
 
 # Eight rows so every batch axis (1, 2, 8) divides them; lengths cover full, short and tiny rows.
@@ -119,27 +143,47 @@ def run_equivalence(
 
 
 def activations(width: int, seed: int = 3) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((len(LENGTHS), SEQ_LEN, width)).astype(np.float32)
+    return (
+        np.random.default_rng(seed)
+        .standard_normal((len(LENGTHS), SEQ_LEN, width))
+        .astype(np.float32)
+    )
 
 
 @pytest.mark.push
 @pytest.mark.parametrize(
     ("projection", "input_spec"),
     [
-        ("gate_proj", P("batch", None, None)),  # column-parallel: replicated input, output split over `model`
+        # column-parallel: replicated input, output split over `model`
+        (
+            "gate_proj",
+            P("batch", None, None),
+        ),
         # row-parallel: the input arrives split along its contraction axis, as the MLP hands it over
         ("down_proj", P("batch", None, MODEL_AXIS)),
     ],
     ids=["column_parallel", "row_parallel"],
 )
-def test_parallel_projection(projection, input_spec, mesh, golden_model, dut, record_property):
+def test_parallel_projection(
+    projection, input_spec, mesh, golden_model, dut, record_property
+):
     golden = golden_model("gqa28x4")
     sharded = shard_model(golden, mesh)
-    module, sharded_module = (getattr(m.model.layers[0].mlp, projection) for m in (golden, sharded))
+    module, sharded_module = (
+        getattr(m.model.layers[0].mlp, projection) for m in (golden, sharded)
+    )
     x = activations(module.weight.shape[1])
     kind = "column_parallel" if projection == "gate_proj" else "row_parallel"
     run_equivalence(
-        module, sharded_module, (x,), (input_spec,), mesh, dut, OP_TOLERANCE, ALL_REDUCES[kind], record_property
+        module,
+        sharded_module,
+        (x,),
+        (input_spec,),
+        mesh,
+        dut,
+        OP_TOLERANCE,
+        ALL_REDUCES[kind],
+        record_property,
     )
 
 
@@ -156,7 +200,7 @@ def test_vocab_parallel_embedding(mesh, golden_model, dut, record_property):
         (P("batch", None),),
         mesh,
         dut,
-        ComparisonConfig(atol=0.0),
+        Thresholds(atol=0.0),
         ALL_REDUCES["embedding"],
         record_property,
     )
@@ -164,7 +208,12 @@ def test_vocab_parallel_embedding(mesh, golden_model, dut, record_property):
 
 def _attention_inputs(cfg):
     batch = left_padded_batch(cfg.vocab_size, LENGTHS, SEQ_LEN)
-    cos, sin = (np.asarray(t) for t in rope_cos_sin(jnp.asarray(batch.positions), cfg.head_dim, cfg.rope_theta))
+    cos, sin = (
+        np.asarray(t)
+        for t in rope_cos_sin(
+            jnp.asarray(batch.positions), cfg.head_dim, cfg.rope_theta
+        )
+    )
     mask = np.asarray(attention_mask(jnp.asarray(batch.attention_mask), 0, SEQ_LEN))
     specs = (P("batch", None, None),) * 4
     return batch, (activations(cfg.hidden_size), cos, sin, mask), specs
@@ -174,7 +223,10 @@ def _attention_inputs(cfg):
 @PRESETS
 @pytest.mark.parametrize(
     ("module", "kind"),
-    [(lambda m: m.model.layers[0].self_attn, "attention"), (lambda m: m.model.layers[1], "decoder_layer")],
+    [
+        (lambda m: m.model.layers[0].self_attn, "attention"),
+        (lambda m: m.model.layers[1], "decoder_layer"),
+    ],
     ids=["attention_with_padded_heads", "decoder_layer"],
 )
 def test_layer(module, kind, preset, mesh, golden_model, dut, record_property):
@@ -245,44 +297,74 @@ def test_weights_are_laid_out_as_planned(preset, mesh, golden_model, record_prop
 @pytest.mark.push
 @pytest.mark.parametrize("heads", [(28, 4), (14, 2), (40, 8), (64, 8), (8, 8), (16, 2)])
 @pytest.mark.parametrize("model_axis", [1, 2, 4, 8, 16, 32])
-def test_head_plan_gives_every_device_whole_heads_and_their_kv_head(heads, model_axis):
+def test_head_split_gives_every_device_whole_heads_and_their_kv_head(heads, model_axis):
     """The property padding must keep: every real query head still reads its own KV head."""
     num_heads, num_kv = heads
-    if model_axis <= num_kv and num_kv % model_axis or model_axis > num_kv and model_axis % num_kv:
-        with pytest.raises(TensorParallelError, match="must divide them or be a multiple of them"):
-            plan_heads(num_heads, num_kv, model_axis)
+    if (
+        model_axis <= num_kv
+        and num_kv % model_axis
+        or model_axis > num_kv
+        and model_axis % num_kv
+    ):
+        with pytest.raises(
+            TensorParallelError, match="must divide them or be a multiple of them"
+        ):
+            split_heads(num_heads, num_kv, model_axis)
         return
-    plan = plan_heads(num_heads, num_kv, model_axis)
-    assert plan.padded_heads % model_axis == 0 and plan.stored_kv_heads % model_axis == 0
-    sources, kv_sources = plan.query_sources(), plan.kv_sources()
-    queries_per_stored_kv = plan.padded_heads // plan.stored_kv_heads
+    split = split_heads(num_heads, num_kv, model_axis)
+    assert (
+        split.padded_heads % model_axis == 0 and split.stored_kv_heads % model_axis == 0
+    )
+    sources, kv_sources = split.query_sources(), split.kv_sources()
+    queries_per_stored_kv = split.padded_heads // split.stored_kv_heads
     for head, source in enumerate(sources):
         stored_kv = head // queries_per_stored_kv  # the grouping attention applies
-        assert head // plan.query_heads_per_device == stored_kv // (plan.stored_kv_heads // model_axis)  # same device
+        # same device
+        assert head // split.query_heads_per_device == stored_kv // (
+            split.stored_kv_heads // model_axis
+        )
         if source >= 0:
             assert kv_sources[stored_kv] == source // (num_heads // num_kv)
     assert sorted(s for s in sources if s >= 0) == list(range(num_heads))
-    assert plan.pad_heads < plan.kv_replicas * num_kv  # never more than one pad per group and replica
+    # never more than one pad per group and replica
+    assert split.pad_heads < split.kv_replicas * num_kv
 
 
 @pytest.mark.push
-def test_7b_head_plans():
-    assert (plan_heads(28, 4, 8).padded_heads, plan_heads(28, 4, 8).stored_kv_heads) == (32, 8)
-    assert (plan_heads(28, 4, 32).padded_heads, plan_heads(28, 4, 32).stored_kv_heads) == (32, 32)
-    assert (plan_heads(28, 4, 4).padded_heads, plan_heads(28, 4, 4).stored_kv_heads) == (28, 4)
+def test_7b_head_splits():
+    assert (
+        split_heads(28, 4, 8).padded_heads,
+        split_heads(28, 4, 8).stored_kv_heads,
+    ) == (32, 8)
+    assert (
+        split_heads(28, 4, 32).padded_heads,
+        split_heads(28, 4, 32).stored_kv_heads,
+    ) == (32, 32)
+    assert (
+        split_heads(28, 4, 4).padded_heads,
+        split_heads(28, 4, 4).stored_kv_heads,
+    ) == (28, 4)
 
 
 @pytest.mark.push
 @pytest.mark.parametrize(("num_kv", "model_axis"), [(4, 3), (4, 6), (2, 3), (8, 12)])
 def test_model_axis_that_cannot_be_served(num_kv, model_axis):
-    with pytest.raises(TensorParallelError, match=rf"model axis of {model_axis} cannot split {num_kv} KV heads"):
-        plan_heads(num_kv * 7, num_kv, model_axis)
+    with pytest.raises(
+        TensorParallelError,
+        match=rf"model axis of {model_axis} cannot split {num_kv} KV heads",
+    ):
+        split_heads(num_kv * 7, num_kv, model_axis)
 
 
 @pytest.mark.push
 def test_mlp_width_must_divide():
-    with pytest.raises(TensorParallelError, match="intermediate_size 1000 is not divisible by the model axis 32"):
-        tensor_parallel_config(TINY_PRESETS["gqa28x4"].replace(intermediate_size=1000), 32)
+    with pytest.raises(
+        TensorParallelError,
+        match="intermediate_size 1000 is not divisible by the model axis 32",
+    ):
+        tensor_parallel_config(
+            TINY_PRESETS["gqa28x4"].replace(intermediate_size=1000), 32
+        )
 
 
 @pytest.mark.push
@@ -291,15 +373,17 @@ def test_grouped_padding_is_exact_and_appended_padding_is_not(golden_model):
     so the output is unchanged. Appended: heads 7..27 shift into the wrong GQA group (head 7
     now reads KV head 0 instead of 1), so the output is wrong."""
     golden = golden_model("gqa28x4")
-    plan = plan_heads(28, 4, 8)
+    split = split_heads(28, 4, 8)
     batch = left_padded_batch(golden.cfg.vocab_size, LENGTHS, SEQ_LEN)
 
     def logits(model):
-        return np.asarray(model(batch.input_ids, batch.positions, batch.attention_mask))[batch.valid]
+        return np.asarray(
+            model(batch.input_ids, batch.positions, batch.attention_mask)
+        )[batch.valid]
 
     reference = logits(golden)
-    grouped = logits(pad_model(golden, plan))
-    appended = logits(pad_model(golden, AppendedPadding(**vars(plan))))
+    grouped = logits(pad_model(golden, split))
+    appended = logits(pad_model(golden, AppendedPadding(**vars(split))))
     assert np.abs(grouped - reference).max() < 1e-5
     assert np.abs(appended - reference).max() > 1e-2
 
@@ -309,11 +393,18 @@ def test_7b_plan_on_mesh(mesh, dut, record_property):
     """Real 7B shapes, no weights: bytes within 5% of ideal, 2 all-reduces per layer, no all-gather,
     on XLA:CPU and, with --device tt, in the TT plugin's TTNN program too."""
     shape = MeshShape(mesh.shape["batch"], mesh.shape["model"])
-    report = build_report(QWEN2_5_7B, make_mesh(shape, platform_devices(CPU)), "bfloat16", seq_len=256)
+    report = build_report(
+        QWEN2_5_7B, make_mesh(shape, platform_devices(CPU)), "bfloat16", seq_len=256
+    )
     if dut.platform == TT:
         report = with_ttnn_collectives(report, QWEN2_5_7B, mesh)
         assert report.ttnn_collectives == {"all_reduce": 57, "all_gather": 0}
-    for key in ("param_bytes_ratio", "param_bytes_ratio_strict", "all_reduces", "temp_bytes_per_device"):
+    for key in (
+        "param_bytes_ratio",
+        "param_bytes_ratio_strict",
+        "all_reduces",
+        "temp_bytes_per_device",
+    ):
         record_property(key, getattr(report, key))
     assert report.check() == []
     assert report.param_bytes_ratio <= 1.05
@@ -328,19 +419,28 @@ def test_plan_cli_json():
     done = _plan_cli("--mesh", "1x8", "--json", "--seq-len", "64")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["mesh"] == "1x8" and report["all_reduces"] == 57 and report["all_gathers"] == 0
+    assert (
+        report["mesh"] == "1x8"
+        and report["all_reduces"] == 57
+        and report["all_gathers"] == 0
+    )
     assert report["query_heads"].startswith("28 -> 32")
 
 
 def test_plan_cli_reports_the_tt_compilers_collectives(dut, record_property):
     """`plan --device tt`: the full 28-layer 7B compiled by the TT plugin too (no card needed)."""
     if dut.platform != TT:
-        pytest.skip("compiles with the TT plugin: run with --device tt (--compile-only without a card)")
+        pytest.skip(
+            "compiles with the TT plugin: run with --device tt (--tt-compile-only without a card)"
+        )
     done = _plan_cli("--mesh", "1x8", "--device", "tt", "--json", "--seq-len", "64")
     record_property(*COMPILE_ONLY_PROPERTY)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
-    assert report["ttnn_collectives"] == {"all_reduce": 57, "all_gather": 0} and report["all_reduces"] == 57
+    assert (
+        report["ttnn_collectives"] == {"all_reduce": 57, "all_gather": 0}
+        and report["all_reduces"] == 57
+    )
 
 
 BAD_MESHES = [
@@ -354,10 +454,14 @@ BAD_MESHES = [
 def bad_mesh_plans():
     """The plan command on each bad mesh, all in one fresh process."""
     calls = [(["--mesh", mesh_arg], {}) for mesh_arg, _ in BAD_MESHES]
-    return run_cli_calls("tests.jax.models.qwen2_5.plan", calls, {"JAX_NUM_CPU_DEVICES": "8"})
+    return run_cli_calls(
+        "tests.jax.models.qwen2_5.plan", calls, {"JAX_NUM_CPU_DEVICES": "8"}
+    )
 
 
-@pytest.mark.parametrize("case", range(len(BAD_MESHES)), ids=[f"{m}-{why}" for m, why in BAD_MESHES])
+@pytest.mark.parametrize(
+    "case", range(len(BAD_MESHES)), ids=[f"{m}-{why}" for m, why in BAD_MESHES]
+)
 def test_plan_cli_bad_mesh(case, bad_mesh_plans):
     done = bad_mesh_plans[case]
     assert done.returncode == 2
@@ -368,7 +472,9 @@ def test_plan_cli_bad_mesh(case, bad_mesh_plans):
 def wide_golden():
     """Qwen2.5-7B's real widths with 2 layers, random bfloat16 weights; biases and norms random too."""
     cfg = QWEN2_5_7B.replace(num_layers=2)
-    graphdef, state = nnx.split(Qwen2ForCausalLM(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(
+        Qwen2ForCausalLM(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    )
     keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state))))
 
     def randomize(path, x):
@@ -383,7 +489,11 @@ def wide_golden():
 
 def _host_bytes_available() -> int:
     with open("/proc/meminfo") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        return next(
+            int(line.split()[1]) * 1024
+            for line in f
+            if line.startswith("MemAvailable:")
+        )
 
 
 @pytest.mark.nightly
@@ -398,7 +508,9 @@ def test_7b_width_logits(mesh, wide_golden, dut, record_property):
                 f"the {mesh.shape['batch']} batch replicas of the 7B-width weights need {need / 2**30:.1f} GiB of "
                 f"host memory, {have / 2**30:.1f} GiB is available (on real devices each replica has its own)"
             )
-    batch = left_padded_batch(QWEN2_5_7B.vocab_size, [32, 27, 19, 32, 6, 23, 12, 30], 32)
+    batch = left_padded_batch(
+        QWEN2_5_7B.vocab_size, [32, 27, 19, 32, 6, 23, 12, 30], 32
+    )
     inputs = (batch.input_ids, batch.positions, batch.attention_mask)
     run_equivalence(
         wide_golden,

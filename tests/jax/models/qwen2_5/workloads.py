@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Inputs and jittable workloads for the model's tests: left-padded batches, module calls."""
 
 from __future__ import annotations
@@ -9,14 +13,18 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from tests.infra.testers import Workload
+from tests.infra.equivalence import JitWorkload
 from tests.jax.models.qwen2_5.model import positions_from_mask
 
 
-def module_workload(module: nnx.Module, *inputs, output: Callable[[Any], Any] = lambda out: out) -> Workload:
+def module_workload(
+    module: nnx.Module, *inputs, output: Callable[[Any], Any] = lambda out: out
+) -> JitWorkload:
     """`output(module(*inputs))` as a workload whose arguments are the module's weights and the inputs."""
     graphdef, state = nnx.split(module)
-    return Workload(lambda state, *xs: output(nnx.merge(graphdef, state)(*xs)), (state, *inputs))
+    return JitWorkload(
+        lambda state, *xs: output(nnx.merge(graphdef, state)(*xs)), (state, *inputs)
+    )
 
 
 def hidden_only(out: tuple) -> Any:
@@ -37,7 +45,9 @@ class Batch:
         return self.attention_mask.astype(bool)
 
 
-def left_padded_batch(vocab_size: int, lengths: list[int], seq_len: int, *, seed: int = 0, pad_id: int = 0) -> Batch:
+def left_padded_batch(
+    vocab_size: int, lengths: list[int], seq_len: int, *, seed: int = 0, pad_id: int = 0
+) -> Batch:
     """Random prompts of `lengths`, left-padded to `seq_len`, positions counted from each first real token."""
     rng = np.random.default_rng(seed)
     ids = np.full((len(lengths), seq_len), pad_id, np.int32)

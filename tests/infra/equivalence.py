@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Testers: run a workload on the CPU single-device golden and on the device under test, compare.
 
 The golden always runs on one CPU device. The device under test (DUT) is one device of the
@@ -18,8 +22,8 @@ import jax
 import numpy as np
 
 from tests.infra.collectives import CollectivesCheck, check_collectives
-from tests.infra.comparison import ComparisonConfig, ComparisonResult, assert_equivalent
 from tests.infra.devices import DeviceUnderTest, golden_device
+from tests.infra.golden_check import CheckResult, Thresholds, assert_equivalent
 
 # Recorded (pytest record_property) by every test whose DUT only compiled: numerics not compared.
 COMPILE_ONLY_PROPERTY = ("numerics", "not compared: compile-only")
@@ -29,7 +33,7 @@ HOST_SIDE_PROPERTY = ("numerics", "not compared: host side only")
 
 
 @dataclass(frozen=True)
-class Workload:
+class JitWorkload:
     """A jittable function and its positional arguments (pytrees of arrays)."""
 
     fn: Callable[..., Any]
@@ -40,41 +44,49 @@ def _to_numpy(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-def run_on_device(workload: Workload, device: jax.Device) -> Any:
+def run_on_device(workload: JitWorkload, device: jax.Device) -> Any:
     """Run `workload` with every argument committed to `device`; outputs come back as numpy."""
     args = jax.device_put(workload.args, device)
     return _to_numpy(jax.jit(workload.fn)(*args))
 
 
 def _mesh_of(arg_shardings: Any) -> jax.sharding.Mesh | None:
-    leaves = jax.tree.leaves(arg_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-    return next((s.mesh for s in leaves if isinstance(s, jax.sharding.NamedSharding)), None)
+    leaves = jax.tree.leaves(
+        arg_shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
+    )
+    return next(
+        (s.mesh for s in leaves if isinstance(s, jax.sharding.NamedSharding)), None
+    )
 
 
 @dataclass(frozen=True)
 class EquivalenceResult:
     collectives: CollectivesCheck
-    comparison: ComparisonResult | None  # None when the DUT only compiles
+    comparison: CheckResult | None  # None when the DUT only compiles
 
     def metrics(self) -> dict[str, Any]:
-        numbers = self.comparison.metrics() if self.comparison else dict([COMPILE_ONLY_PROPERTY])
+        numbers = (
+            self.comparison.metrics()
+            if self.comparison
+            else dict([COMPILE_ONLY_PROPERTY])
+        )
         return {**self.collectives.metrics(), **numbers}
 
 
 class EquivalenceTester:
     """Compares the device under test with a golden (the CPU single-device run, or given arrays)."""
 
-    def __init__(self, config: ComparisonConfig, dut: DeviceUnderTest) -> None:
+    def __init__(self, config: Thresholds, dut: DeviceUnderTest) -> None:
         self.config = config
         self.dut = dut
 
-    def run_golden(self, workload: Workload) -> Any:
+    def run_golden(self, workload: JitWorkload) -> Any:
         return run_on_device(workload, golden_device())
 
     def test(
         self,
-        golden: Workload,
-        dut: Workload | None = None,
+        golden: JitWorkload,
+        dut: JitWorkload | None = None,
         *,
         arg_shardings: Any = None,
         mask: np.ndarray | None = None,
@@ -92,7 +104,7 @@ class EquivalenceTester:
     def test_against(
         self,
         expected: Callable[[], Any],
-        workload: Workload,
+        workload: JitWorkload,
         *,
         arg_shardings: Any = None,
         mask: np.ndarray | None = None,
@@ -104,21 +116,28 @@ class EquivalenceTester:
         to compare it with)."""
         if arg_shardings is None:
             arg_shardings = jax.tree.map(
-                lambda _: jax.sharding.SingleDeviceSharding(self.dut.devices[0]), workload.args
+                lambda _: jax.sharding.SingleDeviceSharding(self.dut.devices[0]),
+                workload.args,
             )
         mesh = _mesh_of(arg_shardings)
         if self.dut.compile_only:
             # Shapes and placements are all a compile needs; the DUT would hold no data anyway.
             shardings = jax.tree.broadcast(arg_shardings, workload.args)
             args = jax.tree.map(
-                lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), workload.args, shardings
+                lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+                workload.args,
+                shardings,
             )
         else:
             args = jax.device_put(workload.args, arg_shardings)
         with jax.set_mesh(mesh) if mesh is not None else nullcontext():
             lowered = jax.jit(workload.fn).lower(*args)
-        compiled, check = check_collectives(lowered, self.dut.platform, collectives or {})
+        compiled, check = check_collectives(
+            lowered, self.dut.platform, collectives or {}
+        )
         if self.dut.compile_only:
             return EquivalenceResult(check, None)
         actual = _to_numpy(compiled(*args))
-        return EquivalenceResult(check, assert_equivalent(expected(), actual, self.config, mask))
+        return EquivalenceResult(
+            check, assert_equivalent(expected(), actual, self.config, mask)
+        )

@@ -1,3 +1,7 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 """Comparing a device-under-test output with its golden: PCC, atol, allclose, top-1, KL.
 
 Every metric is computed on every call and reported, so a failure message (and a passing
@@ -15,12 +19,12 @@ import numpy as np
 TieRule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-class ComparisonError(AssertionError):
+class GoldenMismatch(AssertionError):
     """The output under test is not equivalent to the golden; the message gives the numbers."""
 
 
 @dataclass(frozen=True)
-class ComparisonConfig:
+class Thresholds:
     """Thresholds; a metric set to None is reported but not checked.
 
     atol:     maximum of |golden - actual|.
@@ -42,7 +46,7 @@ class ComparisonConfig:
 
 
 @dataclass(frozen=True)
-class ComparisonResult:
+class CheckResult:
     max_abs_diff: float
     pcc: float
     allclose: bool
@@ -70,7 +74,9 @@ class ComparisonResult:
             f"max_abs_diff={self.max_abs_diff:.3e} pcc={self.pcc:.7f} allclose={self.allclose} "
             f"top1={self.top1:.4f} (strict {self.top1_strict:.4f}) kl={self.kl:.3e}"
         )
-        return numbers if self.passed else f"{numbers}; failed: {'; '.join(self.failures)}"
+        return (
+            numbers if self.passed else f"{numbers}; failed: {'; '.join(self.failures)}"
+        )
 
 
 def pearson(golden: np.ndarray, actual: np.ndarray) -> float:
@@ -95,24 +101,30 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def compare(
     golden: np.ndarray,
     actual: np.ndarray,
-    config: ComparisonConfig,
+    config: Thresholds,
     mask: np.ndarray | None = None,
-) -> ComparisonResult:
+) -> CheckResult:
     """All metrics of `actual` against `golden`; `mask` (over leading axes) keeps the rows that count."""
     golden = np.asarray(golden, np.float64)
     actual = np.asarray(actual, np.float64)
     if golden.shape != actual.shape:
-        raise ComparisonError(f"shape mismatch: golden {golden.shape} vs actual {actual.shape}")
+        raise GoldenMismatch(
+            f"shape mismatch: golden {golden.shape} vs actual {actual.shape}"
+        )
     if mask is not None:
         mask = np.asarray(mask, bool)
         golden, actual = golden[mask], actual[mask]
     if golden.size == 0:
-        raise ComparisonError("nothing to compare: the tensors (after masking) are empty")
+        raise GoldenMismatch(
+            "nothing to compare: the tensors (after masking) are empty"
+        )
 
     failures = []
     finite = np.isfinite(actual)
     if not finite.all():
-        failures.append(f"{int((~finite).sum())} non-finite values in the output under test")
+        failures.append(
+            f"{int((~finite).sum())} non-finite values in the output under test"
+        )
     max_abs_diff = float(np.max(np.abs(golden - actual)))
     pcc = pearson(golden, actual)
     rtol, allclose_atol = config.allclose or (1e-5, 1e-8)
@@ -139,17 +151,19 @@ def compare(
         failures.append(f"top1 agreement {top1:.4f} < {config.top1}")
     if config.kl is not None and not kl <= config.kl:
         failures.append(f"kl {kl:.3e} > {config.kl:.1e}")
-    return ComparisonResult(max_abs_diff, pcc, allclose, top1, top1_strict, kl, tuple(failures))
+    return CheckResult(
+        max_abs_diff, pcc, allclose, top1, top1_strict, kl, tuple(failures)
+    )
 
 
 def assert_equivalent(
     golden: np.ndarray,
     actual: np.ndarray,
-    config: ComparisonConfig,
+    config: Thresholds,
     mask: np.ndarray | None = None,
-) -> ComparisonResult:
-    """`compare`, raising ComparisonError with every number when a threshold is not met."""
+) -> CheckResult:
+    """`compare`, raising GoldenMismatch with every number when a threshold is not met."""
     result = compare(golden, actual, config, mask)
     if not result.passed:
-        raise ComparisonError(str(result))
+        raise GoldenMismatch(str(result))
     return result

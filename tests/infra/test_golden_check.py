@@ -1,7 +1,17 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
 import numpy as np
 import pytest
 
-from tests.infra.comparison import ComparisonConfig, ComparisonError, assert_equivalent, compare, pearson
+from tests.infra.golden_check import (
+    GoldenMismatch,
+    Thresholds,
+    assert_equivalent,
+    compare,
+    pearson,
+)
 
 pytestmark = pytest.mark.push
 
@@ -10,21 +20,21 @@ LOGITS = RNG.standard_normal((4, 6, 50)).astype(np.float32)
 
 
 def test_identical_outputs_pass_every_check():
-    config = ComparisonConfig(atol=0.0, pcc=1.0, allclose=(0.0, 0.0), top1=1.0, kl=0.0)
+    config = Thresholds(atol=0.0, pcc=1.0, allclose=(0.0, 0.0), top1=1.0, kl=0.0)
     result = assert_equivalent(LOGITS, LOGITS.copy(), config)
     assert result.passed and result.max_abs_diff == 0.0 and result.top1 == 1.0
 
 
 def test_small_noise_passes_loose_and_fails_tight_atol():
     noisy = LOGITS + 1e-5 * RNG.standard_normal(LOGITS.shape).astype(np.float32)
-    assert compare(LOGITS, noisy, ComparisonConfig(atol=1e-3)).passed
-    with pytest.raises(ComparisonError, match=r"max_abs_diff .* > atol 1.0e-07"):
-        assert_equivalent(LOGITS, noisy, ComparisonConfig(atol=1e-7))
+    assert compare(LOGITS, noisy, Thresholds(atol=1e-3)).passed
+    with pytest.raises(GoldenMismatch, match=r"max_abs_diff .* > atol 1.0e-07"):
+        assert_equivalent(LOGITS, noisy, Thresholds(atol=1e-7))
 
 
 def test_wrong_data_fails_pcc_and_reports_the_number():
     wrong = RNG.standard_normal(LOGITS.shape).astype(np.float32)
-    result = compare(LOGITS, wrong, ComparisonConfig(pcc=0.99))
+    result = compare(LOGITS, wrong, Thresholds(pcc=0.99))
     assert not result.passed
     assert abs(result.pcc) < 0.1
     assert "pcc" in result.failures[0] and f"{result.pcc:.7f}" in result.failures[0]
@@ -32,15 +42,15 @@ def test_wrong_data_fails_pcc_and_reports_the_number():
 
 def test_swapped_rows_fail_top1_but_keep_the_value_distribution():
     swapped = LOGITS[::-1].copy()
-    result = compare(LOGITS, swapped, ComparisonConfig(top1=0.99, kl=1e-3))
+    result = compare(LOGITS, swapped, Thresholds(top1=0.99, kl=1e-3))
     assert result.top1 < 0.5
     assert len(result.failures) == 2
 
 
 def test_allclose_uses_rtol_and_atol():
     scaled = LOGITS * (1 + 1e-4)
-    assert compare(LOGITS, scaled, ComparisonConfig(allclose=(1e-3, 0.0))).passed
-    assert not compare(LOGITS, scaled, ComparisonConfig(allclose=(1e-6, 0.0))).passed
+    assert compare(LOGITS, scaled, Thresholds(allclose=(1e-3, 0.0))).passed
+    assert not compare(LOGITS, scaled, Thresholds(allclose=(1e-6, 0.0))).passed
 
 
 def test_mask_ignores_rows_that_do_not_count():
@@ -48,19 +58,22 @@ def test_mask_ignores_rows_that_do_not_count():
     garbage_in_pads[:, :2] = 1e6
     valid = np.ones(LOGITS.shape[:2], bool)
     valid[:, :2] = False
-    assert compare(LOGITS, garbage_in_pads, ComparisonConfig(atol=0.0), mask=valid).passed
-    assert not compare(LOGITS, garbage_in_pads, ComparisonConfig(atol=0.0)).passed
+    assert compare(LOGITS, garbage_in_pads, Thresholds(atol=0.0), mask=valid).passed
+    assert not compare(LOGITS, garbage_in_pads, Thresholds(atol=0.0)).passed
 
 
 def test_non_finite_output_fails():
     nan = LOGITS.copy()
     nan[0, 0, 0] = np.nan
-    assert "non-finite" in compare(LOGITS, nan, ComparisonConfig()).failures[0]
+    assert "non-finite" in compare(LOGITS, nan, Thresholds()).failures[0]
 
 
 def test_shape_mismatch_is_an_error():
-    with pytest.raises(ComparisonError, match=r"shape mismatch: golden \(4, 6, 50\) vs actual \(4, 6, 49\)"):
-        compare(LOGITS, LOGITS[..., :49], ComparisonConfig())
+    with pytest.raises(
+        GoldenMismatch,
+        match=r"shape mismatch: golden \(4, 6, 50\) vs actual \(4, 6, 49\)",
+    ):
+        compare(LOGITS, LOGITS[..., :49], Thresholds())
 
 
 def test_pearson_edge_cases():
@@ -72,14 +85,18 @@ def test_pearson_edge_cases():
 def test_top1_counts_exact_golden_ties_and_what_the_tie_rule_accepts():
     golden = np.array([[1.0, 2.0, 2.0, 0.5], [3.0, 1.0, 0.0, 2.99]])
     actual = np.array([[1.0, 2.0, 2.01, 0.5], [2.98, 1.0, 0.0, 2.99]])
-    exact_ties_only = compare(golden, actual, ComparisonConfig(top1=1.0))
-    assert exact_ties_only.top1 == 0.5 and exact_ties_only.top1_strict == 0.0 and not exact_ties_only.passed
+    exact_ties_only = compare(golden, actual, Thresholds(top1=1.0))
+    assert (
+        exact_ties_only.top1 == 0.5
+        and exact_ties_only.top1_strict == 0.0
+        and not exact_ties_only.passed
+    )
 
     def within_a_hundredth(rows_g, rows_a, expected, picked):
         index = np.arange(len(rows_g))
         return rows_g[index, expected] - rows_g[index, picked] <= 0.01
 
-    tied = compare(golden, actual, ComparisonConfig(top1=1.0, top1_tie=within_a_hundredth))
+    tied = compare(golden, actual, Thresholds(top1=1.0, top1_tie=within_a_hundredth))
     assert tied.passed and tied.top1 == 1.0 and tied.top1_strict == 0.0
     far = np.array([[5.0, 2.0, 2.0, 0.5], [0.0, 1.0, 0.0, 9.0]])
-    assert compare(golden, far, ComparisonConfig(top1_tie=within_a_hundredth)).top1 == 0.5
+    assert compare(golden, far, Thresholds(top1_tie=within_a_hundredth)).top1 == 0.5

@@ -1,0 +1,99 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
+"""How a batch of token sequences is laid out for the compiled steps, and which requests are refused.
+
+Prompts are left-padded to a length bucket, so every row's last prompt token sits in the same
+column and every row writes the same cache slot at each step: one scalar write index. Prefill runs
+in chunks of at most `prefill_chunk` tokens, each attending to the cache, so its temporary memory
+(a chunk's attention scores against the cache, B x heads x chunk x S) grows with the prompt, not
+with its square. One compiled program per (batch, chunk, cache length).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tests.jax.models.qwen2_5.model import positions_from_mask
+
+MIN_PROMPT_BUCKET = 16
+# Tokens per prefill chunk: large enough that a chunk's GEMMs run at full speed, small enough
+# that its attention scores (B x heads x chunk x S float32) stay far below the weights.
+PREFILL_CHUNK = 256
+
+
+class GenerationError(ValueError):
+    """A generation request that cannot be served (empty prompt, too long for the context, ...)."""
+
+
+def bucket(length: int, minimum: int = MIN_PROMPT_BUCKET) -> int:
+    """The next power of two >= length (and >= minimum)."""
+    return max(minimum, 1 << (max(length, 1) - 1).bit_length())
+
+
+def prompt_bucket(length: int, chunk: int) -> int:
+    """The padded prompt length: a power of two (>= 16) up to one chunk, then whole chunks, so a
+    2,050-token prompt pads to 2,304 (chunk 256), not 4,096."""
+    short = bucket(length)
+    return short if short <= chunk else -(-length // chunk) * chunk
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a batch of token sequences is laid out for the model."""
+
+    rows: int  # real rows
+    batch: int  # rows, padded to a multiple of the batch axis
+    prompt_len: int  # the padded prompt length (prompt_bucket)
+    max_len: int  # cache slots: the prompt, then room for the new tokens
+    chunk: int  # prefill chunk width; divides prompt_len
+
+    @property
+    def chunk_starts(self) -> range:
+        return range(0, self.prompt_len, self.chunk)
+
+    def host_inputs(
+        self, sequences: Sequence[Sequence[int]], pad_token_id: int
+    ) -> tuple[np.ndarray, ...]:
+        """ids and positions (batch, prompt_len) and key validity (batch, max_len): the sequences
+        left-padded, rows beyond `rows` repeating the first (their output is dropped).
+        """
+        padded = list(sequences) + [sequences[0]] * (self.batch - self.rows)
+        ids = np.full((self.batch, self.prompt_len), pad_token_id, np.int32)
+        key_valid = np.zeros((self.batch, self.max_len), bool)
+        for row, tokens in enumerate(padded):
+            ids[row, self.prompt_len - len(tokens) :] = tokens
+            key_valid[row, self.prompt_len - len(tokens) : self.prompt_len] = True
+        positions = np.asarray(positions_from_mask(key_valid[:, : self.prompt_len]))
+        return ids, positions, key_valid
+
+
+def layout_for(
+    lengths: Sequence[int],
+    max_new_tokens: int,
+    *,
+    context: int,
+    chunk: int,
+    batch_multiple: int,
+) -> BatchLayout:
+    """The layout of sequences of `lengths` followed by `max_new_tokens`; refuses what a context of
+    `context` tokens cannot hold. Rows are padded to a multiple of `batch_multiple` (the mesh's batch axis).
+    """
+    if not lengths or min(lengths) < 1:
+        raise GenerationError("every prompt needs at least one token")
+    if max_new_tokens < 0:
+        raise GenerationError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    longest = max(lengths)
+    if longest + max_new_tokens > context:
+        raise GenerationError(
+            f"a prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds the model's context of "
+            f"{context} tokens: shorten the prompt or lower max_new_tokens"
+        )
+    prompt_len = prompt_bucket(longest, chunk)
+    max_len = prompt_len + (bucket(max_new_tokens, minimum=1) if max_new_tokens else 0)
+    batch = -(-len(lengths) // batch_multiple) * batch_multiple
+    return BatchLayout(len(lengths), batch, prompt_len, max_len, min(prompt_len, chunk))

@@ -1,0 +1,43 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
+"""The flags the generate and GSM8K command lines share, defined once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tests.jax.models.qwen2_5.cpu_products import AUTO, CHOICES
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, *, max_new_tokens: int, compare_help: str
+) -> None:
+    """--model-path, --mesh, --dtype, --chat, --max-new-tokens, --compare-single-device, --cpu-products."""
+    parser.add_argument(
+        "--model-path",
+        type=Path,
+        help="Hugging Face checkpoint directory (default: embedded demo)",
+    )
+    parser.add_argument(
+        "--mesh", default="1x1", help="BATCHxMODEL device mesh; 1x1 is a single device"
+    )
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap each prompt in the checkpoint's chat template",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument(
+        "--compare-single-device", action="store_true", help=compare_help
+    )
+    parser.add_argument(
+        "--cpu-products",
+        choices=CHOICES,
+        default=AUTO,
+        help="XLA:CPU's form of the decode steps' weight products (cpu_products.py); auto picks by host; "
+        "never part of a TT program",
+    )

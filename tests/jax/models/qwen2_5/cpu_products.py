@@ -1,0 +1,179 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
+"""XLA:CPU's own forms of the model's weight product, installed at start-up through model.py's one seam.
+
+The model computes every product with a weight as one plain einsum (`model.weight_product`). On
+XLA:CPU a decode step's products (few rows per device) are streams over the weights, and their
+speed is the speed at which a weight is read. In the plain form XLA:CPU's matrix library (YNNPACK)
+repacks the weight on every call; this module gives it the forms that read a weight in place
+(README "Performance" has the measurements):
+
+- `few-rows`: the weight as the dot's left operand, the small (out, rows) result transposed
+  behind an optimization barrier, and a zero second row for a single bfloat16 row (`few_rows`);
+- `streamed`: bfloat16 products by streaming_matmul's C++ kernel (`streamed`), for CPUs without
+  bfloat16 instructions, where `few-rows` is compute-bound; float32 still takes `few-rows`;
+- `xla`: no substitution, the plain product everywhere;
+- `auto` (the default): `streamed` where the kernel reads bfloat16 faster than XLA's own kernels
+  (streaming_matmul.faster_here: an AVX2 CPU without AVX-512 BF16 or AMX), else `few-rows`.
+
+Every form computes the same products with float32 sums as the plain one; only the summation
+order differs, which the numerics contract allows. The choice is made once per process
+(`install`). A substituted product is wrapped in `platform_dependent`, so a program lowered for
+any other platform (the TT compiler) contains only the plain product.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from tests.jax.models.qwen2_5 import model, streaming_matmul
+from tests.jax.models.qwen2_5.partitioning import (
+    LOGICAL_RULES,
+    Axes,
+    batch_split,
+    logical_to_spec,
+    rows_per_device,
+)
+
+AUTO, XLA, FEW_ROWS_FORM, STREAMED = "auto", "xla", "few-rows", "streamed"
+CHOICES = (AUTO, XLA, FEW_ROWS_FORM, STREAMED)
+# Rows (batch x tokens) per device up to which a product with a weight is a stream over the
+# weight (a decode step) rather than a GEMM (a prefill chunk): only these are substituted.
+FEW_ROWS = 16
+
+
+class CpuProductsError(ValueError):
+    """A CPU product form this host cannot run."""
+
+
+def resolve(choice: str) -> str:
+    """The concrete form `choice` names on this host ("auto" picks one); refuses one that cannot run here."""
+    if choice not in CHOICES:
+        raise CpuProductsError(
+            f"--cpu-products must be one of {', '.join(CHOICES)}, got {choice!r}"
+        )
+    if choice == AUTO:
+        return STREAMED if streaming_matmul.faster_here() else FEW_ROWS_FORM
+    if choice == STREAMED and not streaming_matmul.runs_here():
+        raise CpuProductsError(
+            "--cpu-products streamed needs an x86-64 CPU with AVX2 and FMA: choose few-rows or xla"
+        )
+    return choice
+
+
+def product_for(form: str) -> model.WeightProduct:
+    """The weight product of a concrete form (resolve)."""
+    if form == XLA:
+        return model.weight_product
+    return functools.partial(_dense, streamed_bfloat16=form == STREAMED)
+
+
+def install(choice: str = AUTO) -> str:
+    """Make `choice` this process's weight product; returns the concrete form. The streaming kernel
+    is built here when chosen, so a missing compiler is reported before any work."""
+    form = resolve(choice)
+    if form == STREAMED:
+        streaming_matmul.prepare_kernel()
+    model.use_weight_product(product_for(form))
+    global _installed
+    _installed = form
+    return form
+
+
+_installed = XLA
+
+
+def installed() -> str:
+    """The form `install` last chose (xla before any install)."""
+    return _installed
+
+
+@contextmanager
+def forced(form: str) -> Iterator[None]:
+    """`form` for the duration (tests force each form on every host), then the previous one again.
+    Programs must be traced inside: a compiled program keeps the form it was traced with.
+    """
+    before = installed()
+    install(form)
+    try:
+        yield
+    finally:
+        install(before)
+
+
+def _dense(
+    x: jax.Array, w: jax.Array, axes: Axes, *, streamed_bfloat16: bool
+) -> jax.Array:
+    """model.weight_product's contract: x (B, T, in) times w (out, in) -> (B, T, out) float32. Few
+    rows on XLA:CPU take this module's forms; everything else, and every other platform, the plain one.
+    """
+    if rows_per_device(x) > FEW_ROWS:
+        return model.weight_product(x, w, axes)
+    if streamed_bfloat16 and x.dtype == jnp.bfloat16:
+        cpu = functools.partial(streamed, axes=tuple(axes))
+    else:
+        cpu = few_rows
+    return jax.lax.platform_dependent(
+        x, w, cpu=cpu, default=lambda x, w: model.weight_product(x, w, axes)
+    )
+
+
+def few_rows(x: jax.Array, w: jax.Array) -> jax.Array:
+    """A decode step's product in the one form YNNPACK reads the weight in place (measured on 2-core
+    hosts, README "Performance"):
+
+    - the weight is the dot's left operand, contracted on its contiguous axis, and the small
+      (out, rows) result reaches its transpose through an optimization barrier: otherwise XLA
+      folds the transpose into the dot, YNNPACK repacks the weight on every call and reads
+      bfloat16 at 6-9 GB/s instead of 18-32 with AMX (float32 at batch 8: 7-9 instead of 14-21);
+    - YNNPACK takes no matrix-vector products: with one bfloat16 row per device XLA's own kernel
+      converts the whole weight to float32 on every call (1.7 GB/s, and a float32 copy of the
+      weights), so a zero second row is added; the real row is unchanged.
+    """
+    one_row = x.dtype == jnp.bfloat16 and rows_per_device(x) == 1
+    if one_row:
+        x = jnp.concatenate([x, jnp.zeros_like(x)], axis=1)  # (B, 2, in)
+    # (out, B, T)
+    y = jax.lax.dot_general(
+        w, x, (((1,), (2,)), ((), ())), preferred_element_type=jnp.float32
+    )
+    y = jnp.transpose(jax.lax.optimization_barrier(y), (1, 2, 0))  # (B, T, out)
+    return y[:, :1] if one_row else y
+
+
+def streamed(x: jax.Array, w: jax.Array, *, axes: Axes) -> jax.Array:
+    """The product by streaming_matmul's kernel (7.5-9 GB/s for `few_rows` on AVX2-only CPUs, 19-27
+    for the kernel), on each device's blocks: a custom call has no partitioning rule, and the
+    partitioner would gather the whole weight onto every device. A weight split on its input axis
+    (row-parallel) yields float32 partial sums, all-reduced here before the caller's single
+    rounding, as the partitioner does for the plain product."""
+
+    def per_device(
+        x: jax.Array, w: jax.Array, split_axis: str | None = None
+    ) -> jax.Array:
+        # (B*T, out)
+        y = streaming_matmul.streamed_product(x.reshape(-1, x.shape[-1]), w)
+        y = y.reshape(*x.shape[:2], w.shape[0])  # (B, T, out)
+        return y if split_axis is None else jax.lax.psum(y, split_axis)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return per_device(x, w)
+    weight_spec = logical_to_spec(axes)
+    out_axis, in_axis = weight_spec
+    # A batch the mesh's batch axis does not divide (one sequence on 2x4) is computed whole by
+    # every group, as the partitioner replicates it.
+    batch = LOGICAL_RULES["batch"] if x.shape[0] % batch_split() == 0 else None
+    return jax.shard_map(
+        functools.partial(per_device, split_axis=in_axis),
+        in_specs=(P(batch, None, in_axis), weight_spec),
+        out_specs=P(batch, None, out_axis),
+    )(x, w)

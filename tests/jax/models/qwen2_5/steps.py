@@ -1,0 +1,285 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
+"""The compiled steps of generation and teacher forcing: prefill, decode, fill and score.
+
+Each step is a plain function of the model state and arrays, jitted once here with its cache
+argument donated (the cache is updated in place). `CompiledSteps` lowers and compiles them for one
+model on one mesh, once per shapes, and reports their memory before any weight is loaded: it
+needs only the state's shapes and placements, so a generator of shape-only weights compiles what
+the loaded one runs. The KV cache is split like the KV heads (`KV_AXES`): a device holds the keys
+and values of exactly the heads it computes, rows split over `batch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS
+from tests.jax.models.qwen2_5.batching import BatchLayout
+from tests.jax.models.qwen2_5.config import Qwen2Config
+from tests.jax.models.qwen2_5.model import KV, KV_AXES, Qwen2ForCausalLM, init_cache
+from tests.jax.models.qwen2_5.partitioning import logical_to_spec
+from tests.jax.models.qwen2_5.placement import Placement
+from tests.jax.models.qwen2_5.sampling import SamplingParams, next_token
+from tests.jax.models.qwen2_5.tensor_parallel import forward_all_reduces
+
+PREFILL, DECODE, FILL, SCORE = "prefill", "decode", "fill", "score"
+Cache = tuple[KV, ...]  # per layer, keys and values (B, S, K, H)
+
+
+def widened(state: Any) -> Any:
+    """Model state with its floating-point arrays in float32 (exactly: bfloat16 widens without rounding)."""
+    return jax.tree.map(
+        lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        state,
+    )
+
+
+def _model(graphdef: nnx.GraphDef, state: Any, exact: bool) -> Qwen2ForCausalLM:
+    return nnx.merge(graphdef, widened(state) if exact else state)
+
+
+def prefill(
+    state: Any,
+    ids: jax.Array,
+    positions: jax.Array,
+    key_valid: jax.Array,
+    cache: Cache,
+    start: jax.Array,
+    key: jax.Array,
+    sampling: SamplingParams,
+    *,
+    graphdef: nnx.GraphDef,
+    exact: bool,
+    greedy: bool,
+) -> tuple[jax.Array, jax.Array, Cache]:
+    """One chunk of the prompt (B, chunk) into the cache; the next token from the chunk's last
+    column, sampled (when not greedy) with the seed's key folded with 0, and its record.
+    """
+    model = _model(graphdef, state, exact)
+    hidden, cache = model.model(ids, positions, key_valid, cache, start)
+    logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V): only the column that predicts
+    return *next_token(logits, greedy, jax.random.fold_in(key, 0), sampling), cache
+
+
+def decode(
+    state: Any,
+    tokens: jax.Array,
+    positions: jax.Array,
+    key_valid: jax.Array,
+    cache: Cache,
+    start: jax.Array,
+    key: jax.Array,
+    sampling: SamplingParams,
+    *,
+    graphdef: nnx.GraphDef,
+    exact: bool,
+    greedy: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, Cache]:
+    """One token per row (B,) at cache slot `start` (after the prompt, so never 0: the key folded
+    with it differs from prefill's), and its record; positions and key validity advance.
+    """
+    model = _model(graphdef, state, exact)
+    key_valid = key_valid.at[:, start].set(True)
+    hidden, cache = model.model(
+        tokens[:, None], positions[:, None], key_valid, cache, start
+    )
+    logits = model.logits(hidden)[:, 0]  # (B, V)
+    tokens, record = next_token(
+        logits, greedy, jax.random.fold_in(key, start), sampling
+    )
+    return tokens, record, positions + 1, key_valid, cache
+
+
+def fill(
+    state: Any,
+    ids: jax.Array,
+    positions: jax.Array,
+    key_valid: jax.Array,
+    cache: Cache,
+    start: jax.Array,
+    *,
+    graphdef: nnx.GraphDef,
+    exact: bool,
+) -> Cache:
+    """One chunk of a teacher-forced sequence into the cache, computing no logits."""
+    return _model(graphdef, state, exact).model(
+        ids, positions, key_valid, cache, start
+    )[1]
+
+
+def score(
+    state: Any,
+    ids: jax.Array,
+    positions: jax.Array,
+    key_valid: jax.Array,
+    cache: Cache,
+    start: jax.Array,
+    *,
+    graphdef: nnx.GraphDef,
+    exact: bool,
+) -> tuple[jax.Array, Cache]:
+    """One chunk of a teacher-forced sequence into the cache, with the logits of every column (B, chunk, V)."""
+    model = _model(graphdef, state, exact)
+    hidden, cache = model.model(ids, positions, key_valid, cache, start)
+    return model.logits(hidden), cache
+
+
+_STATIC = ("graphdef", "exact")
+JITTED = {
+    PREFILL: jax.jit(
+        prefill, static_argnames=(*_STATIC, "greedy"), donate_argnames=("cache",)
+    ),
+    DECODE: jax.jit(
+        decode, static_argnames=(*_STATIC, "greedy"), donate_argnames=("cache",)
+    ),
+    FILL: jax.jit(fill, static_argnames=_STATIC, donate_argnames=("cache",)),
+    SCORE: jax.jit(score, static_argnames=_STATIC, donate_argnames=("cache",)),
+}
+
+
+def step_collectives(
+    cfg: Qwen2Config, mesh: Mesh, kind: str, greedy: bool = True
+) -> dict[str, int]:
+    """The collectives of a compiled step on `mesh` (XLA:CPU and the TT compiler alike): the
+    forward's all-reduces, then, for a prefill chunk or a decode step, `next_token`'s all-gathers.
+    Fill and score chunks have only the forward's: their logits stay split."""
+    split_model, split_batch = mesh.shape[MODEL_AXIS] > 1, mesh.shape[BATCH_AXIS] > 1
+    gathers = (
+        split_model + (1 if greedy else 2) * split_batch
+        if kind in (PREFILL, DECODE)
+        else 0
+    )
+    return {
+        "all_reduce": forward_all_reduces(cfg) if split_model else 0,
+        "all_gather": gathers,
+    }
+
+
+class StepKey(NamedTuple):
+    kind: str
+    greedy: bool | None  # None for fill and score, which choose no token
+    batch: int
+    chunk: int
+    max_len: int
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    """The shape, dtype and placement of an argument: all a compile needs."""
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+class CompiledSteps:
+    """The steps of one model on one placement, compiled once per shapes (`programs`).
+
+    `exact`: every step computes in float32 on the model's own weights (cast inside the compiled
+    step, so no float32 copy stays resident): the audit's oracle of a bfloat16 run."""
+
+    def __init__(
+        self, model: Qwen2ForCausalLM, placement: Placement, exact: bool = False
+    ) -> None:
+        self.graphdef, state = nnx.split(model)
+        self.abstract_state = jax.tree.map(_abstract, state)
+        self.cfg, self.placement, self.exact = model.cfg, placement, exact
+        self.cache_dtype = jnp.float32 if exact else model.model.norm.weight.dtype
+        self.programs: dict[StepKey, jax.stages.Compiled] = {}
+
+    def _cache_maker(self, layout: BatchLayout) -> Callable[[], Any]:
+        mesh = self.placement.mesh
+        sharding = (
+            None if mesh is None else NamedSharding(mesh, logical_to_spec(KV_AXES))
+        )
+
+        def make() -> Cache:
+            return init_cache(self.cfg, layout.batch, layout.max_len, self.cache_dtype)
+
+        return jax.jit(make, out_shardings=sharding)
+
+    def empty_cache(self, layout: BatchLayout) -> Any:
+        return self.placement.within(self._cache_maker(layout))
+
+    def _arguments(self, kind: str, layout: BatchLayout) -> tuple:
+        """The abstract dynamic arguments of step `kind` for `layout`, in the step's order."""
+        place = self.placement
+        cache = jax.eval_shape(self._cache_maker(layout))
+        key_valid = place.row_spec((layout.batch, layout.max_len), jnp.bool_)
+        start = jax.ShapeDtypeStruct((), jnp.int32)
+        ids = place.row_spec((layout.batch, layout.chunk), jnp.int32)
+        if kind in (FILL, SCORE):
+            return (self.abstract_state, ids, ids, key_valid, cache, start)
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+        if kind == PREFILL:
+            return (
+                self.abstract_state,
+                ids,
+                ids,
+                key_valid,
+                cache,
+                start,
+                key,
+                SamplingParams.abstract(),
+            )
+        tokens = jax.ShapeDtypeStruct(
+            (layout.batch,), jnp.int32, sharding=place.sharding(P())
+        )
+        positions = place.row_spec((layout.batch,), jnp.int32)
+        return (
+            self.abstract_state,
+            tokens,
+            positions,
+            key_valid,
+            cache,
+            start,
+            key,
+            SamplingParams.abstract(),
+        )
+
+    def lower(
+        self, kind: str, layout: BatchLayout, greedy: bool = True
+    ) -> jax.stages.Lowered:
+        static = {"graphdef": self.graphdef, "exact": self.exact}
+        if kind in (PREFILL, DECODE):
+            static["greedy"] = greedy
+        arguments = self._arguments(kind, layout)
+        return self.placement.within(lambda: JITTED[kind].lower(*arguments, **static))
+
+    def compiled(
+        self, kind: str, layout: BatchLayout, greedy: bool = True
+    ) -> jax.stages.Compiled:
+        """Step `kind` for `layout`, compiled on first use; called with its dynamic arguments only."""
+        key = StepKey(
+            kind,
+            greedy if kind in (PREFILL, DECODE) else None,
+            layout.batch,
+            layout.chunk,
+            layout.max_len,
+        )
+        if key not in self.programs:
+            self.programs[key] = self.lower(kind, layout, greedy).compile()
+        return self.programs[key]
+
+    def peak_bytes(
+        self, layout: BatchLayout, kinds: Sequence[str] = (PREFILL, DECODE)
+    ) -> int:
+        """The most memory one of the steps `kinds` of `layout` holds at once, over all devices:
+        arguments (weights, cache, inputs), outputs that do not reuse a donated buffer, and the
+        compiler's temporaries, from the compiled programs' own memory analysis."""
+        peak = 0
+        for kind in kinds:
+            memory = self.compiled(kind, layout).memory_analysis()
+            held = (
+                memory.argument_size_in_bytes
+                + memory.output_size_in_bytes
+                - memory.alias_size_in_bytes
+            )
+            peak = max(peak, held + memory.temp_size_in_bytes)
+        return peak * self.placement.devices

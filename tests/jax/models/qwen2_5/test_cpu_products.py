@@ -1,0 +1,116 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
+"""cpu_products, the one seam for XLA:CPU's forms of the weight product: each form forced on every
+host against the plain product inside a whole model, the choice `auto` makes, and refusals.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.infra.devices import CPU
+from tests.infra.mesh import make_mesh
+from tests.jax.models.qwen2_5 import cpu_products, streaming_matmul
+from tests.jax.models.qwen2_5.cpu_products import (
+    FEW_ROWS_FORM,
+    STREAMED,
+    XLA,
+    CpuProductsError,
+)
+from tests.jax.models.qwen2_5.loader import load_model
+from tests.jax.models.qwen2_5.tensor_parallel import shard_model
+
+pytestmark = pytest.mark.model_test
+
+
+def _one_token_logits(model: nnx.Module, mesh, form: str) -> np.ndarray:
+    """A one-token forward (every product on the few-rows path) traced with `form` installed."""
+    ids, positions, mask = (
+        jnp.array([[5], [77]]),
+        jnp.array([[3], [9]]),
+        jnp.ones((2, 1), bool),
+    )
+    graph, state = nnx.split(model)
+    with cpu_products.forced(form):
+        forward = jax.jit(lambda state, *a: nnx.merge(graph, state)(*a))
+        if mesh is None:
+            return np.asarray(forward(state, ids, positions, mask), np.float32)
+        with jax.set_mesh(mesh):
+            text = forward.lower(state, ids, positions, mask).as_text()
+            assert (streaming_matmul.TARGET in text) == (form == STREAMED)
+            assert ("optimization_barrier" in text) == (form == FEW_ROWS_FORM)
+            return np.asarray(forward(state, ids, positions, mask), np.float32)
+
+
+@pytest.mark.parametrize("form", [FEW_ROWS_FORM, STREAMED])
+@pytest.mark.parametrize("mesh_shape", [None, "2x4"])
+def test_each_form_matches_the_plain_product(tiny_checkpoint, mesh_shape, form, dut):
+    """A whole bfloat16 model's one-token forward through `form`, against the plain product: the
+    logits agree to the model tests' bfloat16 tolerance (PCC 0.999), as two float32 summation
+    orders rounded to bfloat16 at every layer do; a wrong product would not."""
+    if dut.platform != CPU:
+        pytest.skip("the kernel is XLA:CPU's")
+    if form == STREAMED and not streaming_matmul.runs_here():
+        pytest.skip("the kernel needs an x86-64 CPU with AVX2 and FMA")
+    model = load_model(tiny_checkpoint("gqa28x4"), jnp.bfloat16)
+    mesh = None if mesh_shape is None else make_mesh(mesh_shape, dut.devices)
+    model = shard_model(model, mesh) if mesh is not None else model
+    ours, plain = _one_token_logits(model, mesh, form), _one_token_logits(
+        model, mesh, XLA
+    )
+    assert np.corrcoef(ours.ravel(), plain.ravel())[0, 1] >= 0.999
+    assert (ours.argmax(-1) == plain.argmax(-1)).mean() >= 0.5
+
+
+def test_auto_picks_the_kernel_only_where_it_streams_faster(monkeypatch):
+    monkeypatch.setattr(streaming_matmul, "faster_here", lambda: True)
+    assert cpu_products.resolve("auto") == STREAMED
+    monkeypatch.setattr(streaming_matmul, "faster_here", lambda: False)
+    assert cpu_products.resolve("auto") == FEW_ROWS_FORM
+    assert cpu_products.resolve(XLA) == XLA
+
+
+def test_a_form_this_host_cannot_run_is_refused(monkeypatch):
+    monkeypatch.setattr(streaming_matmul, "runs_here", lambda: False)
+    with pytest.raises(
+        CpuProductsError,
+        match="needs an x86-64 CPU with AVX2 and FMA: choose few-rows or xla",
+    ):
+        cpu_products.resolve(STREAMED)
+    with pytest.raises(CpuProductsError, match="must be one of"):
+        cpu_products.resolve("fast")
+
+
+def test_forced_restores_the_installed_form():
+    before = cpu_products.installed()
+    with cpu_products.forced(XLA):
+        assert cpu_products.installed() == XLA
+    assert cpu_products.installed() == before
+
+
+def test_the_model_imports_no_host_code():
+    """model.py, and what it imports, knows nothing of hosts or of the test infrastructure."""
+    probe = (
+        "import sys, tests.jax.models.qwen2_5.model; "
+        "print(' '.join(m for m in sys.modules if m.startswith('tests')))"
+    )
+    root = Path(__file__).parents[4]
+    run = [sys.executable, "-c", probe]
+    done = subprocess.run(run, capture_output=True, text=True, check=True, cwd=root)
+    loaded = set(done.stdout.split())
+    assert "tests.jax.models.qwen2_5.model" in loaded
+    assert not {m for m in loaded if m.startswith("tests.infra")}
+    assert not loaded & {
+        "tests.jax.models.qwen2_5.cpu_products",
+        "tests.jax.models.qwen2_5.streaming_matmul",
+    }
