@@ -24,6 +24,10 @@ MIN_PROMPT_BUCKET = 16
 # Tokens per prefill chunk: large enough that a chunk's GEMMs run at full speed, small enough
 # that its attention scores (B x heads x chunk x S float32) stay far below the weights.
 PREFILL_CHUNK = 256
+# Cache slots come in whole multiples of TT's 32-row tile: its decode attention kernel takes only
+# whole tiles of slots (measured: 48 slots fall back to generic attention, 64 do not). Slots past
+# the tokens are masked, so their number changes no result.
+SLOT_MULTIPLE = 32
 
 
 class GenerationError(ValueError):
@@ -49,7 +53,7 @@ class BatchLayout:
     rows: int  # real rows
     batch: int  # rows, padded to a multiple of the batch axis
     prompt_len: int  # the padded prompt length (prompt_bucket)
-    max_len: int  # cache slots: the prompt, then room for the new tokens
+    max_len: int  # cache slots: the prompt, room for the new tokens, a multiple of SLOT_MULTIPLE
     chunk: int  # prefill chunk width; divides prompt_len
 
     @property
@@ -95,5 +99,6 @@ def layout_for(
         )
     prompt_len = prompt_bucket(longest, chunk)
     max_len = prompt_len + (bucket(max_new_tokens, minimum=1) if max_new_tokens else 0)
+    max_len = -(-max_len // SLOT_MULTIPLE) * SLOT_MULTIPLE
     batch = -(-len(lengths) // batch_multiple) * batch_multiple
     return BatchLayout(len(lengths), batch, prompt_len, max_len, min(prompt_len, chunk))

@@ -112,7 +112,7 @@ def forced(form: str) -> Iterator[None]:
 def _dense(
     x: jax.Array, w: jax.Array, axes: Axes, *, streamed_bfloat16: bool
 ) -> jax.Array:
-    """model.weight_product's contract: x (B, T, in) times w (out, in) -> (B, T, out) float32. Few
+    """model.weight_product's contract: x (..., in) times w (out, in) -> (..., out) float32. Few
     rows on XLA:CPU take this module's forms; everything else, and every other platform, the plain one.
     """
     if rows_per_device(x) > FEW_ROWS:
@@ -140,13 +140,14 @@ def few_rows(x: jax.Array, w: jax.Array) -> jax.Array:
     """
     one_row = x.dtype == jnp.bfloat16 and rows_per_device(x) == 1
     if one_row:
-        x = jnp.concatenate([x, jnp.zeros_like(x)], axis=1)  # (B, 2, in)
-    # (out, B, T)
+        # Each row gets its zero beside it, so rows stay on the devices that hold them.
+        x = jnp.stack([x, jnp.zeros_like(x)], axis=-2)  # (..., 2, in)
+    contract = (((1,), (x.ndim - 1,)), ((), ()))
     y = jax.lax.dot_general(
-        w, x, (((1,), (2,)), ((), ())), preferred_element_type=jnp.float32
-    )
-    y = jnp.transpose(jax.lax.optimization_barrier(y), (1, 2, 0))  # (B, T, out)
-    return y[:, :1] if one_row else y
+        w, x, contract, preferred_element_type=jnp.float32
+    )  # (out, ...)
+    y = jnp.moveaxis(jax.lax.optimization_barrier(y), 0, -1)  # (..., out)
+    return y[..., 0, :] if one_row else y
 
 
 def streamed(x: jax.Array, w: jax.Array, *, axes: Axes) -> jax.Array:
@@ -159,9 +160,9 @@ def streamed(x: jax.Array, w: jax.Array, *, axes: Axes) -> jax.Array:
     def per_device(
         x: jax.Array, w: jax.Array, split_axis: str | None = None
     ) -> jax.Array:
-        # (B*T, out)
+        # (M, out) for the M rows of x (..., in)
         y = streaming_matmul.streamed_product(x.reshape(-1, x.shape[-1]), w)
-        y = y.reshape(*x.shape[:2], w.shape[0])  # (B, T, out)
+        y = y.reshape(*x.shape[:-1], w.shape[0])  # (..., out)
         return y if split_axis is None else jax.lax.psum(y, split_axis)
 
     mesh = jax.sharding.get_abstract_mesh()
@@ -172,8 +173,9 @@ def streamed(x: jax.Array, w: jax.Array, *, axes: Axes) -> jax.Array:
     # A batch the mesh's batch axis does not divide (one sequence on 2x4) is computed whole by
     # every group, as the partitioner replicates it.
     batch = LOGICAL_RULES["batch"] if x.shape[0] % batch_split() == 0 else None
+    inner = [None] * (x.ndim - 2)
     return jax.shard_map(
         functools.partial(per_device, split_axis=in_axis),
-        in_specs=(P(batch, None, in_axis), weight_spec),
-        out_specs=P(batch, None, out_axis),
+        in_specs=(P(batch, *inner, in_axis), weight_spec),
+        out_specs=P(batch, *inner, out_axis),
     )(x, w)

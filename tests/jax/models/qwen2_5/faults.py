@@ -71,23 +71,21 @@ class LateCacheSlot(Attention):
     @staticmethod
     def write(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
         right = Attention.write(cache, new, start)
-        if new.shape[1] != 1:
+        if new.shape[2] != 1:
             return right
-        # KV heads are split over `model`
-        first_device = (jnp.arange(cache.shape[2]) == 0)[None, None, :, None]
+        # KV heads (axis 1) are split over `model`: head 0 is the first device's.
+        first_device = (jnp.arange(cache.shape[1]) == 0)[None, :, None, None]
         return jnp.where(first_device, Attention.write(cache, new, start + 1), right)
 
 
 class Bfloat16Softmax(Attention):
-    """The attention softmax computed in the scores' dtype (bfloat16 in a bfloat16 run) instead of
-    float32: the sums of exponentials round at every step."""
+    """The attention softmax computed in bfloat16 instead of float32: the sums of exponentials
+    round at every step."""
 
     @staticmethod
-    def softmax(scores: jax.Array, visible: jax.Array) -> jax.Array:
-        low = scores.astype(jnp.bfloat16)
-        return jax.nn.softmax(
-            jnp.where(visible, low, jnp.finfo(jnp.bfloat16).min), axis=-1
-        ).astype(scores.dtype)
+    def softmax(scores: jax.Array, bias: jax.Array) -> jax.Array:
+        low = scores.astype(jnp.bfloat16) + bias.astype(jnp.bfloat16)
+        return jax.nn.softmax(low, axis=-1).astype(scores.dtype)
 
 
 class DecodePositionOffByOne(Qwen2Model):

@@ -16,6 +16,7 @@ are float32, attention softmax is float32.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -24,11 +25,14 @@ import numpy as np
 from flax import nnx
 
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.partitioning import Axes, constrain
+from tests.jax.models.qwen2_5.partitioning import Axes, batch_split, constrain
 
 _INIT = jax.nn.initializers.normal(0.02)
-RESIDUAL = ("batch", None, "embed")
-KV_AXES = ("batch", None, "kv_heads", None)
+# Inside the decoder the residual stream is 2-D, (N, D) with N = B x T token rows in (row, token)
+# order: matrix products then take it as it is (a 3-D activation is reshaped to 2-D and back
+# around every product on TT). Rows are split over `batch` with their sequence's tokens.
+RESIDUAL = ("batch", "embed")
+KV_AXES = ("batch", "kv_heads", None, None)
 
 
 def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
@@ -36,14 +40,14 @@ def _matmul(x: jax.Array, w: jax.Array, spec: str) -> jax.Array:
     return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
 
 
-# A product with a weight: x (B, T, in) times w stored (out, in), with the weight's logical axes
-# -> (B, T, out) float32, rounded once by the caller.
+# A product with a weight: x (..., in) times w stored (out, in), with the weight's logical axes
+# -> (..., out) float32, rounded once by the caller.
 WeightProduct = Callable[[jax.Array, jax.Array, Axes], jax.Array]
 
 
 def weight_product(x: jax.Array, w: jax.Array, axes: Axes) -> jax.Array:
     """The model's product with a weight, one einsum on every platform (`axes` serve host forms)."""
-    return _matmul(x, w, "bti,oi->bto")  # (B, T, in) x (out, in) -> (B, T, out)
+    return _matmul(x, w, "...i,oi->...o")  # (..., in) x (out, in) -> (..., out)
 
 
 # The one seam for a host's own form of the weight product: the same products with float32
@@ -84,11 +88,11 @@ class Linear(nnx.Module):
         self.axes = tuple(axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, T, in) -> (B, T, out)."""
+        """(..., in) -> (..., out): (N, in) tokens, or (B, T, in) for the lm_head."""
         y = _dense(x, self.weight[...], self.axes)
         # A row-parallel layer's partial sums are all-reduced here, still in float32, so a mesh
         # rounds the full sum once, exactly where the single device does.
-        y = constrain(y, ("batch", None, self.axes[0]))
+        y = constrain(y, ("batch", *[None] * (y.ndim - 2), self.axes[0]))
         if self.bias is not None:
             # The bias joins the float32 accumulator before the single rounding, as addmm does.
             y = y + self.bias[...].astype(jnp.float32)
@@ -104,7 +108,7 @@ class Embedding(nnx.Module):
         )
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.weight[...], ids, axis=0)  # (B, T) -> (B, T, D)
+        return jnp.take(self.weight[...], ids, axis=0)  # (...) -> (..., D)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the embedding table, for tied lm_heads: (B, T, D) -> (B, T, V)."""
@@ -150,8 +154,12 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
-# One layer's keys and values, each (B, S, K, H): the tokens of this call, or the whole cache.
+# One layer's keys and values, each (B, K, S, H): the tokens of this call, or the whole cache.
+# Heads before slots, as TT's cache ops and fused attention take them.
 KV = tuple[jax.Array, jax.Array]
+# The name under which the TT compiler recognizes attention (scaled_dot_product_attention, or its
+# decode kernel for one query per row); any other compiler runs the composite's decomposition.
+SDPA = "tenstorrent.scaled_dot_product_attention"
 
 
 def attention_mask(
@@ -165,11 +173,19 @@ def attention_mask(
     return causal[None] & key_valid.astype(bool)[:, None, :]
 
 
+def attention_bias(visible: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """(B, T, S) bool -> (B, 1, T, S) additive bias of `dtype`: 0 where visible, the most negative
+    finite value elsewhere. Added to float32 scores it leaves a visible score exactly as it is and
+    gives a hidden one a weight of exactly 0, as masking does (finite, so a query that sees no key,
+    a pad, gets uniform weights rather than NaN)."""
+    return jnp.where(visible, 0, jnp.finfo(dtype).min).astype(dtype)[:, None]
+
+
 def init_cache(
     cfg: Qwen2Config, batch: int, max_len: int, dtype: jnp.dtype
 ) -> tuple[KV, ...]:
-    """An empty static-shape KV cache: per layer, keys and values (B, max_len, K, H)."""
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    """An empty static-shape KV cache: per layer, keys and values (B, K, max_len, H)."""
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     return tuple(
         (
             constrain(jnp.zeros(shape, dtype), KV_AXES),
@@ -183,102 +199,136 @@ class Attention(nnx.Module):
     """Grouped-query attention: q/k/v with bias, o_proj without."""
 
     def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-        )
+        self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
+        self.head_dim = cfg.head_dim
         q_width, kv_width = (
             cfg.num_heads * cfg.head_dim,
             cfg.num_kv_heads * cfg.head_dim,
         )
         # Column-parallel q/k/v and row-parallel o_proj: each device computes whole heads.
         common = {"dtype": dtype, "rngs": rngs}
+        column = {"use_bias": True, **common}
         self.q_proj = Linear(
-            cfg.hidden_size, q_width, axes=("q_heads", "embed"), use_bias=True, **common
+            cfg.hidden_size, q_width, axes=("q_heads", "embed"), **column
         )
         self.k_proj = Linear(
-            cfg.hidden_size,
-            kv_width,
-            axes=("kv_heads", "embed"),
-            use_bias=True,
-            **common,
+            cfg.hidden_size, kv_width, axes=("kv_heads", "embed"), **column
         )
         self.v_proj = Linear(
-            cfg.hidden_size,
-            kv_width,
-            axes=("kv_heads", "embed"),
-            use_bias=True,
-            **common,
+            cfg.hidden_size, kv_width, axes=("kv_heads", "embed"), **column
         )
-        self.o_proj = Linear(
-            q_width,
-            cfg.hidden_size,
-            axes=("embed", "q_heads"),
-            use_bias=False,
-            **common,
-        )
+        row = {"use_bias": False, **common}
+        self.o_proj = Linear(q_width, cfg.hidden_size, axes=("embed", "q_heads"), **row)
 
     def __call__(
         self,
         x: jax.Array,
         cos: jax.Array,
         sin: jax.Array,
-        mask: jax.Array,
+        bias: jax.Array,
         cache: KV | None = None,
         start: int | jax.Array = 0,
     ) -> tuple[jax.Array, KV]:
-        """x (B, T, D), cos/sin (B, T, H), mask (B, T, S) -> (B, T, D) and the keys/values attended.
+        """x (N, D) for N = B x T tokens, cos/sin (B, 1, T, H) of x's dtype, bias (B, 1, T, S)
+        -> (N, D) and the keys/values attended.
 
         With `cache`, this call's keys and values are written at slots start..start+T-1 and
         attention runs over all S cache slots; without, over the T tokens of this call.
         """
-        batch, seq, _ = x.shape
-        kv, group, hd = (
-            self.num_kv_heads,
-            self.num_heads // self.num_kv_heads,
-            self.head_dim,
-        )
-        # Query heads are grouped under the KV head they read: head k*G + g reads KV head k.
-        # The KV-head axis K is the one split over `model`, so a device's queries and the KV
-        # head they read live on the same device and attention needs no communication.
-        q = constrain(
-            self.q_proj(x).reshape(batch, seq, kv, group, hd),
-            ("batch", None, "kv_heads", None, None),
-        )
-        # (B, T, K, H)
-        k = constrain(self.k_proj(x).reshape(batch, seq, kv, hd), KV_AXES)
-        # (B, T, K, H)
-        v = constrain(self.v_proj(x).reshape(batch, seq, kv, hd), KV_AXES)
-        q = apply_rope(q, cos[:, :, None, None, :], sin[:, :, None, None, :])
-        k = apply_rope(k, cos[:, :, None, :], sin[:, :, None, :])
+        batch, _, seq, _ = cos.shape
+        rows = (batch, seq)
+        q = self._heads(
+            self.q_proj(x), rows, self.num_heads, "q_heads"
+        )  # (B, Hq, T, H)
+        k = self._heads(
+            self.k_proj(x), rows, self.num_kv_heads, "kv_heads"
+        )  # (B, K, T, H)
+        v = self._heads(
+            self.v_proj(x), rows, self.num_kv_heads, "kv_heads"
+        )  # (B, K, T, H)
+        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         if cache is not None:
-            # (B, S, K, H)
+            # (B, K, S, H)
             k, v = self.write(cache[0], k, start), self.write(cache[1], v, start)
+        scale = self.head_dim**-0.5
+        attend = jax.lax.composite(
+            functools.partial(grouped_attention, softmax=self.softmax), SDPA
+        )
+        out = attend(q, k, v, bias, scale=scale, is_causal=False)  # (B, Hq, T, H)
+        out = jnp.swapaxes(out, 1, 2).reshape(
+            batch * seq, self.num_heads * self.head_dim
+        )
+        return self.o_proj(out), (k, v)
 
-        # Scores are rounded to the model dtype before scaling, as Hugging Face's eager path.
-        # (B, K, G, T, S)
-        scores = _matmul(q, k, "btkgh,bskh->bkgts").astype(x.dtype) * (hd**-0.5)
-        probs = self.softmax(scores, mask[:, None, None])
-        out = _matmul(probs, v, "bkgts,bskh->btkgh").astype(x.dtype)  # (B, T, K, G, H)
-        return self.o_proj(out.reshape(batch, seq, kv * group * hd)), (k, v)
+    def _heads(
+        self, x: jax.Array, rows: tuple[int, int], heads: int, axis: str
+    ) -> jax.Array:
+        """(N, heads * H) -> (B, heads, T, H) for rows (B, T), heads split over `model`."""
+        x = x.reshape(*rows, heads, self.head_dim)
+        return constrain(jnp.swapaxes(x, 1, 2), ("batch", axis, None, None))
+
+    @staticmethod
+    def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+        """RoPE of x (B, heads, T, H). Where a device holds several rows of one token each (a
+        decode step), they are rotated in the (T, B, heads, H) view: the layout in which TT's
+        compiler fuses a batch of decode tokens into its rotary kernel (it fuses one row, and
+        prefill chunks, in this layout). The same elementwise arithmetic either way, and for
+        T = 1 the same memory order."""
+        if x.shape[2] != 1 or x.shape[0] // batch_split() <= 1:
+            return apply_rope(x, cos, sin)
+        view = (2, 0, 1, 3)
+        rotated = apply_rope(
+            x.transpose(view), cos.transpose(view), sin.transpose(view)
+        )
+        return rotated.transpose(1, 2, 0, 3)
 
     @staticmethod
     def write(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
-        """This call's keys or values (B, T, K, H) into the cache (B, S, K, H) at slots start..start+T-1.
-        The cache is split like the KV heads, so each device writes and reads only its own.
+        """This call's keys or values (B, K, T, H) into the cache (B, K, S, H) at slots
+        start..start+T-1. The cache is split like the KV heads, so each device writes and reads
+        only its own. One token (a decode step) is written as a scatter at a slot that is the
+        step's own argument: the form the TT compiler updates in place (paged_update_cache). A
+        chunk is written as an update slice: TT's in-place fill (fill_cache) always writes from
+        slot 0 (README "The decode step on TT"), which is right for the first chunk only.
         """
-        return constrain(
-            jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=1), KV_AXES
-        )
+        if new.shape[2] == 1:
+            written = cache.at[:, :, jnp.reshape(start, (1,))].set(new)
+        else:
+            written = jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=2)
+        return constrain(written, KV_AXES)
 
     @staticmethod
-    def softmax(scores: jax.Array, visible: jax.Array) -> jax.Array:
-        """Attention probabilities of the scores' dtype from a float32 softmax over the visible keys."""
-        masked = jnp.where(
-            visible, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min
-        )
-        return jax.nn.softmax(masked, axis=-1).astype(scores.dtype)
+    def softmax(scores: jax.Array, bias: jax.Array) -> jax.Array:
+        """Attention probabilities of the scores' dtype from a float32 softmax of scores + bias."""
+        logits = scores.astype(jnp.float32) + bias.astype(jnp.float32)
+        return jax.nn.softmax(logits, axis=-1).astype(scores.dtype)
+
+
+def grouped_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    *,
+    scale: float,
+    is_causal: bool,
+    softmax: Callable[[jax.Array, jax.Array], jax.Array],
+) -> jax.Array:
+    """softmax(q k^T scale + bias) v over grouped queries: q (B, Hq, T, H), k/v (B, K, S, H),
+    bias (B, 1, T, S) -> (B, Hq, T, H). Query head k*G + g reads KV head k; the KV-head axis is
+    split over `model`, so a device's queries and the KV head they read live on the same device
+    and attention needs no communication. `is_causal` is always False: the bias holds causality.
+    """
+    del is_causal
+    batch, heads, seq, hd = q.shape
+    kv = k.shape[1]
+    q = q.reshape(batch, kv, heads // kv, seq, hd)  # (B, K, G, T, H)
+    # Scores are rounded to the model dtype before scaling, as Hugging Face's eager path.
+    # (B, K, G, T, S)
+    scores = _matmul(q, k, "bkgth,bksh->bkgts").astype(q.dtype) * scale
+    probs = softmax(scores, bias[:, :, None])
+    out = _matmul(probs, v, "bkgts,bksh->bkgth").astype(q.dtype)  # (B, K, G, T, H)
+    return out.reshape(batch, heads, seq, hd)
 
 
 class MLP(nnx.Module):
@@ -298,11 +348,11 @@ class MLP(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = self.gate_proj(x)  # (B, T, F)
+        gate = self.gate_proj(x)  # (N, F)
         # SiLU in float32 with one rounding, as PyTorch's bfloat16 kernel computes it.
         act = jax.nn.silu(gate.astype(jnp.float32)).astype(gate.dtype)
-        hidden = constrain(act * self.up_proj(x), ("batch", None, "mlp"))
-        return self.down_proj(hidden)  # (B, T, D)
+        hidden = constrain(act * self.up_proj(x), ("batch", "mlp"))
+        return self.down_proj(hidden)  # (N, D)
 
 
 class DecoderLayer(nnx.Module):
@@ -321,12 +371,12 @@ class DecoderLayer(nnx.Module):
         x: jax.Array,
         cos: jax.Array,
         sin: jax.Array,
-        mask: jax.Array,
+        bias: jax.Array,
         cache: KV | None = None,
         start: int | jax.Array = 0,
     ) -> tuple[jax.Array, KV]:
-        """(B, T, D) -> (B, T, D), and the layer's keys/values (see Attention)."""
-        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start)
+        """(N, D) -> (N, D) tokens, and the layer's keys/values (see Attention)."""
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, start)
         # The residual stream is replicated over `model`: each row-parallel output is completed
         # by one all-reduce right here, twice per layer.
         x = constrain(x + attn, RESIDUAL)
@@ -355,14 +405,18 @@ class Qwen2Model(nnx.Module):
         start: int | jax.Array = 0,
     ) -> tuple[jax.Array, tuple[KV, ...]]:
         """input_ids, positions (B, T); key_valid (B, S) -> hidden states (B, T, D) and keys/values."""
-        x = constrain(self.embed_tokens(input_ids), RESIDUAL)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = attention_mask(key_valid, start, input_ids.shape[1])
+        batch, seq = input_ids.shape
+        x = constrain(self.embed_tokens(input_ids.reshape(-1)), RESIDUAL)  # (N, D)
+        angles = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        # (B, 1, T, H) in the model dtype, once for every layer (apply_rope's own cast).
+        cos, sin = (t.astype(x.dtype)[:, None] for t in angles)
+        visible = attention_mask(key_valid, start, seq)
+        bias = attention_bias(visible, x.dtype)  # (B, 1, T, S), shared by every layer
         layers_kv = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, cos, sin, mask, None if cache is None else cache[i], start)
+            x, kv = layer(x, cos, sin, bias, None if cache is None else cache[i], start)
             layers_kv.append(kv)
-        return self.norm(x), tuple(layers_kv)
+        return self.norm(x).reshape(batch, seq, -1), tuple(layers_kv)
 
 
 class Qwen2ForCausalLM(nnx.Module):

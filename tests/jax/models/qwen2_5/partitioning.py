@@ -13,6 +13,7 @@ over `model` and only partial sums need communicating.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -49,6 +50,6 @@ def batch_split() -> int:
 
 
 def rows_per_device(x: jax.Array) -> int:
-    """Rows (batch x tokens) of (B, T, ...) activations that each device holds: the batch is
-    split over the mesh's `batch` axis when running under a mesh."""
-    return max(x.shape[0] // batch_split(), 1) * x.shape[1]
+    """Rows of activations (N, features) or (B, T, features) that each device holds: the first
+    axis is split over the mesh's `batch` axis when running under a mesh."""
+    return max(x.shape[0] // batch_split(), 1) * math.prod(x.shape[1:-1])

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS
+from tests.infra.tt_parameters import mark_parameters
 from tests.jax.models.qwen2_5.batching import BatchLayout
 from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.model import KV, KV_AXES, Qwen2ForCausalLM, init_cache
@@ -45,6 +46,8 @@ def widened(state: Any) -> Any:
 
 
 def _model(graphdef: nnx.GraphDef, state: Any, exact: bool) -> Qwen2ForCausalLM:
+    # The weights are the same at every step: the TT compiler converts their layout once.
+    state = mark_parameters(state)
     return nnx.merge(graphdef, widened(state) if exact else state)
 
 

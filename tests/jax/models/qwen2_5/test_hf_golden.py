@@ -31,7 +31,8 @@ from tests.jax.models.qwen2_5.hf_golden import (
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import apply_rope, attention_mask, rope_cos_sin
 from tests.jax.models.qwen2_5.workloads import (
-    hidden_only,
+    hidden_rows,
+    layer_inputs,
     left_padded_batch,
     module_workload,
 )
@@ -198,21 +199,17 @@ def test_attention(preset, dtype, models, dut, record_property):
             position_embeddings=pos_emb,
             attention_mask=additive_mask(mask, dtype),
         )
-    cos, sin = rope_cos_sin(
-        jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta
-    )
+    inputs = layer_inputs(ours.cfg, x, batch, getattr(jnp, dtype))
     check_module(
         to_numpy(golden),
         ours.model.layers[0].self_attn,
-        jnp.asarray(x, getattr(jnp, dtype)),
-        cos,
-        sin,
-        mask,
+        jnp.asarray(inputs[0], getattr(jnp, dtype)),
+        *inputs[1:],
         dut=dut,
         config=MODULE_TOLERANCE[dtype],
         record_property=record_property,
         mask=batch.valid,
-        output=hidden_only,
+        output=hidden_rows(*batch.input_ids.shape),
     )
 
 
@@ -247,21 +244,17 @@ def test_decoder_layer(preset, dtype, models, dut, record_property):
             attention_mask=additive_mask(mask, dtype),
             position_embeddings=pos_emb,
         )
-    cos, sin = rope_cos_sin(
-        jnp.asarray(batch.positions), ours.cfg.head_dim, ours.cfg.rope_theta
-    )
+    inputs = layer_inputs(ours.cfg, x, batch, getattr(jnp, dtype))
     check_module(
         to_numpy(golden),
         ours.model.layers[1],
-        jnp.asarray(x, getattr(jnp, dtype)),
-        cos,
-        sin,
-        mask,
+        jnp.asarray(inputs[0], getattr(jnp, dtype)),
+        *inputs[1:],
         dut=dut,
         config=MODULE_TOLERANCE[dtype],
         record_property=record_property,
         mask=batch.valid,
-        output=hidden_only,
+        output=hidden_rows(*batch.input_ids.shape),
     )
 
 

@@ -36,11 +36,7 @@ from tests.jax.models.qwen2_5.audit import exact_model, oracle_tie_rule
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, TINY_PRESETS
 from tests.jax.models.qwen2_5.faults import AppendedPadding
 from tests.jax.models.qwen2_5.loader import load_model
-from tests.jax.models.qwen2_5.model import (
-    Qwen2ForCausalLM,
-    attention_mask,
-    rope_cos_sin,
-)
+from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.plan import build_report, with_ttnn_collectives
 from tests.jax.models.qwen2_5.tensor_parallel import (
     ALL_REDUCES,
@@ -52,7 +48,8 @@ from tests.jax.models.qwen2_5.tensor_parallel import (
     tensor_parallel_config,
 )
 from tests.jax.models.qwen2_5.workloads import (
-    hidden_only,
+    hidden_rows,
+    layer_inputs,
     left_padded_batch,
     module_workload,
 )
@@ -208,15 +205,9 @@ def test_vocab_parallel_embedding(mesh, golden_model, dut, record_property):
 
 def _attention_inputs(cfg):
     batch = left_padded_batch(cfg.vocab_size, LENGTHS, SEQ_LEN)
-    cos, sin = (
-        np.asarray(t)
-        for t in rope_cos_sin(
-            jnp.asarray(batch.positions), cfg.head_dim, cfg.rope_theta
-        )
-    )
-    mask = np.asarray(attention_mask(jnp.asarray(batch.attention_mask), 0, SEQ_LEN))
-    specs = (P("batch", None, None),) * 4
-    return batch, (activations(cfg.hidden_size), cos, sin, mask), specs
+    inputs = layer_inputs(cfg, activations(cfg.hidden_size), batch, jnp.float32)
+    specs = (P("batch", None),) + (P("batch", None, None, None),) * 3
+    return batch, inputs, specs
 
 
 @pytest.mark.push
@@ -244,7 +235,7 @@ def test_layer(module, kind, preset, mesh, golden_model, dut, record_property):
         ALL_REDUCES[kind],
         record_property,
         mask=batch.valid,
-        output=hidden_only,
+        output=hidden_rows(*batch.input_ids.shape),
     )
 
 

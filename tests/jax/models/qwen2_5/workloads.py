@@ -10,11 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from tests.infra.equivalence import JitWorkload
-from tests.jax.models.qwen2_5.model import positions_from_mask
+from tests.jax.models.qwen2_5.config import Qwen2Config
+from tests.jax.models.qwen2_5.model import (
+    attention_bias,
+    attention_mask,
+    positions_from_mask,
+    rope_cos_sin,
+)
 
 
 def module_workload(
@@ -30,6 +37,11 @@ def module_workload(
 def hidden_only(out: tuple) -> Any:
     """Of an attention or decoder layer's (hidden, keys/values), the hidden states."""
     return out[0]
+
+
+def hidden_rows(batch: int, seq: int) -> Callable[[tuple], Any]:
+    """Of a layer's (tokens (N, D), keys/values), the tokens as (B, T, D)."""
+    return lambda out: out[0].reshape(batch, seq, -1)
 
 
 @dataclass(frozen=True)
@@ -57,3 +69,21 @@ def left_padded_batch(
         mask[row, seq_len - length :] = 1
     positions = np.asarray(positions_from_mask(mask))
     return Batch(ids, mask, positions)
+
+
+def layer_inputs(
+    cfg: Qwen2Config, x: np.ndarray, batch: Batch, dtype: jnp.dtype
+) -> tuple[np.ndarray, ...]:
+    """What an attention or decoder layer takes for activations x (B, T, D) of `batch`: the tokens
+    (N, D), cos and sin (B, 1, T, H) of `dtype`, the attention bias (B, 1, T, T), as Qwen2Model
+    hands them over."""
+    seq = x.shape[1]
+    angles = rope_cos_sin(jnp.asarray(batch.positions), cfg.head_dim, cfg.rope_theta)
+    cos, sin = (np.asarray(t.astype(dtype)[:, None]) for t in angles)
+    visible = attention_mask(jnp.asarray(batch.attention_mask), 0, seq)
+    return (
+        x.reshape(-1, x.shape[-1]),
+        cos,
+        sin,
+        np.asarray(attention_bias(visible, dtype)),
+    )
