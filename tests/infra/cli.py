@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TextIO
 
 
 def _environment(env: Mapping[str, str | None] | None) -> dict[str, str]:
@@ -117,3 +118,13 @@ def run_cli_calls(
     return [
         Call(**result) for result in json.loads(done.stdout.strip().splitlines()[-1])
     ]
+
+
+def own_stdout() -> TextIO:
+    """A stream to this program's real standard output, with file descriptor 1 sent to stderr from
+    now on: native libraries that print on descriptor 1 (gloo's connection notices, the TT
+    plugin's device logs) no longer mix into a --json result."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return out

@@ -5,8 +5,7 @@
 """The collectives a compiled program performs, read from what each compiler emits.
 
 XLA:CPU: the compiled HLO text. TT: the plugin does not show collectives in
-`compiled.as_text()`; its TTNN stage is exported with the compiler option `export_path` and
-read from `irs/ttnn_<id>.mlir`. Names are normalized to one vocabulary (`all_reduce`,
+`compiled.as_text()`; its TTNN stage is read from the plugin's export (ttnn_ops). Names are normalized to one vocabulary (`all_reduce`,
 `all_gather`, `reduce_scatter`, `all_to_all`, `collective_permute`), so one plan is checked
 against both compilers.
 """
@@ -14,15 +13,14 @@ against both compilers.
 from __future__ import annotations
 
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 
 from tests.infra.devices import TT
+from tests.infra.ttnn_ops import Inventory, compile_to_ttnn, inventory
 
 # `%name = TYPE op(`, where TYPE is one token or, for async starts, a parenthesized tuple.
 _HLO = re.compile(
@@ -31,7 +29,6 @@ _HLO = re.compile(
 _TTNN = re.compile(
     r'"ttnn\.(all_reduce|all_gather|reduce_scatter|all_to_all|point_to_point|collective_permute)"\('
 )
-_TTNN_FILE = re.compile(r"ttnn_\d+\.mlir")
 
 
 class CollectivesError(AssertionError):
@@ -53,21 +50,14 @@ def ttnn_collectives(ttnn_text: str) -> Counter:
 
 def compile_and_count(
     lowered: jax.stages.Lowered, platform: str
-) -> tuple[jax.stages.Compiled, Counter]:
-    """Compile `lowered` with the compiler of `platform` and count the collectives it emitted."""
+) -> tuple[jax.stages.Compiled, Counter, Inventory | None]:
+    """Compile `lowered` with the compiler of `platform`, count the collectives it emitted and,
+    for TT, take the inventory of its TTNN program."""
     if platform != TT:
         compiled = lowered.compile()
-        return compiled, hlo_collectives(compiled.as_text())
-    with tempfile.TemporaryDirectory(prefix="ttnn-export-") as export:
-        compiled = lowered.compile({"export_path": export})
-        stages = [
-            p for p in (Path(export) / "irs").iterdir() if _TTNN_FILE.fullmatch(p.name)
-        ]
-        if len(stages) != 1:
-            raise RuntimeError(
-                f"expected one TTNN stage in the plugin's export, found {[p.name for p in stages]}"
-            )
-        return compiled, ttnn_collectives(stages[0].read_text())
+        return compiled, hlo_collectives(compiled.as_text()), None
+    compiled, text = compile_to_ttnn(lowered)
+    return compiled, ttnn_collectives(text), inventory(text)
 
 
 @dataclass(frozen=True)
@@ -77,6 +67,7 @@ class CollectivesCheck:
     platform: str
     found: dict[str, int]
     planned: dict[str, int]
+    ttnn: Inventory | None = None  # the whole TTNN program, when compiled for TT
 
     @property
     def passed(self) -> bool:
@@ -100,10 +91,9 @@ def check_collectives(
     lowered: jax.stages.Lowered, platform: str, planned: Mapping[str, int]
 ) -> tuple[jax.stages.Compiled, CollectivesCheck]:
     """Compile `lowered` for `platform` and assert its collectives are exactly `planned`."""
-    compiled, found = compile_and_count(lowered, platform)
-    check = CollectivesCheck(
-        platform, dict(found), {k: v for k, v in planned.items() if v}
-    )
+    compiled, found, ttnn = compile_and_count(lowered, platform)
+    planned = {k: v for k, v in planned.items() if v}
+    check = CollectivesCheck(platform, dict(found), planned, ttnn)
     if not check.passed:
         raise CollectivesError(str(check))
     return compiled, check

@@ -66,7 +66,7 @@ def _row_parallel_matmul():
 
 
 def test_a_split_contraction_compiles_to_one_all_reduce():
-    compiled, found = compile_and_count(_row_parallel_matmul(), CPU)
+    compiled, found, _ = compile_and_count(_row_parallel_matmul(), CPU)
     assert found == {"all_reduce": 1}
     args = [np.ones((4, 64), np.float32), np.ones((64, 32), np.float32)]
     mesh = make_mesh("1x8", platform_devices(CPU))

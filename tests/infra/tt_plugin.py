@@ -17,6 +17,7 @@ It embeds the plugin's schema hash, so it is made once per plugin version and ca
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import shutil
@@ -38,6 +39,10 @@ MOCK_CLUSTER_ENV = "TT_METAL_MOCK_CLUSTER_DESC_PATH"
 MOCK_CLUSTER = Path(__file__).with_name("tt_cluster") / "blackhole_galaxy.yaml"
 _PLUGIN_DESCRIPTOR = "tt_pjrt_system_descriptor"
 _PROGRESS_EVERY = 15.0  # seconds between progress lines while a descriptor is made
+# Level 1 makes the compiler check each op against the chip's constraints, so it keeps the fused
+# ops that fit (scaled_dot_product_attention(_decode), rotary_embedding, fused norms and QKV) where
+# level 0 decomposes them unchecked; what a bring-up engineer runs. Every TT compile here uses it.
+COMPILE_OPTIONS = {"optimization_level": "1"}
 
 
 class TTPluginError(RuntimeError):
@@ -181,7 +186,18 @@ def enable_compile_only(progress: Callable[[str], None]) -> Path:
         return Path(given)
     path = system_descriptor(progress)
     os.environ[COMPILE_ONLY_ENV] = str(path)
+    _private_plugin_tmpdir()
     return path
+
+
+def _private_plugin_tmpdir() -> None:
+    """The plugin copies the descriptor to $TMPDIR/tt_pjrt_system_descriptor, reads it at every
+    compile and deletes it at exit: with a shared TMPDIR, one process ending (an xdist worker, a
+    second run) breaks the compiles of every other. Each process gets a directory of its own.
+    """
+    private = tempfile.mkdtemp(prefix="tt-plugin-")
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    os.environ["TMPDIR"] = private
 
 
 def _copy_descriptor_from_a_live_plugin(out: Path) -> None:

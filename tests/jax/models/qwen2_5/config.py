@@ -227,6 +227,44 @@ QWEN2_5_0_5B = Qwen2Config(
     max_position_embeddings=32768,
 )
 
+
+def _qwen2_5(
+    hidden: int,
+    mlp: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    tied: bool,
+    eps: float,
+) -> Qwen2Config:
+    """A Qwen2.5 size from its public config.json (head_dim 128, RoPE theta 1e6; the Instruct
+    models' 32,768-token context)."""
+    return Qwen2Config(
+        vocab_size=151936 if tied else 152064,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=128,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=eps,
+        tie_word_embeddings=tied,
+        max_position_embeddings=32768,
+    )
+
+
+# Every size of the family, by the name `plan --model` takes.
+QWEN2_5_FAMILY: dict[str, Qwen2Config] = {
+    "0.5B": QWEN2_5_0_5B,
+    "1.5B": _qwen2_5(1536, 8960, 28, 12, 2, tied=True, eps=1e-6),
+    "3B": _qwen2_5(2048, 11008, 36, 16, 2, tied=True, eps=1e-6),
+    "7B": QWEN2_5_7B,
+    "14B": _qwen2_5(5120, 13824, 48, 40, 8, tied=False, eps=1e-5),
+    "32B": _qwen2_5(5120, 27648, 64, 40, 8, tied=False, eps=1e-5),
+    "72B": _qwen2_5(8192, 29568, 80, 64, 8, tied=False, eps=1e-5),
+}
+
 # Tiny test presets keep the head ratios that make tensor parallelism hard, at sizes a
 # 2-core machine runs in milliseconds. Widths are multiples of 32 so every mesh up to 1x32
 # divides the MLP and the vocabulary.

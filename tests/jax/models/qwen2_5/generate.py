@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from contextlib import redirect_stdout
 from typing import TextIO
 
 from transformers import PreTrainedTokenizerBase
 
+from tests.infra.cli import own_stdout
 from tests.infra.distributed import DEFAULT_TIMEOUT
 from tests.infra.mesh import MeshShape
 from tests.jax.models.qwen2_5 import cpu_products
@@ -225,13 +225,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = sys.stdout
-    if args.coordinator is not None:
-        # gloo's C++ side prints connection notices on file descriptor 1: send those to stderr and
-        # keep the real stdout for this program's own output, so --json stays one clean object.
-        sys.stdout.flush()
-        out = os.fdopen(os.dup(1), "w")
-        os.dup2(2, 1)
+    # gloo's C++ side prints connection notices on file descriptor 1.
+    out = own_stdout() if args.coordinator is not None else sys.stdout
     try:
         return run(args, out)
     except EXPECTED_ERRORS as err:

@@ -2,14 +2,18 @@
 #
 # SPDX-License-Identifier: Apache-2.0
 
-"""The tensor-parallel plan of a model on a mesh, verified by compiling it with shape-only weights.
+"""The tensor-parallel plan of a Qwen2.5 model on a mesh, verified by compiling it with shape-only weights.
 
-    python -m tests.jax.models.qwen2_5.plan --mesh 1x32 [--device tt] [--json]
+    python -m tests.jax.models.qwen2_5.plan --mesh 1x32 [--model 7B] [--context N] [--batch B]
+        [--device tt] [--json]
 
 No weights are needed: the forward pass is lowered and compiled for abstract (shape, dtype,
-sharding) parameters, and the compiled HLO is read back for its collectives and memory. With
---device tt the same forward is also compiled by the TT plugin (no card needed: a mock system
-descriptor is made once per plugin version) and its TTNN collectives are reported beside.
+sharding) parameters, and the compiled HLO is read back for its collectives and memory. Each
+device's bytes (its weights and its share of a KV cache of --context slots for --batch rows) are
+set against one chip's DRAM. With --device tt the same forward is also compiled by the TT plugin
+(no card needed: a mock system descriptor is made once per plugin version), its TTNN collectives
+are reported beside, and so are the TTNN graphs of the model's prefill chunk and decode step
+(tt_graph): ops per decoder layer, in-place cache updates, generic scatters.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from tests.infra.cli import own_stdout
 from tests.infra.collectives import compile_and_count
 from tests.infra.devices import (
     CPU,
@@ -35,7 +40,7 @@ from tests.infra.devices import (
 )
 from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS, MeshError, MeshShape, make_mesh
 from tests.infra.tt_plugin import TTPluginError, enable_compile_only, has_card
-from tests.jax.models.qwen2_5.config import QWEN2_5_7B, Qwen2Config
+from tests.jax.models.qwen2_5.config import QWEN2_5_FAMILY, Qwen2Config
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.tensor_parallel import (
     TensorParallelError,
@@ -43,8 +48,16 @@ from tests.jax.models.qwen2_5.tensor_parallel import (
     batch_sharding,
     tensor_parallel_config,
 )
+from tests.jax.models.qwen2_5.tt_graph import step_graphs
 
 DEFAULT_SEQ_LEN = 1024
+GIB = 2**30
+# One chip's DRAM, as the boards are sold (an n300 carries two Wormhole chips of 12 GB each).
+CHIP_DRAM = {
+    "Blackhole p150": 32 * GIB,
+    "Wormhole n150": 12 * GIB,
+    "Wormhole n300 (per chip)": 12 * GIB,
+}
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,18 @@ class PlanReport:
     temp_bytes_per_device: int
     seq_len: int
     batch: int
+    model: str = "7B"
+    # A KV cache of `context` slots for `kv_batch` rows: what each device holds of it.
+    context: int = 0
+    kv_batch: int = 0
+    kv_cache_bytes_per_device: int = 0
+    # Per chip, whether its DRAM holds one device's weights and KV cache.
+    fits: dict[str, bool] | None = None
     # The same forward compiled by the TT plugin (plan --device tt): its TTNN collectives.
     ttnn_collectives: dict[str, int] | None = None
+    # plan --device tt: the prefill chunk's and decode step's TTNN graphs (tt_graph.StepGraph.summary).
+    ttnn_graph: dict[str, dict] | None = None
+    ttnn_graph_problems: list[str] | None = None
 
     def check(self) -> list[str]:
         """What falls short of the plan's promises (empty when it holds)."""
@@ -102,7 +125,7 @@ class PlanReport:
             problems.append(
                 f"TTNN collectives {self.ttnn_collectives}, planned {self.planned_collectives()}"
             )
-        return problems
+        return problems + list(self.ttnn_graph_problems or [])
 
     def planned_collectives(self) -> dict[str, int]:
         return {"all_reduce": 2 * self.num_layers + 1, "all_gather": 0}
@@ -209,7 +232,7 @@ def build_report(
         ParamRow(role, layouts[role], *rows[role])
         for role in sorted(rows, key=_role_key)
     ]
-    compiled, collectives = compile_and_count(
+    compiled, collectives, _ = compile_and_count(
         lower_forward(cfg, mesh, dtype_name, seq_len), CPU
     )
     memory = compiled.memory_analysis()
@@ -238,11 +261,49 @@ def build_report(
     )
 
 
+def kv_cache_bytes_per_device(
+    cfg: Qwen2Config, mesh: Mesh, dtype: jnp.dtype, context: int, rows: int
+) -> int:
+    """Bytes one device holds of the KV cache of `context` slots for `rows` rows: its rows (split
+    over `batch`) of its stored KV heads (split over `model`), keys and values, every layer.
+    """
+    tp_cfg, heads = tensor_parallel_config(cfg, mesh.shape[MODEL_AXIS])
+    local_rows = -(-rows // mesh.shape[BATCH_AXIS])
+    local_heads = heads.stored_kv_heads // mesh.shape[MODEL_AXIS]
+    per_layer = 2 * local_rows * local_heads * context * tp_cfg.head_dim
+    return per_layer * cfg.num_layers * jnp.dtype(dtype).itemsize
+
+
+def with_device_bytes(
+    report: PlanReport, cfg: Qwen2Config, mesh: Mesh, context: int, rows: int
+) -> PlanReport:
+    """`report` with each device's KV cache of `context` slots for `rows` rows, and per chip
+    whether one device's weights and cache fit its DRAM."""
+    cache = kv_cache_bytes_per_device(cfg, mesh, jnp.dtype(report.dtype), context, rows)
+    held = report.per_device_param_bytes + cache
+    fits = {chip: held <= dram for chip, dram in CHIP_DRAM.items()}
+    return replace(
+        report,
+        context=context,
+        kv_batch=rows,
+        kv_cache_bytes_per_device=cache,
+        fits=fits,
+    )
+
+
+def with_ttnn_graph(report: PlanReport, cfg: Qwen2Config, tt_mesh: Mesh) -> PlanReport:
+    """`report` with the TTNN graphs of `cfg`'s prefill chunk and decode step on `tt_mesh`."""
+    graphs = step_graphs(cfg, tt_mesh, jnp.dtype(report.dtype))
+    problems = [f"{kind}: {p}" for kind, g in graphs.items() for p in g.problems()]
+    summary = {kind: g.summary() for kind, g in graphs.items()}
+    return replace(report, ttnn_graph=summary, ttnn_graph_problems=problems)
+
+
 def with_ttnn_collectives(
     report: PlanReport, cfg: Qwen2Config, tt_mesh: Mesh
 ) -> PlanReport:
     """`report` with the TTNN collectives of the same forward compiled by the TT plugin for `tt_mesh`."""
-    _, collectives = compile_and_count(
+    _, collectives, _ = compile_and_count(
         lower_forward(cfg, tt_mesh, report.dtype, report.seq_len), TT
     )
     return replace(
@@ -256,7 +317,8 @@ def _mib(n: int) -> str:
 
 def format_report(report: PlanReport) -> str:
     lines = [
-        f"mesh {report.mesh} (batch x model), {report.dtype}, {report.num_layers} layers",
+        f"Qwen2.5-{report.model} on mesh {report.mesh} (batch x model), {report.dtype}, "
+        f"{report.num_layers} layers",
         f"query heads {report.query_heads}; KV heads {report.kv_heads}",
         "",
         f"{'parameter (all layers)':<38} {'layout':<40} {'per device':>13} {'ideal':>13}",
@@ -292,6 +354,7 @@ def format_report(report: PlanReport) -> str:
         f"temporary memory per device (forward, batch {report.batch} x {report.seq_len} tokens): "
         f"{_mib(report.temp_bytes_per_device)}",
     ]
+    lines += _memory_lines(report) + _ttnn_graph_lines(report)
     problems = report.check()
     lines.append(
         "plan holds" if not problems else "PLAN VIOLATED: " + "; ".join(problems)
@@ -299,12 +362,41 @@ def format_report(report: PlanReport) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _memory_lines(report: PlanReport) -> list[str]:
+    if report.fits is None:
+        return []
+    held = report.per_device_param_bytes + report.kv_cache_bytes_per_device
+    fits = ", ".join(
+        f"{chip} {'yes' if ok else 'NO'}" for chip, ok in report.fits.items()
+    )
+    return [
+        f"KV cache for {report.kv_batch} rows x {report.context:,} slots: "
+        f"{_mib(report.kv_cache_bytes_per_device)} per device; with the weights "
+        f"{held / GIB:.2f} GiB per device; fits one chip's DRAM: {fits}",
+    ]
+
+
+def _ttnn_graph_lines(report: PlanReport) -> list[str]:
+    lines = []
+    for kind, graph in (report.ttnn_graph or {}).items():
+        per_layer = graph["ttnn_ops_per_layer"]
+        lines.append(
+            f"TTNN {kind}: {per_layer['total']} ops per decoder layer "
+            f"({per_layer['data_movement']} reshape/to_layout/typecast/permute), "
+            f"{graph['ttnn_cache_updates']} in-place cache updates, "
+            f"{graph['ttnn_generic_scatters']} generic scatters, "
+            f"{graph['ttnn_hoisted_to_cpu']} functions on the host; {graph['ttnn_ops']} ops in all"
+        )
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.jax.models.qwen2_5.plan",
         description=__doc__.split("\n")[0],
     )
     parser.add_argument("--mesh", required=True, help="BATCHxMODEL, e.g. 1x8")
+    parser.add_argument("--model", choices=list(QWEN2_5_FAMILY), default="7B")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument(
         "--seq-len",
@@ -313,40 +405,61 @@ def main(argv: list[str] | None = None) -> int:
         help="tokens per row for the temporary-memory figure",
     )
     parser.add_argument(
+        "--context",
+        type=int,
+        help="KV-cache slots per row (default: the model's context)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help="KV-cache rows (default: one per batch group of the mesh)",
+    )
+    parser.add_argument(
         "--device",
         choices=[CPU, TT],
         default=CPU,
-        help="tt: also compile with the TT plugin and report its TTNN collectives (no card needed)",
+        help="tt: also compile with the TT plugin and report its TTNN collectives and graphs "
+        "(no card needed)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the report as one JSON object"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def plan(args: argparse.Namespace, shape: MeshShape) -> PlanReport:
+    """The report the arguments ask for (JAX not yet started)."""
+    cfg = QWEN2_5_FAMILY[args.model]
+    if args.device == TT and not has_card():
+        enable_compile_only(lambda line: print(line, file=sys.stderr, flush=True))
+    # Before the first device query starts a backend: enough simulated devices, and the
+    # TT plugin only when asked for.
+    configure_jax(cpu_devices=shape.size, platform=args.device)
+    mesh = make_mesh(shape, platform_devices(CPU))
+    report = replace(
+        build_report(cfg, mesh, args.dtype, args.seq_len), model=args.model
+    )
+    context = args.context or cfg.max_position_embeddings
+    report = with_device_bytes(report, cfg, mesh, context, args.batch or shape.batch)
+    if args.device == TT:
+        tt_mesh = make_mesh(shape, platform_devices(TT))
+        report = with_ttnn_graph(
+            with_ttnn_collectives(report, cfg, tt_mesh), cfg, tt_mesh
+        )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # The TT plugin's device logs go to file descriptor 1.
+    out = own_stdout() if args.device == TT else sys.stdout
     try:
         shape = MeshShape.parse(args.mesh)
-    except MeshError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.seq_len < 1:
-        print("error: --seq-len must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        if args.device == TT and not has_card():
-            enable_compile_only(lambda line: print(line, file=sys.stderr, flush=True))
-        # Before the first device query starts a backend: enough simulated devices, and the
-        # TT plugin only when asked for.
-        configure_jax(cpu_devices=shape.size, platform=args.device)
-        report = build_report(
-            QWEN2_5_7B,
-            make_mesh(shape, platform_devices(CPU)),
-            args.dtype,
-            args.seq_len,
-        )
-        if args.device == TT:
-            report = with_ttnn_collectives(
-                report, QWEN2_5_7B, make_mesh(shape, platform_devices(TT))
-            )
+        for name in ("seq_len", "context", "batch"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise MeshError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        report = plan(args, shape)
     except (
         MeshError,
         TensorParallelError,
@@ -355,7 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(asdict(report), indent=2) if args.json else format_report(report))
+    print(
+        json.dumps(asdict(report), indent=2) if args.json else format_report(report),
+        file=out,
+        flush=True,
+    )
     return 0 if not report.check() else 1
 
 

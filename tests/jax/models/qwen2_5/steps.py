@@ -92,7 +92,8 @@ def decode(
     with it differs from prefill's), and its record; positions and key validity advance.
     """
     model = _model(graphdef, state, exact)
-    key_valid = key_valid.at[:, start].set(True)
+    # Slot `start` becomes visible: elementwise, not a scatter (a generic one on TT).
+    key_valid = key_valid | (jnp.arange(key_valid.shape[1]) == start)[None]
     hidden, cache = model.model(
         tokens[:, None], positions[:, None], key_valid, cache, start
     )

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding
 from tests.infra.cli import run_cli, run_cli_calls
 from tests.infra.collectives import check_collectives
 from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
+from tests.infra.ttnn_ops import Inventory
 from tests.jax.models.qwen2_5 import streaming_matmul
 from tests.jax.models.qwen2_5.batching import GenerationError
 from tests.jax.models.qwen2_5.generation import Generator
@@ -31,12 +32,13 @@ from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import KV_AXES, init_cache
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.sampling import SamplingConfig, SamplingParams, sample
-from tests.jax.models.qwen2_5.steps import step_collectives
+from tests.jax.models.qwen2_5.steps import DECODE, step_collectives
 from tests.jax.models.qwen2_5.tensor_parallel import (
     batch_sharding,
     forward_all_reduces,
     shard_model,
 )
+from tests.jax.models.qwen2_5.tt_graph import CACHE_UPDATE
 from tests.jax.models.qwen2_5.workloads import left_padded_batch
 
 pytestmark = [pytest.mark.model_test]
@@ -103,9 +105,24 @@ def compiles_as_planned(
         planned = step_collectives(gen.model.cfg, mesh, kind, sampling.greedy)
         _, check = check_collectives(lowered, dut.platform, planned)
         record_property(f"{kind}_collectives", str(check))
+        if check.ttnn is not None:
+            check_ttnn_step(kind, check.ttnn, gen.model.cfg.num_layers, record_property)
     if dut.compile_only:
         record_property(*COMPILE_ONLY_PROPERTY)
     return not dut.compile_only
+
+
+def check_ttnn_step(kind: str, ttnn: Inventory, layers: int, record_property) -> None:
+    """What the TT compiler made of a step: nothing on the host; a decode step's cache written in
+    place (two paged_update_cache per layer) and nothing scattered generically."""
+    record_property(f"{kind}_ttnn_ops", ttnn.total)
+    assert (
+        ttnn.hoisted_to_cpu == 0
+    ), f"{kind}: {ttnn.hoisted_to_cpu} functions on the host"
+    if kind == DECODE:
+        assert (
+            ttnn.count(CACHE_UPDATE) == 2 * layers and ttnn.generic_scatters == 0
+        ), ttnn.ops
 
 
 @pytest.mark.push

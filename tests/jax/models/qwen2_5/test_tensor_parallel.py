@@ -33,11 +33,16 @@ from tests.infra.equivalence import (
 from tests.infra.golden_check import Thresholds
 from tests.infra.mesh import MODEL_AXIS, MeshShape, make_mesh
 from tests.jax.models.qwen2_5.audit import exact_model, oracle_tie_rule
-from tests.jax.models.qwen2_5.config import QWEN2_5_7B, TINY_PRESETS
+from tests.jax.models.qwen2_5.config import QWEN2_5_7B, QWEN2_5_FAMILY, TINY_PRESETS
 from tests.jax.models.qwen2_5.faults import AppendedPadding
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
-from tests.jax.models.qwen2_5.plan import build_report, with_ttnn_collectives
+from tests.jax.models.qwen2_5.plan import (
+    CHIP_DRAM,
+    build_report,
+    kv_cache_bytes_per_device,
+    with_ttnn_collectives,
+)
 from tests.jax.models.qwen2_5.tensor_parallel import (
     ALL_REDUCES,
     TensorParallelError,
@@ -55,6 +60,7 @@ from tests.jax.models.qwen2_5.workloads import (
 )
 
 pytestmark = [pytest.mark.tensor_parallel, pytest.mark.model_test]
+MESH_NAMES = ("2x4", "1x8", "1x32", "8x4")
 
 # Measured over the four meshes and three presets (README, "Tensor parallelism"):
 # float32 sharded vs single device differs by <= 3.5e-6 on logits (summation order of the
@@ -402,8 +408,8 @@ def test_7b_plan_on_mesh(mesh, dut, record_property):
     assert report.all_reduces == 2 * 28 + 1 and report.all_gathers == 0
 
 
-def _plan_cli(*args: str) -> subprocess.CompletedProcess:
-    return run_cli("tests.jax.models.qwen2_5.plan", *args, timeout=300)
+def _plan_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run_cli("tests.jax.models.qwen2_5.plan", *args, timeout=timeout)
 
 
 def test_plan_cli_json():
@@ -424,7 +430,8 @@ def test_plan_cli_reports_the_tt_compilers_collectives(dut, record_property):
         pytest.skip(
             "compiles with the TT plugin: run with --device tt (--tt-compile-only without a card)"
         )
-    done = _plan_cli("--mesh", "1x8", "--device", "tt", "--json", "--seq-len", "64")
+    args = ("--mesh", "1x8", "--device", "tt", "--json", "--seq-len", "64")
+    done = _plan_cli(*args, timeout=900)
     record_property(*COMPILE_ONLY_PROPERTY)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
@@ -432,6 +439,15 @@ def test_plan_cli_reports_the_tt_compilers_collectives(dut, record_property):
         report["ttnn_collectives"] == {"all_reduce": 57, "all_gather": 0}
         and report["all_reduces"] == 57
     )
+    # The full 28-layer decode step: the cache updated in place, and the per-layer goal.
+    decode, prefill = report["ttnn_graph"]["decode"], report["ttnn_graph"]["prefill"]
+    record_property("ttnn_decode", decode)
+    record_property("ttnn_prefill", prefill)
+    assert decode["ttnn_cache_updates"] == 56 and decode["ttnn_generic_scatters"] == 0
+    assert decode["ttnn_ops_per_layer"]["total"] <= 40
+    assert decode["ttnn_ops_per_layer"]["data_movement"] <= 15
+    assert decode["ttnn_hoisted_to_cpu"] == prefill["ttnn_hoisted_to_cpu"] == 0
+    assert report["ttnn_graph_problems"] == []
 
 
 BAD_MESHES = [
@@ -514,4 +530,53 @@ def test_7b_width_logits(mesh, wide_golden, dut, record_property):
         forward_all_reduces(wide_golden.cfg),
         record_property,
         mask=batch.valid,
+    )
+
+
+@pytest.mark.parametrize("mesh_name", MESH_NAMES)
+@pytest.mark.parametrize("name", list(QWEN2_5_FAMILY))
+def test_every_qwen2_5_size_splits_on_every_mesh(name, mesh_name):
+    """Each size's heads, MLP and vocabulary split over every mesh's model axis, with every device
+    holding whole heads and the KV head they read."""
+    cfg = QWEN2_5_FAMILY[name]
+    model_axis = MeshShape.parse(mesh_name).model
+    tp_cfg, split = tensor_parallel_config(cfg, model_axis)
+    assert (
+        split.padded_heads % model_axis == 0 and split.stored_kv_heads % model_axis == 0
+    )
+    assert cfg.intermediate_size % model_axis == 0 and cfg.vocab_size % model_axis == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "mesh_name", "rows", "mib"),
+    # 7B, 1x8: 28 layers x (K, V) x 1 row x 1 stored KV head x 32,768 slots x 128 x 2 bytes.
+    # 72B, 8x4: 80 layers x 2 x 4 rows x 2 KV heads x 32,768 x 128 x 2 bytes = 10 GiB.
+    [("7B", "1x8", 1, 448), ("72B", "8x4", 32, 10 * 1024)],
+)
+def test_kv_cache_bytes_per_device(name, mesh_name, rows, mib):
+    mesh = make_mesh(mesh_name, platform_devices(CPU))
+    cfg = QWEN2_5_FAMILY[name]
+    assert (
+        kv_cache_bytes_per_device(cfg, mesh, jnp.bfloat16, 32768, rows) == mib * 2**20
+    )
+
+
+def test_plan_cli_for_another_size():
+    done = _plan_cli("--mesh", "1x8", "--model", "0.5B", "--json", "--seq-len", "64")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["model"] == "0.5B" and report["num_layers"] == 24
+    assert report["fits"] == {chip: True for chip in CHIP_DRAM}
+    assert report["kv_cache_bytes_per_device"] > 0
+
+
+@pytest.mark.nightly
+@pytest.mark.parametrize("mesh_name", MESH_NAMES)
+@pytest.mark.parametrize("name", list(QWEN2_5_FAMILY))
+def test_plan_cli_for_every_size_and_mesh(name, mesh_name):
+    done = _plan_cli("--mesh", mesh_name, "--model", name, "--json")
+    assert done.returncode == 0, done.stderr
+    assert (
+        json.loads(done.stdout)["all_reduces"]
+        == 2 * QWEN2_5_FAMILY[name].num_layers + 1
     )
