@@ -82,8 +82,12 @@ def install(choice: str = AUTO) -> str:
     form = resolve(choice)
     if form == STREAMED:
         streaming_matmul.prepare_kernel()
-    model.use_weight_product(product_for(form))
     global _installed
+    if form != _installed:
+        # A traced program keeps the form it was traced with, and JAX reuses traces of the same
+        # function and shapes (the jitted steps): none may outlive the form it holds.
+        jax.clear_caches()
+    model.use_weight_product(product_for(form))
     _installed = form
     return form
 

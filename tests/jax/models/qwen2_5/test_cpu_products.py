@@ -27,6 +27,7 @@ from tests.jax.models.qwen2_5.cpu_products import (
     XLA,
     CpuProductsError,
 )
+from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.tensor_parallel import shard_model
 
@@ -114,3 +115,17 @@ def test_the_model_imports_no_host_code():
         "tests.jax.models.qwen2_5.cpu_products",
         "tests.jax.models.qwen2_5.streaming_matmul",
     }
+
+
+def test_a_new_form_is_not_served_a_trace_of_the_old_one(tiny_checkpoint):
+    """The jitted steps are module-level functions that JAX caches by shapes: after the form
+    changes, lowering the same step again must trace the new form."""
+    model = load_model(tiny_checkpoint("gqa28x4"), jnp.bfloat16)
+    generator = Generator(model, (), 0)
+    layout = generator.layout([3, 5], 4)
+    texts = {}
+    for form in (FEW_ROWS_FORM, XLA):
+        with cpu_products.forced(form):
+            texts[form] = generator.steps.lower("decode", layout).as_text()
+    assert "optimization_barrier" in texts[FEW_ROWS_FORM]
+    assert "optimization_barrier" not in texts[XLA]
