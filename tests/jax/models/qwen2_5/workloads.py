@@ -34,11 +34,6 @@ def module_workload(
     )
 
 
-def hidden_only(out: tuple) -> Any:
-    """Of an attention or decoder layer's (hidden, keys/values), the hidden states."""
-    return out[0]
-
-
 def hidden_rows(batch: int, seq: int) -> Callable[[tuple], Any]:
     """Of a layer's (tokens (N, D), keys/values), the tokens as (B, T, D)."""
     return lambda out: out[0].reshape(batch, seq, -1)
