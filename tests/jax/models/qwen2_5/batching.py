@@ -14,7 +14,7 @@ with its square. One compiled program per (batch, chunk, cache length).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -60,6 +60,13 @@ class BatchLayout:
     def chunk_starts(self) -> range:
         return range(0, self.prompt_len, self.chunk)
 
+    def one_row(self, length: int) -> BatchLayout:
+        """One sequence of `length` tokens prefilled alone for this batch's cache (continuous
+        batching): left-padded to whole chunks only, so a short prompt computes no chunk of pads.
+        """
+        prompt_len = min(-(-length // self.chunk) * self.chunk, self.prompt_len)
+        return replace(self, rows=1, batch=1, prompt_len=prompt_len)
+
     def host_inputs(
         self, sequences: Sequence[Sequence[int]], pad_token_id: int
     ) -> tuple[np.ndarray, ...]:
@@ -83,9 +90,12 @@ def layout_for(
     context: int,
     chunk: int,
     batch_multiple: int,
+    rows: int | None = None,
 ) -> BatchLayout:
     """The layout of sequences of `lengths` followed by `max_new_tokens`; refuses what a context of
-    `context` tokens cannot hold. Rows are padded to a multiple of `batch_multiple` (the mesh's batch axis).
+    `context` tokens cannot hold. One row per sequence, or `rows` rows that the sequences take in
+    turn (continuous batching); rows are padded to a multiple of `batch_multiple` (the mesh's
+    batch axis).
     """
     if not lengths or min(lengths) < 1:
         raise GenerationError("every prompt needs at least one token")
@@ -100,5 +110,8 @@ def layout_for(
     prompt_len = prompt_bucket(longest, chunk)
     max_len = prompt_len + (bucket(max_new_tokens, minimum=1) if max_new_tokens else 0)
     max_len = -(-max_len // SLOT_MULTIPLE) * SLOT_MULTIPLE
-    batch = -(-len(lengths) // batch_multiple) * batch_multiple
-    return BatchLayout(len(lengths), batch, prompt_len, max_len, min(prompt_len, chunk))
+    if rows is not None and rows < 1:
+        raise GenerationError(f"rows must be >= 1, got {rows}")
+    real = len(lengths) if rows is None else min(rows, len(lengths))
+    batch = -(-real // batch_multiple) * batch_multiple
+    return BatchLayout(real, batch, prompt_len, max_len, min(prompt_len, chunk))

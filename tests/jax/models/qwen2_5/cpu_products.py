@@ -36,10 +36,9 @@ from jax.sharding import PartitionSpec as P
 
 from tests.jax.models.qwen2_5 import model, streaming_matmul
 from tests.jax.models.qwen2_5.partitioning import (
-    LOGICAL_RULES,
     Axes,
-    batch_split,
     logical_to_spec,
+    row_axis,
     rows_per_device,
 )
 
@@ -176,7 +175,7 @@ def streamed(x: jax.Array, w: jax.Array, *, axes: Axes) -> jax.Array:
     out_axis, in_axis = weight_spec
     # A batch the mesh's batch axis does not divide (one sequence on 2x4) is computed whole by
     # every group, as the partitioner replicates it.
-    batch = LOGICAL_RULES["batch"] if x.shape[0] % batch_split() == 0 else None
+    batch = row_axis(x.shape[0])
     inner = [None] * (x.ndim - 2)
     return jax.shard_map(
         functools.partial(per_device, split_axis=in_axis),

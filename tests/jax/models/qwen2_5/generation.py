@@ -24,10 +24,19 @@ from tests.jax.models.qwen2_5.batching import (
     GenerationError,
     layout_for,
 )
+from tests.jax.models.qwen2_5.continuous import ContinuousRun
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.placement import Placement
 from tests.jax.models.qwen2_5.sampling import GREEDY, TOP_K, SamplingConfig
-from tests.jax.models.qwen2_5.steps import DECODE, PREFILL, SCORE, CompiledSteps
+from tests.jax.models.qwen2_5.steps import (
+    DECODE,
+    DECODE_ROWS,
+    INSERT,
+    ONE_ROW_PREFILL,
+    PREFILL,
+    SCORE,
+    CompiledSteps,
+)
 
 
 @dataclass
@@ -39,6 +48,13 @@ class GenerationResult:
     compile_seconds: float
     # Per row, (generated, TOP_K, 2) float32: the top logits and ids of the step that chose each token.
     top_logits: list[np.ndarray] = field(default_factory=list, repr=False)
+    decode_row_steps: int = 0  # rows computed by decode steps, kept or not
+
+    @property
+    def utilisation(self) -> float:
+        """Tokens kept from decode steps over the row-steps computed (finished and pad rows waste them)."""
+        decoded = sum(max(len(g) - 1, 0) for g in self.generated_token_ids)
+        return decoded / self.decode_row_steps if self.decode_row_steps else 1.0
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -121,8 +137,11 @@ class Generator:
         )
         return per_device * self.placement.devices
 
-    def layout(self, lengths: Sequence[int], max_new_tokens: int) -> BatchLayout:
-        """The layout of sequences of `lengths` followed by `max_new_tokens` (batching.layout_for)."""
+    def layout(
+        self, lengths: Sequence[int], max_new_tokens: int, rows: int | None = None
+    ) -> BatchLayout:
+        """The layout of sequences of `lengths` followed by `max_new_tokens`, one row each or
+        `rows` rows taken in turn (batching.layout_for)."""
         context, multiple = (
             self.model.cfg.max_position_embeddings,
             self.placement.batch_multiple,
@@ -133,6 +152,7 @@ class Generator:
             context=context,
             chunk=self.prefill_chunk,
             batch_multiple=multiple,
+            rows=rows,
         )
 
     def lower(
@@ -142,14 +162,20 @@ class Generator:
         sampling: SamplingConfig = GREEDY,
     ) -> dict[str, jax.stages.Lowered]:
         """The steps a request runs, lowered but not compiled (what a compile-only device is checked
-        with): prefill and decode, and score, the teacher-forcing chunk of the same prompts.
+        with): prefill and decode; the same prompts' continuous-batching steps (the decode step
+        with rows at their own slots, one prompt's prefill and its insert into the batch's cache);
+        and score, the teacher-forcing chunk of the same prompts.
         """
-        lengths = [len(p) for p in prompts]
+        lengths, greedy = [len(p) for p in prompts], sampling.greedy
         layout = self.layout(lengths, max_new_tokens)
         lowered = {
-            kind: self.steps.lower(kind, layout, sampling.greedy)
-            for kind in (PREFILL, DECODE)
+            kind: self.steps.lower(kind, layout, greedy) for kind in (PREFILL, DECODE)
         }
+        lowered[DECODE_ROWS] = self.steps.lower(DECODE, layout, greedy, row_slots=True)
+        lowered[ONE_ROW_PREFILL] = self.steps.lower(
+            PREFILL, layout.one_row(max(lengths)), greedy
+        )
+        lowered[INSERT] = self.steps.lower(INSERT, layout)
         lowered[SCORE] = self.steps.lower(SCORE, self.layout(lengths, 0))
         return lowered
 
@@ -182,12 +208,42 @@ class Generator:
 
         rows = _Rows(layout.rows, set(self.eos_token_ids), stop)
         started = time.perf_counter()
-        self._decode(layout, decoding, max_new_tokens, sampling, rows, on_tokens)
+        steps = self._decode(
+            layout, decoding, max_new_tokens, sampling, rows, on_tokens
+        )
         decode_seconds = time.perf_counter() - started
         prompt_ids = [list(p) for p in prompts]
         timings = (prefill_seconds, decode_seconds, compile_seconds)
         return GenerationResult(
-            prompt_ids, rows.tokens, *timings, rows.stacked_records()
+            prompt_ids,
+            rows.tokens,
+            *timings,
+            rows.stacked_records(),
+            steps * layout.batch,
+        )
+
+    def generate_continuous(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        rows: int,
+        sampling: SamplingConfig = GREEDY,
+        on_step: Callable[[], None] = lambda: None,
+        stop: Callable[[list[int]], bool] | None = None,
+    ) -> GenerationResult:
+        """As `generate`, with the prompts taking `rows` rows in turn (continuous.py): a row that
+        finishes takes the next prompt while the others decode on. `on_step` runs after every
+        decode step."""
+        run = ContinuousRun(self, prompts, max_new_tokens, rows, sampling, stop)
+        done = run.run(on_step)
+        return GenerationResult(
+            [list(p) for p in prompts],
+            [f.tokens for f in done],
+            run.prefill_seconds,
+            run.decode_seconds,
+            run.compile_seconds,
+            [f.records for f in done],
+            run.steps * run.layout.batch,
         )
 
     def _prefill(
@@ -222,16 +278,18 @@ class Generator:
         sampling: SamplingConfig,
         rows: _Rows,
         on_tokens: Callable[[list[int | None]], None] | None,
-    ) -> None:
-        """Decode steps until every row finished or has `max_new_tokens`. The next step is dispatched
-        before this one's tokens are read: the device computes while the host checks EOS and stop
-        strings (one step is wasted when all rows end)."""
+    ) -> int:
+        """Decode steps until every row finished or has `max_new_tokens` -> the steps run. The next
+        step is dispatched before this one's tokens are read: the device computes while the host
+        checks EOS and stop strings (one step is wasted when all rows end)."""
         decode = self.steps.compiled(DECODE, layout, sampling.greedy)
         key, params = jax.random.key(sampling.seed), sampling.params()
         tokens, record, positions, valid, cache = decoding
+        ran = 0
         for step in range(max_new_tokens):
             following = None
             if step + 1 < max_new_tokens:
+                ran += 1
                 slot = np.int32(layout.prompt_len + step)
                 following = decode(
                     self.state, tokens, positions, valid, cache, slot, key, params
@@ -241,5 +299,5 @@ class Generator:
             if on_tokens is not None:
                 on_tokens(emitted)
             if all(rows.finished) or following is None:
-                return
+                return ran
             tokens, record = following[:2]

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.partitioning import Axes, batch_split, constrain
+from tests.jax.models.qwen2_5.partitioning import Axes, batch_of, batch_split, constrain
 
 _INIT = jax.nn.initializers.normal(0.02)
 # Inside the decoder the residual stream is 2-D, (N, D) with N = B x T token rows in (row, token)
@@ -63,6 +63,28 @@ def use_weight_product(product: WeightProduct) -> None:
 
 def _dense(x: jax.Array, w: jax.Array, axes: Axes) -> jax.Array:
     return _weight_product(x, w, tuple(axes))
+
+
+# A decode token per row into the cache at each row's own slot: cache (B, K, S, H), new
+# (B, K, 1, H), slots (B,) -> the cache written.
+RowWrite = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def write_rows(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
+    """Row b's token at slot slots[b]: an update slice per row (a scatter with a batch dimension,
+    which stays on the devices that hold the row)."""
+    per_row = functools.partial(jax.lax.dynamic_update_slice_in_dim, axis=1)
+    return jax.vmap(per_row)(cache, new, slots)
+
+
+# The seam for a device's own in-place form of the per-row write (steps.py installs TT's).
+_write_rows: RowWrite = write_rows
+
+
+def use_row_write(write: RowWrite) -> None:
+    """Every per-row cache write traced from now on goes through `write`."""
+    global _write_rows
+    _write_rows = write
 
 
 class Linear(nnx.Module):
@@ -165,12 +187,14 @@ SDPA = "tenstorrent.scaled_dot_product_attention"
 def attention_mask(
     key_valid: jax.Array, start: int | jax.Array, num_queries: int
 ) -> jax.Array:
-    """(B, S) key validity -> (B, T, S) bool: query t sits at slot start + t and sees the valid
-    keys at slots up to its own. Without a cache, start is 0 and S = T (plain causal mask).
+    """(B, S) key validity -> (B, T, S) bool: query t sits at slot start + t (start a scalar, or
+    (B,) per row) and sees the valid keys at slots up to its own. Without a cache, start is 0 and
+    S = T (plain causal mask).
     """
-    query_slots = start + jnp.arange(num_queries)
-    causal = jnp.arange(key_valid.shape[-1])[None, :] <= query_slots[:, None]  # (T, S)
-    return causal[None] & key_valid.astype(bool)[:, None, :]
+    query_slots = jnp.reshape(start, (-1, 1)) + jnp.arange(num_queries)  # (1 or B, T)
+    slots = jnp.arange(key_valid.shape[-1])
+    causal = slots[None, None, :] <= query_slots[:, :, None]  # (1 or B, T, S)
+    return causal & key_valid.astype(bool)[:, None, :]
 
 
 def attention_bias(visible: jax.Array, dtype: jnp.dtype) -> jax.Array:
@@ -285,13 +309,17 @@ class Attention(nnx.Module):
     @staticmethod
     def write(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
         """This call's keys or values (B, K, T, H) into the cache (B, K, S, H) at slots
-        start..start+T-1. The cache is split like the KV heads, so each device writes and reads
-        only its own. One token (a decode step) is written as a scatter at a slot that is the
-        step's own argument: the form the TT compiler updates in place (paged_update_cache). A
-        chunk is written as an update slice: TT's in-place fill (fill_cache) always writes from
-        slot 0 (README "The decode step on TT"), which is right for the first chunk only.
+        start..start+T-1, or for one token per row with `start` (B,), at each row's own slot
+        (continuous batching: rows are at different points of their sequences). The cache is
+        split like the KV heads, so each device writes and reads only its own. One token at a
+        shared slot (a decode step) is written as a scatter at a slot that is the step's own
+        argument: the form the TT compiler updates in place (paged_update_cache). A chunk is
+        written as an update slice: TT's in-place fill (fill_cache) always writes from slot 0
+        (README "The decode step on TT"), which is right for the first chunk only.
         """
-        if new.shape[2] == 1:
+        if jnp.ndim(start) == 1:
+            written = _write_rows(cache, new, start)
+        elif new.shape[2] == 1:
             written = cache.at[:, :, jnp.reshape(start, (1,))].set(new)
         else:
             written = jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=2)
@@ -405,6 +433,17 @@ class Qwen2Model(nnx.Module):
         start: int | jax.Array = 0,
     ) -> tuple[jax.Array, tuple[KV, ...]]:
         """input_ids, positions (B, T); key_valid (B, S) -> hidden states (B, T, D) and keys/values."""
+        with batch_of(input_ids.shape[0]):
+            return self._forward(input_ids, positions, key_valid, cache, start)
+
+    def _forward(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        key_valid: jax.Array,
+        cache: tuple[KV, ...] | None,
+        start: int | jax.Array,
+    ) -> tuple[jax.Array, tuple[KV, ...]]:
         batch, seq = input_ids.shape
         x = constrain(self.embed_tokens(input_ids.reshape(-1)), RESIDUAL)  # (N, D)
         angles = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)

@@ -35,13 +35,15 @@ class Placement:
             return jax.sharding.SingleDeviceSharding(jax.devices()[0])
         return NamedSharding(self.mesh, spec)
 
+    def row_axis(self, rows: int) -> str | None:
+        """The mesh axis `rows` rows split over: `batch`, unless it does not divide them (one
+        sequence being prefilled for a batch), which are then replicated."""
+        return BATCH_AXIS if rows % self.batch_multiple == 0 else None
+
     def row_spec(self, shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
-        """An argument of `shape` with rows split over `batch`."""
-        return jax.ShapeDtypeStruct(
-            shape,
-            dtype,
-            sharding=self.sharding(P(BATCH_AXIS, *[None] * (len(shape) - 1))),
-        )
+        """An argument of `shape` with rows split over `batch` (row_axis)."""
+        spec = P(self.row_axis(shape[0]), *[None] * (len(shape) - 1))
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=self.sharding(spec))
 
     def rows(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
         """Host arrays (every process holds the same) placed with rows split over `batch`; each

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from tests.jax.models.qwen2_5.batching import GenerationError
-from tests.jax.models.qwen2_5.partitioning import LOGICAL_RULES, batch_split, constrain
+from tests.jax.models.qwen2_5.partitioning import LOGICAL_RULES, constrain, row_axis
 
 # Logits every step records with the token it chose (the audit judges a divergence by them):
 # B x 8 values and ids per step, so a long run keeps them all.
@@ -130,7 +130,7 @@ def top_logits(
         return best(
             logits, jnp.broadcast_to(jnp.arange(logits.shape[-1]), logits.shape)
         )
-    batch = LOGICAL_RULES["batch"] if logits.shape[0] % batch_split() == 0 else None
+    batch = row_axis(logits.shape[0])
     # The candidates are the same on every device of a `model` group, so is their best k (a
     # replication shard_map cannot infer through top_k).
     spec = {

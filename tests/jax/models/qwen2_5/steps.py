@@ -14,7 +14,9 @@ and values of exactly the heads it computes, rows split over `batch`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import jax
@@ -24,17 +26,31 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS
+from tests.infra.tt_cache import update_rows
 from tests.infra.tt_parameters import mark_parameters
 from tests.jax.models.qwen2_5.batching import BatchLayout
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.model import KV, KV_AXES, Qwen2ForCausalLM, init_cache
+from tests.jax.models.qwen2_5.model import (
+    KV,
+    KV_AXES,
+    Qwen2ForCausalLM,
+    init_cache,
+    use_row_write,
+    write_rows,
+)
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.placement import Placement
 from tests.jax.models.qwen2_5.sampling import SamplingParams, next_token
 from tests.jax.models.qwen2_5.tensor_parallel import forward_all_reduces
 
 PREFILL, DECODE, FILL, SCORE = "prefill", "decode", "fill", "score"
-Cache = tuple[KV, ...]  # per layer, keys and values (B, S, K, H)
+INSERT = "insert"
+# Lowered-step names: a decode step whose rows write at their own slots (continuous batching).
+DECODE_ROWS, ONE_ROW_PREFILL = "decode_rows", "one_row_prefill"
+Cache = tuple[KV, ...]  # per layer, keys and values (B, K, S, H)
+
+# Rows at their own slots are written in place on TT by its cache kernel (tt_cache.py).
+use_row_write(update_rows(write_rows, logical_to_spec(KV_AXES)))
 
 
 def widened(state: Any) -> Any:
@@ -89,19 +105,37 @@ def decode(
     greedy: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, Cache]:
     """One token per row (B,) at cache slot `start` (after the prompt, so never 0: the key folded
-    with it differs from prefill's), and its record; positions and key validity advance.
+    with it differs from prefill's), or at each row's own slot with `start` (B,) (continuous
+    batching, whose host loop folds a fresh key per step), and its record; positions and key
+    validity advance.
     """
     model = _model(graphdef, state, exact)
-    # Slot `start` becomes visible: elementwise, not a scatter (a generic one on TT).
-    key_valid = key_valid | (jnp.arange(key_valid.shape[1]) == start)[None]
+    # Each row's slot becomes visible: elementwise, not a scatter (a generic one on TT).
+    written = jnp.arange(key_valid.shape[1])[None] == jnp.reshape(start, (-1, 1))
+    key_valid = key_valid | written
     hidden, cache = model.model(
         tokens[:, None], positions[:, None], key_valid, cache, start
     )
     logits = model.logits(hidden)[:, 0]  # (B, V)
-    tokens, record = next_token(
-        logits, greedy, jax.random.fold_in(key, start), sampling
-    )
+    step_key = jax.random.fold_in(key, jnp.max(start))
+    tokens, record = next_token(logits, greedy, step_key, sampling)
     return tokens, record, positions + 1, key_valid, cache
+
+
+def insert(
+    cache: Cache,
+    key_valid: jax.Array,
+    row_cache: Cache,
+    row_valid: jax.Array,
+    row: jax.Array,
+) -> tuple[Cache, jax.Array]:
+    """A sequence prefilled alone (its cache (1, K, S, H) and key validity (1, S)) into row `row`
+    of a batch's cache and key validity, replacing whatever that row held."""
+
+    def put(whole: jax.Array, part: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_update_slice_in_dim(whole, part, row, axis=0)
+
+    return jax.tree.map(put, cache, row_cache), put(key_valid, row_valid)
 
 
 def fill(
@@ -148,6 +182,7 @@ JITTED = {
     ),
     FILL: jax.jit(fill, static_argnames=_STATIC, donate_argnames=("cache",)),
     SCORE: jax.jit(score, static_argnames=_STATIC, donate_argnames=("cache",)),
+    INSERT: jax.jit(insert, donate_argnames=("cache", "key_valid")),
 }
 
 
@@ -155,14 +190,16 @@ def step_collectives(
     cfg: Qwen2Config, mesh: Mesh, kind: str, greedy: bool = True
 ) -> dict[str, int]:
     """The collectives of a compiled step on `mesh` (XLA:CPU and the TT compiler alike): the
-    forward's all-reduces, then, for a prefill chunk or a decode step, `next_token`'s all-gathers.
-    Fill and score chunks have only the forward's: their logits stay split."""
+    forward's all-reduces, then, for a step that chooses tokens, `next_token`'s all-gathers (over
+    `batch` only where rows are split: one prompt's prefill is replicated over it). Fill and score
+    chunks have only the forward's: their logits stay split. An insert moves no data between
+    devices: each keeps its part of the row."""
     split_model, split_batch = mesh.shape[MODEL_AXIS] > 1, mesh.shape[BATCH_AXIS] > 1
-    gathers = (
-        split_model + (1 if greedy else 2) * split_batch
-        if kind in (PREFILL, DECODE)
-        else 0
-    )
+    if kind == INSERT:
+        return {"all_reduce": 0, "all_gather": 0}
+    rows_split = split_batch and kind != ONE_ROW_PREFILL
+    chooses = kind in (PREFILL, DECODE, DECODE_ROWS, ONE_ROW_PREFILL)
+    gathers = split_model + (1 if greedy else 2) * rows_split if chooses else 0
     return {
         "all_reduce": forward_all_reduces(cfg) if split_model else 0,
         "all_gather": gathers,
@@ -171,10 +208,14 @@ def step_collectives(
 
 class StepKey(NamedTuple):
     kind: str
-    greedy: bool | None  # None for fill and score, which choose no token
+    greedy: bool | None  # None for fill, score and insert, which choose no token
     batch: int
     chunk: int
     max_len: int
+    row_slots: bool  # a decode step writing each row at its own slot
+
+
+_SCALAR = jax.ShapeDtypeStruct((), jnp.int32)  # a cache slot or row index
 
 
 def _abstract(x: Any) -> jax.ShapeDtypeStruct:
@@ -198,10 +239,9 @@ class CompiledSteps:
         self.programs: dict[StepKey, jax.stages.Compiled] = {}
 
     def _cache_maker(self, layout: BatchLayout) -> Callable[[], Any]:
-        mesh = self.placement.mesh
-        sharding = (
-            None if mesh is None else NamedSharding(mesh, logical_to_spec(KV_AXES))
-        )
+        mesh, rows = self.placement.mesh, self.placement.row_axis(layout.batch)
+        spec = P(rows, *logical_to_spec(KV_AXES)[1:])
+        sharding = None if mesh is None else NamedSharding(mesh, spec)
 
         def make() -> Cache:
             return init_cache(self.cfg, layout.batch, layout.max_len, self.cache_dtype)
@@ -211,31 +251,30 @@ class CompiledSteps:
     def empty_cache(self, layout: BatchLayout) -> Any:
         return self.placement.within(self._cache_maker(layout))
 
-    def _arguments(self, kind: str, layout: BatchLayout) -> tuple:
+    def _arguments(self, kind: str, layout: BatchLayout, row_slots: bool) -> tuple:
         """The abstract dynamic arguments of step `kind` for `layout`, in the step's order."""
         place = self.placement
         cache = jax.eval_shape(self._cache_maker(layout))
         key_valid = place.row_spec((layout.batch, layout.max_len), jnp.bool_)
-        start = jax.ShapeDtypeStruct((), jnp.int32)
+        if kind == INSERT:
+            row = replace(layout, rows=1, batch=1)
+            row_valid = place.row_spec((1, layout.max_len), jnp.bool_)
+            row_cache = jax.eval_shape(self._cache_maker(row))
+            return (cache, key_valid, row_cache, row_valid, _SCALAR)
         ids = place.row_spec((layout.batch, layout.chunk), jnp.int32)
         if kind in (FILL, SCORE):
-            return (self.abstract_state, ids, ids, key_valid, cache, start)
-        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+            return (self.abstract_state, ids, ids, key_valid, cache, _SCALAR)
+        sampling = (
+            jax.ShapeDtypeStruct((), jax.random.key(0).dtype),
+            SamplingParams.abstract(),
+        )
         if kind == PREFILL:
-            return (
-                self.abstract_state,
-                ids,
-                ids,
-                key_valid,
-                cache,
-                start,
-                key,
-                SamplingParams.abstract(),
-            )
+            return (self.abstract_state, ids, ids, key_valid, cache, _SCALAR, *sampling)
         tokens = jax.ShapeDtypeStruct(
             (layout.batch,), jnp.int32, sharding=place.sharding(P())
         )
         positions = place.row_spec((layout.batch,), jnp.int32)
+        start = positions if row_slots else _SCALAR
         return (
             self.abstract_state,
             tokens,
@@ -243,47 +282,84 @@ class CompiledSteps:
             key_valid,
             cache,
             start,
-            key,
-            SamplingParams.abstract(),
+            *sampling,
         )
 
     def lower(
-        self, kind: str, layout: BatchLayout, greedy: bool = True
+        self,
+        kind: str,
+        layout: BatchLayout,
+        greedy: bool = True,
+        row_slots: bool = False,
     ) -> jax.stages.Lowered:
-        static = {"graphdef": self.graphdef, "exact": self.exact}
+        static = (
+            {} if kind == INSERT else {"graphdef": self.graphdef, "exact": self.exact}
+        )
         if kind in (PREFILL, DECODE):
             static["greedy"] = greedy
-        arguments = self._arguments(kind, layout)
+        arguments = self._arguments(kind, layout, row_slots)
         return self.placement.within(lambda: JITTED[kind].lower(*arguments, **static))
 
     def compiled(
-        self, kind: str, layout: BatchLayout, greedy: bool = True
+        self,
+        kind: str,
+        layout: BatchLayout,
+        greedy: bool = True,
+        row_slots: bool = False,
     ) -> jax.stages.Compiled:
-        """Step `kind` for `layout`, compiled on first use; called with its dynamic arguments only."""
+        """Step `kind` for `layout`, compiled on first use; called with its dynamic arguments only.
+        `row_slots`: a decode step whose rows write at their own slots (continuous batching).
+        """
         key = StepKey(
             kind,
             greedy if kind in (PREFILL, DECODE) else None,
             layout.batch,
             layout.chunk,
             layout.max_len,
+            row_slots,
         )
         if key not in self.programs:
-            self.programs[key] = self.lower(kind, layout, greedy).compile()
+            self.programs[key] = self.lower(kind, layout, greedy, row_slots).compile()
         return self.programs[key]
+
+    def cache_bytes(self, layout: BatchLayout) -> int:
+        """The KV cache of `layout` over all devices (replicas included)."""
+        cache = jax.eval_shape(self._cache_maker(layout))
+        per_device = sum(
+            (
+                math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                if x.sharding is not None
+                else x.size * x.dtype.itemsize
+            )
+            for x in jax.tree.leaves(cache)
+        )
+        return per_device * self.placement.devices
+
+    def _program(self, kind: str, layout: BatchLayout) -> jax.stages.Compiled:
+        """The program a lowered-step name runs for `layout` (Generator.lower's names)."""
+        if kind == DECODE_ROWS:
+            return self.compiled(DECODE, layout, row_slots=True)
+        if kind == ONE_ROW_PREFILL:
+            return self.compiled(PREFILL, layout.one_row(layout.prompt_len))
+        return self.compiled(kind, layout)
 
     def peak_bytes(
         self, layout: BatchLayout, kinds: Sequence[str] = (PREFILL, DECODE)
     ) -> int:
         """The most memory one of the steps `kinds` of `layout` holds at once, over all devices:
         arguments (weights, cache, inputs), outputs that do not reuse a donated buffer, and the
-        compiler's temporaries, from the compiled programs' own memory analysis."""
+        compiler's temporaries, from the compiled programs' own memory analysis. One prompt's
+        prefill also holds the batch's cache it is inserted into."""
         peak = 0
         for kind in kinds:
-            memory = self.compiled(kind, layout).memory_analysis()
+            memory = self._program(kind, layout).memory_analysis()
             held = (
                 memory.argument_size_in_bytes
                 + memory.output_size_in_bytes
                 - memory.alias_size_in_bytes
             )
-            peak = max(peak, held + memory.temp_size_in_bytes)
-        return peak * self.placement.devices
+            held = (held + memory.temp_size_in_bytes) * self.placement.devices
+            if kind == ONE_ROW_PREFILL:
+                held += self.cache_bytes(layout)
+            peak = max(peak, held)
+        return peak

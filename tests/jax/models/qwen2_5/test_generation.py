@@ -32,7 +32,7 @@ from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import KV_AXES, init_cache
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.sampling import SamplingConfig, SamplingParams, sample
-from tests.jax.models.qwen2_5.steps import DECODE, step_collectives
+from tests.jax.models.qwen2_5.steps import DECODE, DECODE_ROWS, step_collectives
 from tests.jax.models.qwen2_5.tensor_parallel import (
     batch_sharding,
     forward_all_reduces,
@@ -114,12 +114,13 @@ def compiles_as_planned(
 
 def check_ttnn_step(kind: str, ttnn: Inventory, layers: int, record_property) -> None:
     """What the TT compiler made of a step: nothing on the host; a decode step's cache written in
-    place (two paged_update_cache per layer) and nothing scattered generically."""
+    place (two paged_update_cache per layer, rows at a shared slot or at their own) and nothing
+    scattered generically."""
     record_property(f"{kind}_ttnn_ops", ttnn.total)
     assert (
         ttnn.hoisted_to_cpu == 0
     ), f"{kind}: {ttnn.hoisted_to_cpu} functions on the host"
-    if kind == DECODE:
+    if kind in (DECODE, DECODE_ROWS):
         assert (
             ttnn.count(CACHE_UPDATE) == 2 * layers and ttnn.generic_scatters == 0
         ), ttnn.ops
@@ -143,6 +144,51 @@ def test_greedy_on_mesh_matches_single_device_and_hugging_face(
     gen = generator(model_for(), mesh)
     if compiles_as_planned(gen, SamplingConfig(), mesh, dut, record_property):
         assert gen.generate(PROMPTS, NEW_TOKENS).generated_token_ids == hf_greedy
+
+
+# Seven prompts of 3 to 40 tokens (two chunk widths with prefill_chunk 16) for 3 rows: every row
+# takes several prompts in turn.
+STREAM = [
+    [(7 * i + 3 * j) % 500 + 1 for j in range(n)]
+    for i, n in enumerate((11, 3, 40, 6, 25, 17, 9))
+]
+
+
+def ends_unevenly(tokens: list[int]) -> bool:
+    """A stop rule that ends the stream's completions after different numbers of tokens."""
+    return tokens[-1] % 5 == 0
+
+
+@pytest.mark.tensor_parallel
+def test_continuous_batching_gives_the_static_batches_tokens(
+    mesh, dut, model_for, record_property
+):
+    """The same prompts in 3 rows taken in turn (each prompt prefilled alone into a finished
+    row's cache, rows decoding at their own slots) and in one static batch: float32 tokens are
+    equal, on every mesh and against one device; no prompt's tokens depend on its schedule.
+    """
+    gen = Generator(shard_model(model_for(), mesh), EOS, 0, mesh, prefill_chunk=16)
+    if dut.compile_only:
+        record_property(*COMPILE_ONLY_PROPERTY)
+        return
+    static = gen.generate(STREAM, NEW_TOKENS, stop=ends_unevenly)
+    continuous = gen.generate_continuous(STREAM, NEW_TOKENS, 3, stop=ends_unevenly)
+    lengths = sorted({len(t) for t in static.generated_token_ids})
+    record_property("completion_lengths", str(lengths))
+    record_property(
+        "utilisation",
+        f"static {static.utilisation:.2f}, continuous {continuous.utilisation:.2f}",
+    )
+    assert len(lengths) >= 3  # the rows do end at different steps
+    assert continuous.generated_token_ids == static.generated_token_ids
+    single = Generator(model_for(), EOS, 0, prefill_chunk=16)
+    alone = single.generate_continuous(STREAM, NEW_TOKENS, 3, stop=ends_unevenly)
+    assert alone.generated_token_ids == static.generated_token_ids
+    for a, b in zip(continuous.top_logits, static.top_logits, strict=True):
+        np.testing.assert_array_equal(
+            a[..., 1], b[..., 1]
+        )  # the same candidates each step
+    assert continuous.utilisation > static.utilisation
 
 
 @pytest.mark.nightly_unless(mesh="1x8")

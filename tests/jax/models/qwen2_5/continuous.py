@@ -1,0 +1,216 @@
+# SPDX-FileCopyrightText: (c) 2026 Tenstorrent AI ULC
+#
+# SPDX-License-Identifier: Apache-2.0
+
+"""Continuous batching: a stream of prompts through a fixed number of cache rows.
+
+Static batches decode until their longest row ends while finished rows compute padding. Here a
+row that finishes takes the next prompt at once: the prompt is prefilled alone (a one-row
+prefill against a one-row cache), inserted into that row of the batch's cache, and the batch's
+decode step goes on with every row at its own position and cache slot. So two compiled programs
+serve the whole stream, whatever its lengths: the one-row prefill chunk and the decode step,
+plus the insert. Each row's computation is its own (rows share no arithmetic), so a prompt's
+tokens do not depend on which rows it ran beside or when.
+
+A run advances one decode step per `step()`, so a caller can drive two runs in lockstep (GSM8K's
+compare mode) and keep what finished as it finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from tests.jax.models.qwen2_5.batching import GenerationError
+from tests.jax.models.qwen2_5.sampling import GREEDY, SamplingConfig
+from tests.jax.models.qwen2_5.steps import DECODE, INSERT, PREFILL
+
+
+@dataclass
+class Finished:
+    """One prompt's completion: its index in the stream, tokens and step records."""
+
+    index: int
+    tokens: list[int]
+    records: (
+        np.ndarray
+    )  # (len(tokens), TOP_K, 2): the top logits of the step that chose each
+
+
+@dataclass
+class _Row:
+    index: int  # the prompt this row serves
+    slot: int  # the cache slot its next input token is written at
+    position: int  # that token's position
+    tokens: list[int] = field(default_factory=list)
+    records: list[np.ndarray] = field(default_factory=list)
+
+
+class ContinuousRun:
+    """`prompts` through `rows` rows of one cache (rows padded to the mesh's batch axis), greedy or
+    sampled; a prompt ends at an EOS id, when `stop(its tokens)` is true, or at `max_new_tokens`.
+
+    `generator` is a generation.Generator (its model, placement and compiled steps)."""
+
+    def __init__(
+        self,
+        generator,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        rows: int,
+        sampling: SamplingConfig = GREEDY,
+        stop: Callable[[list[int]], bool] | None = None,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.gen, self.prompts, self.max_new = generator, prompts, max_new_tokens
+        self.layout = generator.layout([len(p) for p in prompts], max_new_tokens, rows)
+        self.sampling, self.stop = sampling, stop
+        self.eos = set(generator.eos_token_ids)
+        self.key, self.params = jax.random.key(sampling.seed), sampling.params()
+        self.compile_seconds = self._compile()
+        self.prefill_seconds = self.decode_seconds = 0.0
+        self.steps = 0  # decode steps run, each computing layout.batch rows
+        self.queue = deque(range(len(prompts)))
+        self.rows: list[_Row | None] = [None] * self.layout.batch
+        self.done: list[Finished] = []
+        self.cache = generator.steps.empty_cache(self.layout)
+        (self.valid,) = generator.placement.rows(
+            np.zeros((self.layout.batch, self.layout.max_len), bool)
+        )
+        for row in range(self.layout.batch):
+            self._admit(row)
+
+    def _compile(self) -> float:
+        started, steps, greedy = (
+            time.perf_counter(),
+            self.gen.steps,
+            self.sampling.greedy,
+        )
+        row = self.layout.one_row(self.layout.prompt_len)
+        self.prefill = steps.compiled(PREFILL, row, greedy)
+        self.decode = steps.compiled(DECODE, self.layout, greedy, row_slots=True)
+        self.insert = steps.compiled(INSERT, self.layout)
+        return time.perf_counter() - started
+
+    @property
+    def finished(self) -> bool:
+        return not self.queue and all(r is None for r in self.rows)
+
+    def _admit(self, row: int) -> None:
+        """The next prompts into `row` until one does not end with its first token (or none is left)."""
+        self.rows[row] = None
+        while self.queue:
+            index = self.queue.popleft()
+            started = time.perf_counter()
+            token, record, prompt_len = self._prefill(row, self.prompts[index])
+            self.prefill_seconds += time.perf_counter() - started
+            state = _Row(index, slot=prompt_len, position=len(self.prompts[index]))
+            if not self._take(state, token, record):
+                self.rows[row] = state
+                return
+
+    def _prefill(self, row: int, prompt: Sequence[int]) -> tuple[int, np.ndarray, int]:
+        """`prompt` alone into a one-row cache, chunk by chunk, then into row `row` of the batch's
+        -> its first token, that step's record, and its padded length (its first decode slot).
+        """
+        layout, place = self.layout.one_row(len(prompt)), self.gen.placement
+        ids, positions, key_valid = layout.host_inputs([prompt], self.gen.pad_token_id)
+        cache = self.gen.steps.empty_cache(layout)
+        (valid,) = place.rows(key_valid)
+        for start in layout.chunk_starts:
+            chunk = place.rows(
+                ids[:, start : start + layout.chunk],
+                positions[:, start : start + layout.chunk],
+            )
+            tokens, record, cache = self.prefill(
+                self.gen.state,
+                *chunk,
+                valid,
+                cache,
+                np.int32(start),
+                self.key,
+                self.params,
+            )
+        self.cache, self.valid = self.insert(
+            self.cache, self.valid, cache, valid, np.int32(row)
+        )
+        return int(np.asarray(tokens)[0]), np.asarray(record)[0], layout.prompt_len
+
+    def _take(self, state: _Row, token: int, record: np.ndarray) -> bool:
+        """`token` onto the row's completion; True (and the prompt finished) when it ends there."""
+        state.tokens.append(token)
+        state.records.append(record)
+        ended = (
+            token in self.eos
+            or len(state.tokens) >= self.max_new
+            or (self.stop is not None and self.stop(state.tokens))
+        )
+        if ended:
+            self.done.append(
+                Finished(state.index, state.tokens, np.stack(state.records))
+            )
+        return ended
+
+    def _inputs(self) -> tuple[jax.Array, ...]:
+        """The decode step's tokens, positions and write slots of every row (an idle row repeats
+        its last slot of the cache: it is overwritten when the row takes a prompt)."""
+        live = [r for r in self.rows]
+        tokens = np.array([r.tokens[-1] if r else 0 for r in live], np.int32)
+        positions = np.array([r.position if r else 0 for r in live], np.int32)
+        slots = np.array(
+            [r.slot if r else self.layout.max_len - 1 for r in live], np.int32
+        )
+        place = self.gen.placement
+        (tokens,) = (
+            jax.device_put(tokens, place.sharding(jax.sharding.PartitionSpec())),
+        )
+        return (tokens, *place.rows(positions, slots))
+
+    def step(self) -> list[Finished]:
+        """One decode step of every row, then a new prompt into each row that finished -> the
+        prompts that finished in it."""
+        before = len(self.done)
+        started = time.perf_counter()
+        tokens, positions, slots = self._inputs()
+        key = jax.random.fold_in(
+            self.key, self.steps + 1
+        )  # prefill used the key itself
+        out, record, _, self.valid, self.cache = self.decode(
+            self.gen.state,
+            tokens,
+            positions,
+            self.valid,
+            self.cache,
+            slots,
+            key,
+            self.params,
+        )
+        out, record = np.asarray(out), np.asarray(record)
+        self.decode_seconds += time.perf_counter() - started
+        self.steps += 1
+        for row, state in enumerate(self.rows):
+            if state is None:
+                continue
+            state.slot, state.position = state.slot + 1, state.position + 1
+            if self._take(state, int(out[row]), record[row]):
+                self._admit(row)
+        return self.done[before:]
+
+    def run(self, on_step: Callable[[], None] = lambda: None) -> list[Finished]:
+        """Every prompt to its end -> their completions in prompt order."""
+        while not self.finished:
+            self.step()
+            on_step()
+        return sorted(self.done, key=lambda f: f.index)
+
+    @property
+    def utilisation(self) -> float:
+        """Tokens kept from decode steps over the row-steps they computed."""
+        decoded = sum(len(f.tokens) - 1 for f in self.done)
+        return decoded / (self.steps * self.layout.batch) if self.steps else 1.0
