@@ -79,6 +79,7 @@ class ContinuousRun:
         self.queue = deque(range(len(prompts)))
         self.rows: list[_Row | None] = [None] * self.layout.batch
         self.done: list[Finished] = []
+        self.reported = 0  # how many of `done` collect() has returned
         self.cache = generator.steps.empty_cache(self.layout)
         (self.valid,) = generator.placement.rows(
             np.zeros((self.layout.batch, self.layout.max_len), bool)
@@ -172,10 +173,8 @@ class ContinuousRun:
         )
         return (tokens, *place.rows(positions, slots))
 
-    def step(self) -> list[Finished]:
-        """One decode step of every row, then a new prompt into each row that finished -> the
-        prompts that finished in it."""
-        before = len(self.done)
+    def step(self) -> None:
+        """One decode step of every row, then a new prompt into each row that finished."""
         started = time.perf_counter()
         tokens, positions, slots = self._inputs()
         key = jax.random.fold_in(
@@ -200,7 +199,11 @@ class ContinuousRun:
             state.slot, state.position = state.slot + 1, state.position + 1
             if self._take(state, int(out[row]), record[row]):
                 self._admit(row)
-        return self.done[before:]
+
+    def collect(self) -> list[Finished]:
+        """The prompts finished since the last call (one can end at its prefill's token)."""
+        finished, self.reported = self.done[self.reported :], len(self.done)
+        return finished
 
     def run(self, on_step: Callable[[], None] = lambda: None) -> list[Finished]:
         """Every prompt to its end -> their completions in prompt order."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from tests.jax.models.qwen2_5 import cpu_products
 from tests.jax.models.qwen2_5.audit import MeshAudit, SequenceAudit, oracle_of
 from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK
 from tests.jax.models.qwen2_5.cli_options import add_model_options
+from tests.jax.models.qwen2_5.continuous import ContinuousRun
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.gsm8k_task import (
     FEWSHOT_SEED,
@@ -58,10 +59,20 @@ from tests.jax.models.qwen2_5.pipeline import (
     configure_for,
     resolve_model_path,
 )
-from tests.jax.models.qwen2_5.steps import DECODE, FILL, PREFILL, SCORE
+from tests.jax.models.qwen2_5.steps import (
+    DECODE,
+    DECODE_ROWS,
+    FILL,
+    INSERT,
+    ONE_ROW_PREFILL,
+    PREFILL,
+    SCORE,
+)
 from tests.jax.models.qwen2_5.tensor_parallel import tensor_parallel_config
 
 GIB = 2**30
+CONTINUOUS, STATIC = "continuous", "static"
+SCHEDULES = (CONTINUOUS, STATIC)
 SINGLE = "1x1"
 ORACLE = "oracle"  # the audit's float32 oracle: it runs on the single device's weights
 
@@ -85,6 +96,7 @@ class Settings:
     batch_size: int
     prefill_chunk: int
     memory_budget: float | None
+    schedule: str
 
     def __post_init__(self) -> None:
         for name in ("limit", "batch_size", "max_new_tokens", "prefill_chunk"):
@@ -143,6 +155,12 @@ OPTIONS = {
         "type": int,
         "default": PREFILL_CHUNK,
         "help": "prompt tokens per prefill step: prefill memory grows with it (default %(default)s)",
+    },
+    "--schedule": {
+        "choices": SCHEDULES,
+        "default": CONTINUOUS,
+        "help": "continuous: a row that finishes takes the next problem at once (continuous.py); static: "
+        "batches of --batch-size problems, each decoding until its longest ends (default %(default)s)",
     },
     "--memory-budget": {
         "type": float,
@@ -228,6 +246,7 @@ class Job:
             "stop_sequences": list(STOP_SEQUENCES),
             "batch_size": s.batch_size,
             "prefill_chunk": s.prefill_chunk,
+            "schedule": s.schedule,
             "compare_single_device": s.compare_single_device,
             "cpu_products": cpu_products.installed(),
         }
@@ -254,14 +273,21 @@ def prepare(settings: Settings) -> Job:
 
 
 def check_memory(
-    shape_only: dict[str, Generator], layouts: dict[str, list], budget: int, fixes: str
+    shape_only: dict[str, Generator],
+    layouts: dict[str, list],
+    budget: int,
+    fixes: str,
+    resident: dict[str, int],
 ) -> str:
-    """Refuse a run whose estimated peak host memory exceeds `budget`: every model's weights (all
-    resident at once; the oracle holds none of its own), plus the largest compiled step of any of
-    them beyond the weights it runs on. Returns the estimate in words."""
+    """Refuse a run whose estimated peak host memory exceeds `budget`: every model's weights and
+    `resident` bytes (caches of runs that advance in lockstep) all held at once (the oracle holds
+    none of its own), plus the largest compiled step of any of them beyond the weights and cache
+    it runs on. Returns the estimate in words."""
     owner = {name: SINGLE if name == ORACLE else name for name in shape_only}
     weights = {
-        name: gen.weight_bytes for name, gen in shape_only.items() if name != ORACLE
+        name: gen.weight_bytes + resident.get(name, 0)
+        for name, gen in shape_only.items()
+        if name != ORACLE
     }
     steps = {
         name: max(
@@ -269,8 +295,12 @@ def check_memory(
         )
         for name, gen in shape_only.items()
     }
+    # The oracle runs on the single device's weights, while that run's cache stays resident.
+    beside = {name: resident.get(SINGLE, 0) if name == ORACLE else 0 for name in steps}
     need = max(
-        steps[name] + sum(w for other, w in weights.items() if other != owner[name])
+        steps[name]
+        + beside[name]
+        + sum(w for other, w in weights.items() if other != owner[name])
         for name in shape_only
     )
     held = " + ".join(f"{w / GIB:.2f} GiB ({name})" for name, w in weights.items())
@@ -287,23 +317,61 @@ def check_memory(
 def step_layouts(
     job: Job, name: str, generator: Generator, todo: list[list[int]]
 ) -> list[tuple]:
-    """(layout, step kinds) of every compiled step model `name` runs for the batches `todo`."""
+    """(layout, lowered-step names) of every compiled step model `name` runs for `todo`: static
+    batches, or with the continuous schedule, streams of problems through --batch-size rows.
+    """
     s, lengths = job.settings, [
         [len(job.token_ids[i]) for i in batch] for batch in todo
     ]
+    continuous = s.schedule == CONTINUOUS
+    kinds = (DECODE_ROWS, ONE_ROW_PREFILL, INSERT) if continuous else (PREFILL, DECODE)
+    rows = s.batch_size if continuous else None
     steps = (
         []
         if name == ORACLE
-        else [
-            (generator.layout(b, s.max_new_tokens), (PREFILL, DECODE)) for b in lengths
-        ]
+        else [(generator.layout(b, s.max_new_tokens, rows), kinds) for b in lengths]
     )
     if s.compare_single_device:
-        # A batch's differing problems are teacher-forced together, rows padded to a power of two (the audit).
-        rows = 1 << (max(map(len, todo)) - 1).bit_length()
+        # Differing problems are teacher-forced together (a batch's, or a group of --batch-size
+        # of a stream's), rows padded to a power of two (the audit).
+        most = (
+            min(max(map(len, todo)), s.batch_size)
+            if continuous
+            else max(map(len, todo))
+        )
         longest = max(map(max, lengths)) + s.max_new_tokens
-        steps.append((generator.layout([longest] * rows, 0), (FILL, SCORE)))
+        steps.append(
+            (
+                generator.layout([longest] * (1 << (most - 1).bit_length()), 0),
+                (FILL, SCORE),
+            )
+        )
     return list(dict.fromkeys(steps))
+
+
+def lockstep_caches(
+    job: Job, shape_only: dict[str, Generator], todo: list[list[int]]
+) -> dict[str, int]:
+    """The cache bytes each model holds while the others step: with the continuous schedule in
+    compare mode every mesh's stream advances in lockstep, so all their caches are resident.
+    """
+    s = job.settings
+    if s.schedule != CONTINUOUS or not s.compare_single_device:
+        return {}
+    return {
+        name: max(
+            gen.steps.cache_bytes(
+                gen.layout(
+                    [len(job.token_ids[i]) for i in batch],
+                    s.max_new_tokens,
+                    s.batch_size,
+                )
+            )
+            for batch in todo
+        )
+        for name, gen in shape_only.items()
+        if name != ORACLE
+    }
 
 
 def load_within_memory(job: Job, todo: list[list[int]]) -> dict[str, Generator]:
@@ -320,16 +388,24 @@ def load_within_memory(job: Job, todo: list[list[int]]) -> dict[str, Generator]:
         name: step_layouts(job, name, gen, todo) for name, gen in shape_only.items()
     }
     budget = int(s.memory_budget * GIB) if s.memory_budget else available_host_bytes()
-    print(
-        f"memory: {check_memory(shape_only, layouts, budget, s.memory_fixes())}",
-        file=sys.stderr,
-    )
+    resident = lockstep_caches(job, shape_only, todo)
+    estimate = check_memory(shape_only, layouts, budget, s.memory_fixes(), resident)
+    print(f"memory: {estimate}", file=sys.stderr)
     generators = {
         m.name: job.checkpoint.load(m, s.dtype, shape_only[m.name]) for m in job.meshes
     }
     if s.compare_single_device:
         generators[ORACLE] = oracle_of(generators[SINGLE], shape_only[ORACLE].steps)
     return generators
+
+
+def graded(
+    checkpoint: Checkpoint, problem: Problem, index: int, tokens: list[int], top
+) -> Graded:
+    """Problem `index`'s completion `tokens`, its text cut at a stop sequence, graded; with the
+    step records `top` when given."""
+    text = checkpoint.tokenizer.decode(tokens, skip_special_tokens=True)
+    return grade(index, tokens, truncate_at_stop(text), problem, top)
 
 
 def complete(
@@ -342,25 +418,20 @@ def complete(
     between_steps: Callable[[], None] = lambda: None,
     keep_records: bool = False,
 ) -> list[Graded]:
-    """Greedy completions of the problems `batch` (indices), graded, with each step's top logits
-    when `keep_records`. `between_steps` runs after every decode step (where a run may stop).
-    """
-    tokenizer = checkpoint.tokenizer
+    """Greedy completions of the problems `batch` (indices) as one static batch, graded, with each
+    step's top logits when `keep_records`. `between_steps` runs after every decode step (where a
+    run may stop)."""
     result = generator.generate(
         [token_ids[i] for i in batch],
         max_new_tokens,
         on_tokens=lambda _: between_steps(),
-        stop=stops_at_sequences(tokenizer),
+        stop=stops_at_sequences(checkpoint.tokenizer),
     )
-    graded = []
-    for index, tokens, top in zip(
-        batch, result.generated_token_ids, result.top_logits, strict=True
-    ):
-        text = truncate_at_stop(tokenizer.decode(tokens, skip_special_tokens=True))
-        graded.append(
-            grade(index, tokens, text, problems[index], top if keep_records else None)
-        )
-    return graded
+    completions = zip(batch, result.generated_token_ids, result.top_logits, strict=True)
+    return [
+        graded(checkpoint, problems[i], i, tokens, top if keep_records else None)
+        for i, tokens, top in completions
+    ]
 
 
 @dataclass
@@ -390,6 +461,25 @@ class Record:
         )
 
 
+def audited(
+    job: Job, generators: dict[str, Generator], records: list[Record]
+) -> list[Record]:
+    """`records` with the audit of the mesh against one device, when compared."""
+    if ORACLE not in generators:
+        return records
+    mesh, fresh = job.mesh.name, {r.index: r for r in records}
+    audits = MeshAudit(job.settings.dtype).audit(
+        generators[ORACLE],
+        generators[mesh],
+        {i: job.token_ids[i] for i in fresh},
+        {i: r.runs[SINGLE].generated_run() for i, r in fresh.items()},
+        {i: r.runs[mesh].generated_run() for i, r in fresh.items()},
+    )
+    for index, audit in audits.items():
+        fresh[index].audit = audit
+    return records
+
+
 def evaluate_batch(
     job: Job,
     generators: dict[str, Generator],
@@ -397,37 +487,66 @@ def evaluate_batch(
     done: set[int],
     between_steps: Callable[[], None],
 ) -> list[Record]:
-    """The batch's problems not in `done` on every mesh, audited when compared."""
-    work = (
-        job.checkpoint,
-        job.problems,
-        job.token_ids,
-        batch,
-        job.settings.max_new_tokens,
-        between_steps,
-    )
+    """The batch's problems not in `done` on every mesh as one static batch, audited when compared."""
+    keep = ORACLE in generators
+    work = (job.checkpoint, job.problems, job.token_ids, batch)
     runs = {
-        name: complete(gen, *work, ORACLE in generators)
+        name: complete(gen, *work, job.settings.max_new_tokens, between_steps, keep)
         for name, gen in generators.items()
         if name != ORACLE
     }
-    fresh = {
-        i: Record(i, {name: graded[k] for name, graded in runs.items()})
+    fresh = [
+        Record(i, {name: graded[k] for name, graded in runs.items()})
         for k, i in enumerate(batch)
         if i not in done
-    }
-    if ORACLE in generators:
-        mesh = job.mesh.name
-        audits = MeshAudit(job.settings.dtype).audit(
-            generators[ORACLE],
-            generators[mesh],
-            {i: job.token_ids[i] for i in fresh},
-            {i: r.runs[SINGLE].generated_run() for i, r in fresh.items()},
-            {i: r.runs[mesh].generated_run() for i, r in fresh.items()},
+    ]
+    return audited(job, generators, fresh)
+
+
+def evaluate_stream(
+    job: Job,
+    generators: dict[str, Generator],
+    stream: list[int],
+    between_steps: Callable[[], None],
+) -> Iterator[list[Record]]:
+    """The problems `stream` through --batch-size rows of every mesh (continuous.py), the meshes'
+    runs stepping in lockstep -> records as problems finish on every mesh; compared, they are
+    audited in groups of up to --batch-size."""
+    s, keep = job.settings, ORACLE in generators
+    names = [name for name in generators if name != ORACLE]
+    prompts, stop = [job.token_ids[i] for i in stream], stops_at_sequences(
+        job.checkpoint.tokenizer
+    )
+    runs = {
+        name: ContinuousRun(
+            generators[name], prompts, s.max_new_tokens, s.batch_size, stop=stop
         )
-        for index, audit in audits.items():
-            fresh[index].audit = audit
-    return list(fresh.values())
+        for name in names
+    }
+    finished: dict[str, dict[int, Graded]] = {name: {} for name in names}
+    while True:
+        for name, run in runs.items():
+            for f in run.collect():
+                index = stream[f.index]
+                finished[name][index] = graded(
+                    job.checkpoint,
+                    job.problems[index],
+                    index,
+                    f.tokens,
+                    f.records if keep else None,
+                )
+        ready = [i for i in finished[names[0]] if all(i in finished[n] for n in names)]
+        last = all(run.finished for run in runs.values())
+        while ready and (len(ready) >= s.batch_size or last or not keep):
+            group, ready = ready[: s.batch_size], ready[s.batch_size :]
+            records = [Record(i, {n: finished[n].pop(i) for n in names}) for i in group]
+            yield audited(job, generators, records)
+        if last:
+            return
+        for run in runs.values():
+            if not run.finished:
+                run.step()
+        between_steps()
 
 
 def compare_runs(
@@ -521,8 +640,9 @@ class Evaluation:
 def evaluate(
     job: Job, todo: list[list[int]], evaluation: Evaluation, store: ResultStore
 ) -> int:
-    """The batches `todo`, each problem stored as its batch finishes; a signal stops between
-    steps, with what finished saved. Returns the exit code."""
+    """`todo`: static batches, each problem stored as its batch finishes, or (continuous) one
+    stream, each problem stored as it finishes; a signal stops between steps, with what finished
+    saved. Returns the exit code."""
     generators = load_within_memory(job, todo)
     try:
         progress = {
@@ -533,13 +653,19 @@ def evaluate(
         with StopSignals() as signals, tqdm(
             desc=f"gsm8k {job.mesh}", file=sys.stderr, **progress
         ) as bar:
-            for batch in todo:
-                for record in evaluate_batch(
-                    job, generators, batch, set(evaluation.records), signals.check
-                ):
-                    evaluation.records[record.index] = record
-                    store.add(record.to_dict())
-                bar.update(len(batch))
+            for work in todo:
+                if job.settings.schedule == CONTINUOUS:
+                    finished = evaluate_stream(job, generators, work, signals.check)
+                else:
+                    done = set(evaluation.records)
+                    finished = [
+                        evaluate_batch(job, generators, work, done, signals.check)
+                    ]
+                for records in finished:
+                    for record in records:
+                        evaluation.records[record.index] = record
+                        store.add(record.to_dict())
+                    bar.update(len(records))
                 signals.check()
     except Stopped as stop:
         saved = (
@@ -579,6 +705,9 @@ def run(settings: Settings) -> int:
             for batch in batches
             if not all(i in evaluation.records for i in batch)
         ]
+        if settings.schedule == CONTINUOUS:  # one stream, in the harness's order
+            stream = [i for b in batches for i in b if i not in evaluation.records]
+            todo = [stream] if stream else []
         code = evaluate(job, todo, evaluation, store) if todo else 0
         if code:
             return code

@@ -259,7 +259,7 @@ UP_FRONT = [
         "do not fit the model's context of 4,096 tokens",
     ),
     (
-        ["--limit", "4", "--memory-budget", "0.25"],
+        ["--limit", "4", "--memory-budget", "0.1"],
         "lower --batch-size (now 8) or --prefill-chunk (now 256)",
     ),
     (["--limit", "4", "--prefill-chunk", "0"], "--prefill-chunk must be >= 1"),
@@ -321,6 +321,9 @@ def cli(gsm8k_dir, demo_cache, tiny_checkpoint, context_checkpoint, tmp_path_fac
     ]
     outputs["whole"] = tmp / "whole.json"
     calls["whole"] = [*test_file, *RESUMABLE, "--output", str(outputs["whole"])]
+    outputs["static"] = tmp / "static.json"
+    calls["static"] = [*test_file, *RESUMABLE, "--schedule", "static"]
+    calls["static"] += ["--output", str(outputs["static"])]
     # After it, the same output with other settings: refused, the finished run kept.
     calls["changed"] = [*calls["whole"], "--max-new-tokens", "8"]
     env = {"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": "8"}
@@ -434,6 +437,24 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     assert (
         json.loads(out.read_text())["scores"] == json.loads(whole.read_text())["scores"]
     )
+
+
+@pytest.mark.tensor_parallel
+def test_the_schedule_changes_no_completion(cli):
+    """Continuous batching (the default: 2 rows taking 6 problems in turn) and static batches of 2
+    give every problem the same float32 completion and grades on 1x8."""
+    (whole_done, whole), (static_done, static) = cli["whole"], cli["static"]
+    assert (
+        whole_done.returncode == 0 and static_done.returncode == 0
+    ), static_done.stderr
+    continuous, batched = json.loads(whole.read_text()), json.loads(static.read_text())
+    assert [continuous["settings"]["schedule"], batched["settings"]["schedule"]] == [
+        "continuous",
+        "static",
+    ]
+    assert continuous["problems"] == batched["problems"]
+    lengths = {len(p["1x8"]["tokens"]) for p in continuous["problems"]}
+    assert len(lengths) > 1  # the completions end at different steps
 
 
 def test_a_run_with_other_settings_is_refused(cli):
