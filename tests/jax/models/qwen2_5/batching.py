@@ -60,6 +60,14 @@ class BatchLayout:
     def chunk_starts(self) -> range:
         return range(0, self.prompt_len, self.chunk)
 
+    def holds(self, other: BatchLayout) -> bool:
+        """Whether `other`'s sequences fit this layout's rows, prompt columns and slots."""
+        return (
+            self.batch >= other.batch
+            and self.prompt_len >= other.prompt_len
+            and self.max_len - self.prompt_len >= other.max_len - other.prompt_len
+        )
+
     def one_row(self, length: int) -> BatchLayout:
         """One sequence of `length` tokens prefilled alone for this batch's cache (continuous
         batching): left-padded to whole chunks only, so a short prompt computes no chunk of pads.

@@ -9,8 +9,8 @@ row that finishes takes the next prompt at once: the prompt is prefilled alone (
 prefill against a one-row cache), inserted into that row of the batch's cache, and the batch's
 decode step goes on with every row at its own position and cache slot. So two compiled programs
 serve the whole stream, whatever its lengths: the one-row prefill chunk and the decode step,
-plus the insert. Each row's computation is its own (rows share no arithmetic), so a prompt's
-tokens do not depend on which rows it ran beside or when.
+plus the insert. Each row's computation is its own (rows share no arithmetic, and the programs'
+shapes are the stream's), so a prompt's tokens do not depend on which rows it ran beside or when.
 
 A run advances one decode step per `step()`, so a caller can drive two runs in lockstep (GSM8K's
 compare mode) and keep what finished as it finishes.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
-from tests.jax.models.qwen2_5.batching import GenerationError
+from tests.jax.models.qwen2_5.batching import BatchLayout, GenerationError
 from tests.jax.models.qwen2_5.sampling import GREEDY, SamplingConfig
 from tests.jax.models.qwen2_5.steps import DECODE, INSERT, PREFILL
 
@@ -53,7 +53,10 @@ class _Row:
 
 class ContinuousRun:
     """`prompts` through `rows` rows of one cache (rows padded to the mesh's batch axis), greedy or
-    sampled; a prompt ends at an EOS id, when `stop(its tokens)` is true, or at `max_new_tokens`.
+    sampled; a prompt ends at an EOS id, when `stop(its tokens)` is true, or at `max_new_tokens`
+    (one for all, or one per prompt). `layout`: the batch's layout when it must not depend on
+    which prompts this run holds (a resumed job keeps the shapes, and so the arithmetic, of the
+    whole job's); by default the prompts' own.
 
     `generator` is a generation.Generator (its model, placement and compiled steps)."""
 
@@ -61,15 +64,28 @@ class ContinuousRun:
         self,
         generator,
         prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
+        max_new_tokens: int | Sequence[int],
         rows: int,
         sampling: SamplingConfig = GREEDY,
         stop: Callable[[list[int]], bool] | None = None,
+        layout: BatchLayout | None = None,
     ) -> None:
-        if max_new_tokens < 1:
-            raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        self.gen, self.prompts, self.max_new = generator, prompts, max_new_tokens
-        self.layout = generator.layout([len(p) for p in prompts], max_new_tokens, rows)
+        limits = (
+            [max_new_tokens] * len(prompts)
+            if isinstance(max_new_tokens, int)
+            else list(max_new_tokens)
+        )
+        if len(limits) != len(prompts) or min(limits, default=1) < 1:
+            raise GenerationError(
+                f"max_new_tokens must be >= 1 for each of the {len(prompts)} prompts, got {max_new_tokens}"
+            )
+        self.gen, self.prompts, self.limits = generator, prompts, limits
+        own = generator.layout([len(p) for p in prompts], max(limits), rows)
+        if layout is not None and not layout.holds(own):
+            raise GenerationError(
+                f"the layout {layout} cannot hold these prompts ({own})"
+            )
+        self.layout = own if layout is None else layout
         self.sampling, self.stop = sampling, stop
         self.eos = set(generator.eos_token_ids)
         self.key, self.params = jax.random.key(sampling.seed), sampling.params()
@@ -149,7 +165,7 @@ class ContinuousRun:
         state.records.append(record)
         ended = (
             token in self.eos
-            or len(state.tokens) >= self.max_new
+            or len(state.tokens) >= self.limits[state.index]
             or (self.stop is not None and self.stop(state.tokens))
         )
         if ended:

@@ -13,7 +13,10 @@ repacks the weight on every call; this module gives it the forms that read a wei
 - `few-rows`: the weight as the dot's left operand, the small (out, rows) result transposed
   behind an optimization barrier, and a zero second row for a single bfloat16 row (`few_rows`);
 - `streamed`: bfloat16 products by streaming_matmul's C++ kernel (`streamed`), for CPUs without
-  bfloat16 instructions, where `few-rows` is compute-bound; float32 still takes `few-rows`;
+  bfloat16 instructions, where `few-rows` is compute-bound; float32 still takes `few-rows`. On
+  those CPUs XLA's bfloat16 GEMMs (prefill chunks) are also slower than its float32 ones, so a
+  bfloat16 GEMM runs on its operands widened to float32 (`widened`): exact widening, float32 sums
+  rounded once, as the contract says;
 - `xla`: no substitution, the plain product everywhere;
 - `auto` (the default): `streamed` where the kernel reads bfloat16 faster than XLA's own kernels
   (streaming_matmul.faster_here: an AVX2 CPU without AVX-512 BF16 or AMX), else `few-rows`.
@@ -72,7 +75,7 @@ def product_for(form: str) -> model.WeightProduct:
     """The weight product of a concrete form (resolve)."""
     if form == XLA:
         return model.weight_product
-    return functools.partial(_dense, streamed_bfloat16=form == STREAMED)
+    return functools.partial(_dense, bfloat16_without_instructions=form == STREAMED)
 
 
 def install(choice: str = AUTO) -> str:
@@ -113,20 +116,31 @@ def forced(form: str) -> Iterator[None]:
 
 
 def _dense(
-    x: jax.Array, w: jax.Array, axes: Axes, *, streamed_bfloat16: bool
+    x: jax.Array, w: jax.Array, axes: Axes, *, bfloat16_without_instructions: bool
 ) -> jax.Array:
-    """model.weight_product's contract: x (..., in) times w (out, in) -> (..., out) float32. Few
-    rows on XLA:CPU take this module's forms; everything else, and every other platform, the plain one.
+    """model.weight_product's contract: x (..., in) times w (out, in) -> (..., out) float32. On
+    XLA:CPU few rows take this module's stream forms, and on a CPU without bfloat16 instructions a
+    bfloat16 GEMM its widened form; everything else, and every other platform, the plain one.
     """
+    bfloat16 = bfloat16_without_instructions and x.dtype == jnp.bfloat16
     if rows_per_device(x) > FEW_ROWS:
-        return model.weight_product(x, w, axes)
-    if streamed_bfloat16 and x.dtype == jnp.bfloat16:
+        if not bfloat16:
+            return model.weight_product(x, w, axes)
+        cpu = functools.partial(widened, axes=tuple(axes))
+    elif bfloat16:
         cpu = functools.partial(streamed, axes=tuple(axes))
     else:
         cpu = few_rows
     return jax.lax.platform_dependent(
         x, w, cpu=cpu, default=lambda x, w: model.weight_product(x, w, axes)
     )
+
+
+def widened(x: jax.Array, w: jax.Array, *, axes: Axes) -> jax.Array:
+    """A bfloat16 GEMM on its operands widened to float32 (exactly: every bfloat16 is a float32),
+    where XLA:CPU's float32 GEMM is the faster (README "Performance"): the same products and
+    float32 sums, the weight's widened copy a temporary of the step."""
+    return model.weight_product(x.astype(jnp.float32), w.astype(jnp.float32), axes)
 
 
 def few_rows(x: jax.Array, w: jax.Array) -> jax.Array:

@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=1.0, help="1.0 is off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--rows",
+        type=int,
+        help="continuous batching: the prompts take N cache rows in turn, a finished row taking the "
+        "next prompt at once (default: one row per prompt, one static batch)",
+    )
+    parser.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object instead of streaming text",
@@ -117,6 +123,7 @@ def report(
             "cpu_products": cpu_products.installed(),
             "prefill_tokens_per_second": result.prefill_tokens_per_second,
             "decode_tokens_per_second": result.decode_tokens_per_second,
+            "decode_row_utilisation": result.utilisation,
         }
         if comparison is not None:
             audits = {
@@ -136,7 +143,7 @@ def report(
         f"\n{len(texts)} prompt(s), {prompt_tokens} prompt tokens, {generated} generated tokens, "
         f"mesh {mesh} ({dtype}, CPU products {cpu_products.installed()}); "
         f"prefill {result.prefill_tokens_per_second:,.1f} tok/s, decode {result.decode_tokens_per_second:,.1f} tok/s "
-        f"(compile {result.compile_seconds:.1f} s, not included)"
+        f"(compile {result.compile_seconds:.1f} s, not included); decode rows {result.utilisation:.0%} used"
     )
     if comparison is not None:
         print(f"mesh {mesh} vs 1x1: {comparison.describe()}")
@@ -155,6 +162,8 @@ def check_request(args: argparse.Namespace) -> SamplingConfig:
             raise GenerationError(
                 f"--prompt is not valid UTF-8 text (at character {err.start}): pass UTF-8"
             ) from err
+    if args.rows is not None and args.rows < 1:
+        raise GenerationError(f"--rows must be >= 1, got {args.rows}")
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     if args.compare_single_device and not sampling.greedy:
         raise GenerationError(
@@ -209,9 +218,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     prompts = [checkpoint.encode(p, args.chat) for p in args.prompt]
     generator = checkpoint.load(mesh, args.dtype)
     speaks = args.process_id == 0
-    stream = speaks and not args.json and len(prompts) == 1
+    stream = speaks and not args.json and len(prompts) == 1 and args.rows is None
     streamer = Streamer(checkpoint.tokenizer, out) if stream else None
-    result = generator.generate(prompts, args.max_new_tokens, sampling, streamer)
+    if args.rows is None:
+        result = generator.generate(prompts, args.max_new_tokens, sampling, streamer)
+    else:
+        request = (prompts, args.max_new_tokens, args.rows, sampling)
+        result = generator.generate_continuous(*request)
     audit = None
     if args.compare_single_device:
         request = (args.dtype, prompts, args.max_new_tokens)

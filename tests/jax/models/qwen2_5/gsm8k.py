@@ -33,7 +33,7 @@ from tests.infra.runs import (
 )
 from tests.jax.models.qwen2_5 import cpu_products
 from tests.jax.models.qwen2_5.audit import MeshAudit, SequenceAudit, oracle_of
-from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK
+from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK, BatchLayout
 from tests.jax.models.qwen2_5.cli_options import add_model_options
 from tests.jax.models.qwen2_5.continuous import ContinuousRun
 from tests.jax.models.qwen2_5.generation import Generator
@@ -314,6 +314,15 @@ def check_memory(
     return estimate
 
 
+def job_layout(job: Job, generator: Generator) -> BatchLayout:
+    """The continuous schedule's layout: the whole job's, whichever problems are left, so a resumed
+    run computes every row with the shapes (and so the arithmetic) of an uninterrupted one.
+    """
+    s = job.settings
+    lengths = [len(ids) for ids in job.token_ids]
+    return generator.layout(lengths, s.max_new_tokens, s.batch_size)
+
+
 def step_layouts(
     job: Job, name: str, generator: Generator, todo: list[list[int]]
 ) -> list[tuple]:
@@ -324,13 +333,14 @@ def step_layouts(
         [len(job.token_ids[i]) for i in batch] for batch in todo
     ]
     continuous = s.schedule == CONTINUOUS
-    kinds = (DECODE_ROWS, ONE_ROW_PREFILL, INSERT) if continuous else (PREFILL, DECODE)
-    rows = s.batch_size if continuous else None
-    steps = (
-        []
-        if name == ORACLE
-        else [(generator.layout(b, s.max_new_tokens, rows), kinds) for b in lengths]
-    )
+    if name == ORACLE:
+        steps = []
+    elif continuous:
+        steps = [(job_layout(job, generator), (DECODE_ROWS, ONE_ROW_PREFILL, INSERT))]
+    else:
+        steps = [
+            (generator.layout(b, s.max_new_tokens), (PREFILL, DECODE)) for b in lengths
+        ]
     if s.compare_single_device:
         # Differing problems are teacher-forced together (a batch's, or a group of --batch-size
         # of a stream's), rows padded to a power of two (the audit).
@@ -349,9 +359,7 @@ def step_layouts(
     return list(dict.fromkeys(steps))
 
 
-def lockstep_caches(
-    job: Job, shape_only: dict[str, Generator], todo: list[list[int]]
-) -> dict[str, int]:
+def lockstep_caches(job: Job, shape_only: dict[str, Generator]) -> dict[str, int]:
     """The cache bytes each model holds while the others step: with the continuous schedule in
     compare mode every mesh's stream advances in lockstep, so all their caches are resident.
     """
@@ -359,16 +367,7 @@ def lockstep_caches(
     if s.schedule != CONTINUOUS or not s.compare_single_device:
         return {}
     return {
-        name: max(
-            gen.steps.cache_bytes(
-                gen.layout(
-                    [len(job.token_ids[i]) for i in batch],
-                    s.max_new_tokens,
-                    s.batch_size,
-                )
-            )
-            for batch in todo
-        )
+        name: gen.steps.cache_bytes(job_layout(job, gen))
         for name, gen in shape_only.items()
         if name != ORACLE
     }
@@ -388,7 +387,7 @@ def load_within_memory(job: Job, todo: list[list[int]]) -> dict[str, Generator]:
         name: step_layouts(job, name, gen, todo) for name, gen in shape_only.items()
     }
     budget = int(s.memory_budget * GIB) if s.memory_budget else available_host_bytes()
-    resident = lockstep_caches(job, shape_only, todo)
+    resident = lockstep_caches(job, shape_only)
     estimate = check_memory(shape_only, layouts, budget, s.memory_fixes(), resident)
     print(f"memory: {estimate}", file=sys.stderr)
     generators = {
@@ -519,7 +518,12 @@ def evaluate_stream(
     )
     runs = {
         name: ContinuousRun(
-            generators[name], prompts, s.max_new_tokens, s.batch_size, stop=stop
+            generators[name],
+            prompts,
+            s.max_new_tokens,
+            s.batch_size,
+            stop=stop,
+            layout=job_layout(job, generators[name]),
         )
         for name in names
     }

@@ -6,24 +6,32 @@
 
     python -m tests.jax.models.qwen2_5.speed --side ours|hf --phase decode|prefill|gsm8k
         --model-path DIR --dtype float32|bfloat16 --batch B [--cpu-class native|avx2]
+        [--data-file GSM8K/test.jsonl] [--cpu-products FORM]
 
-Prints {"tokens_per_second": ...} (gsm8k: {"problems_per_minute": ...}). One process per
+Prints {"tokens_per_second": ...} (gsm8k: {"problems_per_minute": ..., "utilisation": ...}). One process per
 measurement: PyTorch's OpenMP threads keep spinning after its work and XLA's pool does the
 same, so two runtimes in one process on two cores slow each other down and neither figure
 would be fair.
 
 decode: greedy tokens/s as extra tokens over extra time between 8 and 40 new tokens after a
-32-token prompt (prefill and compilation excluded). prefill: tokens/s of a 512-token prompt.
-gsm8k: problems per minute of GSM8K-shaped work, batched as each harness batches it: 16 fixed
-prompts of 700-1,000 tokens (5-shot GSM8K prompts under Qwen's tokenizer), longest first in
-batches of B, left-padded, GSM8K_NEW_TOKENS greedy tokens each (no early stop, so both sides do
-the same work); compilation excluded (a warm-up pass over the same batches).
+32-token prompt (prefill and compilation excluded). prefill: tokens/s of a 512-token prompt, the
+median of 3, the last position's logits only on both sides.
+gsm8k: problems per minute of the GSM8K job's shape, each side scheduling it as it does for real:
+16 fixed prompts of 700-1,000 tokens (5-shot GSM8K prompts under Qwen's tokenizer), problem i
+generating exactly the length of test problem i's gold answer in tokens (gsm8k_lengths) and no
+EOS, so both sides do the same work. Ours: continuous batching through B rows (continuous.py).
+Hugging Face: lm-evaluation-harness's HF backend's schedule, longest prompt first in batches of
+B, left-padded, one `generate` per batch that runs until its longest completion ends (finished
+rows computing on), with generate's own last-position-only prefill logits. Compilation excluded
+(ours compiles its three programs, Hugging Face runs one batch, before the clock starts).
+"utilisation": kept tokens over computed decode row-steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,7 +39,33 @@ from pathlib import Path
 from tests.infra.cpu_class import emulate_avx2_only
 
 SHORT, LONG, PROMPT_LEN, PREFILL_LEN = 8, 40, 32, 512
-GSM8K_PROBLEMS, GSM8K_NEW_TOKENS = 16, 64
+PREFILL_RUNS = 3  # each side's prefill figure is the median of these
+GSM8K_PROBLEMS = 16
+
+
+# Qwen2's pre-tokenizer: each piece is at least one token, and in its 152k vocabulary nearly every
+# piece of a GSM8K answer (common English words, single digits, calculator brackets) is exactly one.
+QWEN2_PIECES = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+MAX_GEN_TOKS = 256  # lm-evaluation-harness's gsm8k max_gen_toks
+
+
+def gsm8k_lengths(data_file: Path, count: int = GSM8K_PROBLEMS) -> list[int]:
+    """The first `count` test problems' completion lengths in tokens: the gold answer as the model
+    writes it, then the stop sequence "\n\nQuestion:", in Qwen2 pre-tokenizer pieces, at most
+    MAX_GEN_TOKS (the 1,319 answers: mean 124, median 115, 29 to 408)."""
+    import regex
+
+    pieces = regex.compile(QWEN2_PIECES)
+    with data_file.open() as f:
+        answers = [
+            json.loads(line)["answer"] for line, _ in zip(f, range(count), strict=False)
+        ]
+    return [
+        min(len(pieces.findall(f" {a}\n\nQuestion:")), MAX_GEN_TOKS) for a in answers
+    ]
 
 
 def gsm8k_prompts() -> list[list[int]]:
@@ -45,10 +79,11 @@ def gsm8k_prompts() -> list[list[int]]:
     ]
 
 
-def gsm8k_batches(batch: int) -> list[list[list[int]]]:
-    """The prompts longest first in batches of `batch`, as lm-evaluation-harness and our GSM8K run order them."""
-    prompts = sorted(gsm8k_prompts(), key=len, reverse=True)
-    return [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
+def harness_batches(lengths: list[int], batch: int) -> list[list[int]]:
+    """Problem indices longest prompt first in batches of `batch`, as lm-evaluation-harness orders them."""
+    prompts = gsm8k_prompts()
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
 
 
 def _timed(fn, repeat: int = 1) -> float:
@@ -58,7 +93,33 @@ def _timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - started) / repeat
 
 
-def ours(model_path: Path, dtype: str, batch: int, phase: str) -> float:
+def _ours_gsm8k(gen, batch: int, data_file: Path) -> dict[str, float]:
+    from tests.jax.models.qwen2_5.continuous import ContinuousRun
+    from tests.jax.models.qwen2_5.steps import DECODE, INSERT, PREFILL
+
+    prompts, lengths = gsm8k_prompts(), gsm8k_lengths(data_file)
+    layout = gen.layout([len(p) for p in prompts], max(lengths), batch)
+    gen.steps.compiled(PREFILL, layout.one_row(layout.prompt_len))
+    gen.steps.compiled(DECODE, layout, row_slots=True)
+    gen.steps.compiled(INSERT, layout)
+    started = time.perf_counter()
+    run = ContinuousRun(gen, prompts, lengths, batch)  # prefills the first rows
+    run.run()
+    seconds = time.perf_counter() - started
+    return {
+        "problems_per_minute": 60 * len(prompts) / seconds,
+        "utilisation": run.utilisation,
+    }
+
+
+def ours(
+    model_path: Path,
+    dtype: str,
+    batch: int,
+    phase: str,
+    data_file: Path,
+    cpu_form: str = "auto",
+) -> float | dict[str, float]:
     from tests.infra.devices import configure_jax
 
     configure_jax(cpu_devices=1)
@@ -66,28 +127,21 @@ def ours(model_path: Path, dtype: str, batch: int, phase: str) -> float:
 
     from tests.jax.models.qwen2_5 import cpu_products
 
-    cpu_products.install()
+    cpu_products.install(cpu_form)
 
     from tests.jax.models.qwen2_5.generation import Generator
     from tests.jax.models.qwen2_5.loader import load_model
 
     gen = Generator(load_model(model_path, getattr(jnp, dtype)), (), 0)
     if phase == "gsm8k":
-        batches = gsm8k_batches(batch)
-        for prompts in batches:  # compile every layout once
-            gen.generate(prompts, GSM8K_NEW_TOKENS)
-        seconds = _timed(
-            lambda: [gen.generate(prompts, GSM8K_NEW_TOKENS) for prompts in batches]
-        )
-        return 60 * GSM8K_PROBLEMS / seconds
+        return _ours_gsm8k(gen, batch, data_file)
     if phase == "prefill":
         prompts = [[100 + i % 1000 for i in range(PREFILL_LEN)]] * batch
         gen.generate(prompts, 1)
-        return (
-            batch
-            * PREFILL_LEN
-            / min(gen.generate(prompts, 1).prefill_seconds for _ in range(3))
-        )
+        seconds = [
+            gen.generate(prompts, 1).prefill_seconds for _ in range(PREFILL_RUNS)
+        ]
+        return batch * PREFILL_LEN / statistics.median(seconds)
     prompts = [list(range(100, 100 + PROMPT_LEN))] * batch
     for n in (SHORT, LONG):  # compile and warm both
         gen.generate(prompts, n)
@@ -97,7 +151,42 @@ def ours(model_path: Path, dtype: str, batch: int, phase: str) -> float:
     return batch * (LONG - SHORT) / (long - short)
 
 
-def hugging_face(model_path: Path, dtype: str, batch: int, phase: str) -> float:
+def _hf_gsm8k(model, batch: int, data_file: Path) -> dict[str, float]:
+    """As lm-evaluation-harness's HF backend: left-padded batches, one generate call each, running
+    until the batch's longest completion ends."""
+    import torch
+
+    prompts, lengths = gsm8k_prompts(), gsm8k_lengths(data_file)
+    calls = []
+    for batch_indices in harness_batches(lengths, batch):
+        rows = [prompts[i] for i in batch_indices]
+        width = max(map(len, rows))
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in rows])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
+        calls.append((ids, mask, max(lengths[i] for i in batch_indices)))
+
+    def run(ids: torch.Tensor, mask: torch.Tensor, new_tokens: int) -> None:
+        model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+
+    run(calls[0][0], calls[0][1], 2)  # warm-up
+    seconds = _timed(lambda: [run(*call) for call in calls])
+    computed = sum(len(ids) * (new - 1) for ids, _, new in calls)
+    return {
+        "problems_per_minute": 60 * len(prompts) / seconds,
+        "utilisation": sum(n - 1 for n in lengths) / computed,
+    }
+
+
+def hugging_face(
+    model_path: Path, dtype: str, batch: int, phase: str, data_file: Path
+) -> float | dict[str, float]:
     import torch
     from transformers import Qwen2ForCausalLM
 
@@ -106,33 +195,15 @@ def hugging_face(model_path: Path, dtype: str, batch: int, phase: str) -> float:
     ).eval()
     with torch.no_grad():
         if phase == "gsm8k":
-            # As lm-evaluation-harness's HF backend: left-padded batches, one generate call each.
-            padded = []
-            for prompts in gsm8k_batches(batch):
-                width = max(map(len, prompts))
-                ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-                mask = torch.tensor(
-                    [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
-                )
-                padded.append((ids, mask))
-
-            def run_all() -> None:
-                for ids, mask in padded:
-                    model.generate(
-                        input_ids=ids,
-                        attention_mask=mask,
-                        max_new_tokens=GSM8K_NEW_TOKENS,
-                        min_new_tokens=GSM8K_NEW_TOKENS,
-                        do_sample=False,
-                        pad_token_id=0,
-                    )
-
-            run_all()
-            return 60 * GSM8K_PROBLEMS / _timed(run_all)
+            return _hf_gsm8k(model, batch, data_file)
         if phase == "prefill":
             ids = torch.tensor([[100 + i % 1000 for i in range(PREFILL_LEN)]] * batch)
-            model(ids)
-            return batch * PREFILL_LEN / _timed(lambda: model(ids), 3)
+            model(ids, logits_to_keep=1)  # the logits a prefill needs, as ours computes
+            seconds = [
+                _timed(lambda: model(ids, logits_to_keep=1))
+                for _ in range(PREFILL_RUNS)
+            ]
+            return batch * PREFILL_LEN / statistics.median(seconds)
         ids = torch.tensor([list(range(100, 100 + PROMPT_LEN))] * batch)
 
         def generate(n: int) -> None:
@@ -157,18 +228,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], required=True)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument(
+        "--cpu-products",
+        default="auto",
+        help="ours: the XLA:CPU product form (cpu_products.py; default auto)",
+    )
+    parser.add_argument(
+        "--data-file",
+        type=Path,
+        help="GSM8K test.jsonl (gsm8k: the completion lengths)",
+    )
+    parser.add_argument(
         "--cpu-class",
         choices=["native", "avx2"],
         default="native",
         help="avx2: pick kernels as an AVX2-only CPU would (tests/infra/cpu_class.py)",
     )
     args = parser.parse_args(argv)
+    if args.phase == "gsm8k" and (
+        args.data_file is None or not args.data_file.is_file()
+    ):
+        print(
+            f"error: --phase gsm8k needs --data-file GSM8K/test.jsonl, got {args.data_file}",
+            file=sys.stderr,
+        )
+        return 2
     if args.cpu_class == "avx2":
         emulate_avx2_only()
-    measure = ours if args.side == "ours" else hugging_face
-    unit = "problems_per_minute" if args.phase == "gsm8k" else "tokens_per_second"
+    request = (args.model_path, args.dtype, args.batch, args.phase, args.data_file)
+    if args.side == "ours":
+        value = ours(*request, cpu_form=args.cpu_products)
+    else:
+        value = hugging_face(*request)
     print(
-        json.dumps({unit: measure(args.model_path, args.dtype, args.batch, args.phase)})
+        json.dumps(value if isinstance(value, dict) else {"tokens_per_second": value})
     )
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -26,19 +27,14 @@ import pytest
 from flax import nnx
 
 from tests.infra.cli import run_cli
-from tests.infra.cpu_class import host_class
+from tests.infra.cpu_class import AVX2_ONLY, host_class
 from tests.infra.mesh import MeshShape
 from tests.jax.models.qwen2_5.checkpoint_writer import write_weights
 from tests.jax.models.qwen2_5.config import QWEN2_5_0_5B, Qwen2Config
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
-from tests.jax.models.qwen2_5.speed import (
-    GSM8K_NEW_TOKENS,
-    GSM8K_PROBLEMS,
-    PROMPT_LEN,
-    SHORT,
-)
+from tests.jax.models.qwen2_5.speed import GSM8K_PROBLEMS, PROMPT_LEN, SHORT
 
 pytestmark = pytest.mark.benchmark
 
@@ -122,9 +118,16 @@ def _host_read_bandwidth() -> float:
     return best
 
 
-def _speed(
-    side: str, phase: str, path: Path, dtype: str, batch: int, cpu_class: str = "native"
-) -> float:
+def _measure(
+    side: str,
+    phase: str,
+    path: Path,
+    dtype: str,
+    batch: int,
+    cpu_class: str = "native",
+    extra: tuple[str, ...] | list[str] = (),
+) -> dict:
+    """One measurement by speed.py in a fresh process: its JSON line."""
     args = [
         "--side",
         side,
@@ -137,10 +140,17 @@ def _speed(
         "--batch",
         str(batch),
     ]
-    args += ["--cpu-class", cpu_class]
-    done = run_cli("tests.jax.models.qwen2_5.speed", *args, timeout=1800)
+    args += ["--cpu-class", cpu_class, *extra]
+    done = run_cli("tests.jax.models.qwen2_5.speed", *args, timeout=3600)
     assert done.returncode == 0, done.stderr
-    return next(iter(json.loads(done.stdout.strip().splitlines()[-1]).values()))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _speed(
+    side: str, phase: str, path: Path, dtype: str, batch: int, cpu_class: str = "native"
+) -> float:
+    """tokens/s of one measurement (decode, prefill)."""
+    return _measure(side, phase, path, dtype, batch, cpu_class)["tokens_per_second"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -216,27 +226,51 @@ def test_prefill_against_hugging_face(dtype, bench_checkpoint, benchmark, report
     )
 
 
-def test_gsm8k_throughput_against_hugging_face(bench_checkpoint, benchmark, report):
-    """GSM8K-shaped problems per minute, bfloat16, batches of 8 sorted by length (speed.py): our
-    chunked prefill and cached decode against Hugging Face `generate` batched as
-    lm-evaluation-harness's HF backend batches it."""
-    ours = benchmark.pedantic(
-        lambda: _speed("ours", "gsm8k", bench_checkpoint, "bfloat16", 8), rounds=1
-    )
-    hf = _speed("hf", "gsm8k", bench_checkpoint, "bfloat16", 8)
-    benchmark.extra_info["ratio"] = ours / hf
+# Measurements per side in the GSM8K job benchmark, alternating ours and Hugging Face in fresh
+# processes so that a drift of the host hits both; each side's figure is the median.
+ROUNDS = 3
+GOAL_RATIO = 1.5  # issue 22: problems/min against the peer, bfloat16, batch 8
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gsm8k_job_against_hugging_face(
+    dtype, bench_checkpoint, gsm8k_dir, benchmark, report
+):
+    """Problems per minute of the GSM8K job's shape with real completion lengths (speed.py), batch
+    8: our continuous batching against Hugging Face `generate` scheduled as lm-evaluation-harness's
+    HF backend schedules it; medians of ROUNDS alternating runs, and each side's decode-row
+    utilisation."""
+    data = ["--data-file", str(gsm8k_dir / "test.jsonl")]
+    runs: dict[str, list[dict]] = {"ours": [], "hf": []}
+    for _ in range(ROUNDS):
+        for side in runs:
+            runs[side].append(
+                _measure(side, "gsm8k", bench_checkpoint, dtype, 8, extra=data)
+            )
+    rate = {
+        side: statistics.median(r["problems_per_minute"] for r in rs)
+        for side, rs in runs.items()
+    }
+    used = {side: rs[0]["utilisation"] for side, rs in runs.items()}
+    benchmark.extra_info.update({"runs": runs, "ratio": rate["ours"] / rate["hf"]})
+    each = "/".join(f"{r['problems_per_minute']:.2f}" for r in runs["ours"])
+    peer = "/".join(f"{r['problems_per_minute']:.2f}" for r in runs["hf"])
     report.append(
         {
-            "name": f"GSM8K-shaped problems, bfloat16, batch 8 ({GSM8K_PROBLEMS} prompts of 700-1,000 tokens, "
-            f"{GSM8K_NEW_TOKENS} new tokens)",
-            "ours": ours,
-            "hf": hf,
-            "ratio": ours / hf,
+            "name": f"GSM8K job, {dtype}, batch 8 ({GSM8K_PROBLEMS} prompts of 700-1,000 tokens, "
+            "gold-answer completion lengths)",
+            "ours": rate["ours"],
+            "hf": rate["hf"],
+            "ratio": rate["ours"] / rate["hf"],
             "unit": "problems/min",
+            "notes": f"medians of {ROUNDS} alternating runs ({each} vs {peer}); decode-row "
+            f"utilisation {used['ours']:.0%} (continuous) vs {used['hf']:.0%} (static batches)",
         }
     )
-    # No assertion: Hugging Face's prefill runs on oneDNN's AMX kernels where the CPU has them,
-    # and prefill is most of a GSM8K problem's time, so the ratio depends on the host class.
+    assert used["ours"] > used["hf"]
+    if host_class()["class"] == AVX2_ONLY and dtype == "bfloat16":
+        # The goal, asserted where it was measured to hold (README "Performance").
+        assert rate["ours"] >= GOAL_RATIO * rate["hf"], rate
 
 
 def test_prefill_memory_of_4096_tokens_at_batch_8(bench_checkpoint, benchmark, report):

@@ -412,6 +412,7 @@ BAD_INPUT = [
     (["--mesh", "8by4"], "malformed mesh"),
     (["--mesh", "1x3"], "model axis of 3 cannot split 4 KV heads"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--rows", "0"], "--rows must be >= 1"),
     (["--prompt", "word " * 2100], "exceeds the model's context of 2048 tokens"),
 ]
 
@@ -437,6 +438,9 @@ def cli(tiny_checkpoint, tmp_path_factory, demo_cache):
         *saved,
     ]
     calls["streams"] = ["--prompt", "Hello", "--max-new-tokens", "5"]
+    more = [arg for p in ("One", "Two", "Three") for arg in ("--prompt", p)]
+    calls["rows_static"] = ["--mesh", "2x4", *BATCH, *more]
+    calls["rows_continuous"] = [*calls["rows_static"], "--rows", "2"]
     calls["not_qwen2"] = ["--model-path", str(llama), "--prompt", "Hello"]
     for i, (args, _) in enumerate(BAD_INPUT):
         calls[f"bad_{i}"] = (
@@ -466,6 +470,17 @@ def test_cli_embedded_default(mesh_arg, cli):
         out["generated_token_ids"]
         == json.loads(cli["embedded_1x1"].stdout)["generated_token_ids"]
     )
+
+
+@pytest.mark.tensor_parallel
+def test_cli_continuous_rows_give_the_batch_tokens(cli):
+    """`--rows 2`: five prompts through two rows taken in turn, the same tokens as one batch."""
+    static, continuous = cli["rows_static"], cli["rows_continuous"]
+    assert static.returncode == 0 and continuous.returncode == 0, continuous.stderr
+    batch, rows = json.loads(static.stdout), json.loads(continuous.stdout)
+    assert rows["generated_token_ids"] == batch["generated_token_ids"]
+    assert len(rows["generated_token_ids"]) == 5
+    assert 0 < rows["decode_row_utilisation"] <= 1
 
 
 @pytest.mark.tensor_parallel
