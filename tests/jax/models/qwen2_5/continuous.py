@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -30,6 +31,9 @@ from tests.jax.models.qwen2_5.batching import BatchLayout, GenerationError
 from tests.jax.models.qwen2_5.sampling import GREEDY, SamplingConfig
 from tests.jax.models.qwen2_5.steps import DECODE, INSERT, PREFILL
 
+if TYPE_CHECKING:  # generation.py builds runs of this module
+    from tests.jax.models.qwen2_5.generation import Generator
+
 
 @dataclass
 class Finished:
@@ -37,9 +41,8 @@ class Finished:
 
     index: int
     tokens: list[int]
-    records: (
-        np.ndarray
-    )  # (len(tokens), TOP_K, 2): the top logits of the step that chose each
+    # (len(tokens), TOP_K, 2): the top logits of the step that chose each
+    records: np.ndarray
 
 
 @dataclass
@@ -62,7 +65,7 @@ class ContinuousRun:
 
     def __init__(
         self,
-        generator,
+        generator: Generator,
         prompts: Sequence[Sequence[int]],
         max_new_tokens: int | Sequence[int],
         rows: int,
@@ -104,13 +107,12 @@ class ContinuousRun:
             self._admit(row)
 
     def _compile(self) -> float:
-        started, steps, greedy = (
-            time.perf_counter(),
-            self.gen.steps,
-            self.sampling.greedy,
-        )
+        started = time.perf_counter()
+        steps, greedy = self.gen.steps, self.sampling.greedy
         row = self.layout.one_row(self.layout.prompt_len)
-        self.prefill = steps.compiled(PREFILL, row, greedy)
+        steps.compiled(
+            PREFILL, row, greedy
+        )  # what Generator.prefill runs for each prompt
         self.decode = steps.compiled(DECODE, self.layout, greedy, row_slots=True)
         self.insert = steps.compiled(INSERT, self.layout)
         return time.perf_counter() - started
@@ -133,27 +135,13 @@ class ContinuousRun:
                 return
 
     def _prefill(self, row: int, prompt: Sequence[int]) -> tuple[int, np.ndarray, int]:
-        """`prompt` alone into a one-row cache, chunk by chunk, then into row `row` of the batch's
-        -> its first token, that step's record, and its padded length (its first decode slot).
+        """`prompt` alone into a one-row cache (Generator.prefill), then into row `row` of the
+        batch's -> its first token, that step's record, and its padded length (its first decode slot).
         """
-        layout, place = self.layout.one_row(len(prompt)), self.gen.placement
-        ids, positions, key_valid = layout.host_inputs([prompt], self.gen.pad_token_id)
-        cache = self.gen.steps.empty_cache(layout)
-        (valid,) = place.rows(key_valid)
-        for start in layout.chunk_starts:
-            chunk = place.rows(
-                ids[:, start : start + layout.chunk],
-                positions[:, start : start + layout.chunk],
-            )
-            tokens, record, cache = self.prefill(
-                self.gen.state,
-                *chunk,
-                valid,
-                cache,
-                np.int32(start),
-                self.key,
-                self.params,
-            )
+        layout = self.layout.one_row(len(prompt))
+        tokens, record, _, valid, cache = self.gen.prefill(
+            layout, [prompt], self.sampling
+        )
         self.cache, self.valid = self.insert(
             self.cache, self.valid, cache, valid, np.int32(row)
         )
@@ -177,25 +165,20 @@ class ContinuousRun:
     def _inputs(self) -> tuple[jax.Array, ...]:
         """The decode step's tokens, positions and write slots of every row (an idle row repeats
         its last slot of the cache: it is overwritten when the row takes a prompt)."""
-        live = [r for r in self.rows]
-        tokens = np.array([r.tokens[-1] if r else 0 for r in live], np.int32)
-        positions = np.array([r.position if r else 0 for r in live], np.int32)
-        slots = np.array(
-            [r.slot if r else self.layout.max_len - 1 for r in live], np.int32
-        )
+        rows, idle_slot = self.rows, self.layout.max_len - 1
+        tokens = np.array([r.tokens[-1] if r else 0 for r in rows], np.int32)
+        positions = np.array([r.position if r else 0 for r in rows], np.int32)
+        slots = np.array([r.slot if r else idle_slot for r in rows], np.int32)
         place = self.gen.placement
-        (tokens,) = (
-            jax.device_put(tokens, place.sharding(jax.sharding.PartitionSpec())),
-        )
+        tokens = jax.device_put(tokens, place.sharding(jax.sharding.PartitionSpec()))
         return (tokens, *place.rows(positions, slots))
 
     def step(self) -> None:
         """One decode step of every row, then a new prompt into each row that finished."""
         started = time.perf_counter()
         tokens, positions, slots = self._inputs()
-        key = jax.random.fold_in(
-            self.key, self.steps + 1
-        )  # prefill used the key itself
+        # A fresh key per step (prefill folds the key itself with 0).
+        key = jax.random.fold_in(self.key, self.steps + 1)
         out, record, _, self.valid, self.cache = self.decode(
             self.gen.state,
             tokens,

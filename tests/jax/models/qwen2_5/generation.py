@@ -202,7 +202,7 @@ class Generator:
         compile_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
-        decoding = self._prefill(layout, prompts, sampling)
+        decoding = self.prefill(layout, prompts, sampling)
         decoding[0].block_until_ready()
         prefill_seconds = time.perf_counter() - started
 
@@ -246,7 +246,7 @@ class Generator:
             run.steps * run.layout.batch,
         )
 
-    def _prefill(
+    def prefill(
         self,
         layout: BatchLayout,
         prompts: Sequence[Sequence[int]],
