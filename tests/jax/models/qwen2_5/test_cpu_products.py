@@ -29,9 +29,11 @@ from tests.jax.models.qwen2_5.cpu_products import (
 )
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.loader import load_model
+from tests.jax.models.qwen2_5.model import weight_product as model_product
 from tests.jax.models.qwen2_5.tensor_parallel import shard_model
 
 pytestmark = pytest.mark.model_test
+AXES = ("mlp", "embed")
 
 
 def _one_token_logits(model: nnx.Module, mesh, form: str) -> np.ndarray:
@@ -71,6 +73,27 @@ def test_each_form_matches_the_plain_product(tiny_checkpoint, mesh_shape, form, 
     )
     assert np.corrcoef(ours.ravel(), plain.ravel())[0, 1] >= 0.999
     assert (ours.argmax(-1) == plain.argmax(-1)).mean() >= 0.5
+
+
+@pytest.mark.push
+def test_a_bfloat16_gemm_under_streamed_runs_on_widened_operands(dut):
+    """More than FEW_ROWS rows of bfloat16 under `streamed` (AVX2-only hosts' form): the product
+    is one float32 dot of the widened operands, and differs from the plain product by no more
+    than two float32 summation orders can: 2 K eps32 sum|x w| per output (K = 64 terms).
+    """
+    if dut.platform != CPU:
+        pytest.skip("a form of XLA:CPU's")
+    keys = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(keys[0], (2, 16, 64)).astype(jnp.bfloat16)  # 32 rows
+    w = jax.random.normal(keys[1], (48, 64)).astype(jnp.bfloat16)
+    product = jax.jit(lambda x, w: cpu_products.product_for(STREAMED)(x, w, AXES))
+    text = product.lower(x, w).as_text()
+    assert "tensor<2x16x64xf32>, tensor<48x64xf32>) -> tensor<2x16x48xf32>" in text
+    assert "xbf16>) -> tensor<2x16x48xf32>" not in text  # no bfloat16 dot left
+    ours, plain = np.asarray(product(x, w)), np.asarray(model_product(x, w, AXES))
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    bound = 2 * 64 * np.finfo(np.float32).eps * (np.abs(x64) @ np.abs(w64).T)
+    assert np.all(np.abs(ours - plain) <= bound)
 
 
 def test_auto_picks_the_kernel_only_where_it_streams_faster(monkeypatch):
