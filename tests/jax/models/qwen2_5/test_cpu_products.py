@@ -82,7 +82,7 @@ def test_a_bfloat16_gemm_under_streamed_runs_on_widened_operands(dut):
     than two float32 summation orders can: 2 K eps32 sum|x w| per output (K = 64 terms).
     """
     if dut.platform != CPU:
-        pytest.skip("a form of XLA:CPU's")
+        pytest.skip("the kernel is XLA:CPU's")
     keys = jax.random.split(jax.random.key(0))
     x = jax.random.normal(keys[0], (2, 16, 64)).astype(jnp.bfloat16)  # 32 rows
     w = jax.random.normal(keys[1], (48, 64)).astype(jnp.bfloat16)
