@@ -54,11 +54,22 @@ class BatchLayout:
     batch: int  # rows, padded to a multiple of the batch axis
     prompt_len: int  # the padded prompt length (prompt_bucket)
     max_len: int  # cache slots: the prompt, room for the new tokens, a multiple of SLOT_MULTIPLE
-    chunk: int  # prefill chunk width; divides prompt_len
+    chunk: int  # prefill chunk width; whole chunks end at prompt_len (one_row: after a narrower one)
 
     @property
-    def chunk_starts(self) -> range:
-        return range(0, self.prompt_len, self.chunk)
+    def chunk_spans(self) -> list[tuple[int, int]]:
+        """(start, width) of each prefill chunk: whole chunks, after one narrower chunk where
+        `chunk` does not divide prompt_len (one_row). The narrow one comes first, so it holds the
+        left padding and the chunks after it are the batch layouts' own."""
+        narrow = self.prompt_len % self.chunk
+        whole = [
+            (start, self.chunk) for start in range(narrow, self.prompt_len, self.chunk)
+        ]
+        return ([(0, narrow)] if narrow else []) + whole
+
+    def chunk_of(self, width: int) -> BatchLayout:
+        """This layout with chunks of `width`: the shapes of the program that runs one of its spans."""
+        return replace(self, chunk=width)
 
     def holds(self, other: BatchLayout) -> bool:
         """Whether `other`'s sequences fit this layout's rows, prompt columns and slots."""
@@ -70,9 +81,12 @@ class BatchLayout:
 
     def one_row(self, length: int) -> BatchLayout:
         """One sequence of `length` tokens prefilled alone for this batch's cache (continuous
-        batching): left-padded to whole chunks only, so a short prompt computes no chunk of pads.
+        batching): left-padded to a whole tile of SLOT_MULTIPLE only, not to whole chunks (with
+        5-shot GSM8K's 700-1,000-token prompts whole chunks of 256 would compute 13% pads, tiles of
+        32 compute 1%); the chunks' widths then take at most chunk / SLOT_MULTIPLE shapes.
         """
-        prompt_len = min(-(-length // self.chunk) * self.chunk, self.prompt_len)
+        tiles = -(-length // SLOT_MULTIPLE) * SLOT_MULTIPLE
+        prompt_len = min(tiles, self.prompt_len)
         return replace(self, rows=1, batch=1, prompt_len=prompt_len)
 
     def host_inputs(

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from tests.jax.models.qwen2_5.batching import BatchLayout, GenerationError
-from tests.jax.models.qwen2_5.sampling import GREEDY, SamplingConfig
+from tests.jax.models.qwen2_5.sampling import GREEDY, SamplingConfig, draws
 from tests.jax.models.qwen2_5.steps import DECODE, INSERT, PREFILL
 
 if TYPE_CHECKING:  # generation.py builds runs of this module
@@ -110,9 +110,10 @@ class ContinuousRun:
         started = time.perf_counter()
         steps, greedy = self.gen.steps, self.sampling.greedy
         row = self.layout.one_row(self.layout.prompt_len)
-        steps.compiled(
-            PREFILL, row, greedy
-        )  # what Generator.prefill runs for each prompt
+        # What Generator.prefill runs for the prompts: one program per chunk width.
+        spans = (self.layout.one_row(len(p)).chunk_spans for p in self.prompts)
+        for width in {width for row_spans in spans for _, width in row_spans}:
+            steps.compiled(PREFILL, row.chunk_of(width), greedy)
         self.decode = steps.compiled(DECODE, self.layout, greedy, row_slots=True)
         self.insert = steps.compiled(INSERT, self.layout)
         return time.perf_counter() - started
@@ -127,20 +128,20 @@ class ContinuousRun:
         while self.queue:
             index = self.queue.popleft()
             started = time.perf_counter()
-            token, record, prompt_len = self._prefill(row, self.prompts[index])
+            token, record, prompt_len = self._prefill(row, index)
             self.prefill_seconds += time.perf_counter() - started
             state = _Row(index, slot=prompt_len, position=len(self.prompts[index]))
             if not self._take(state, token, record):
                 self.rows[row] = state
                 return
 
-    def _prefill(self, row: int, prompt: Sequence[int]) -> tuple[int, np.ndarray, int]:
-        """`prompt` alone into a one-row cache (Generator.prefill), then into row `row` of the
+    def _prefill(self, row: int, index: int) -> tuple[int, np.ndarray, int]:
+        """Prompt `index` alone into a one-row cache (Generator.prefill), then into row `row` of the
         batch's -> its first token, that step's record, and its padded length (its first decode slot).
         """
-        layout = self.layout.one_row(len(prompt))
+        layout = self.layout.one_row(len(self.prompts[index]))
         tokens, record, _, valid, cache = self.gen.prefill(
-            layout, [prompt], self.sampling
+            layout, [self.prompts[index]], self.sampling, [index]
         )
         self.cache, self.valid = self.insert(
             self.cache, self.valid, cache, valid, np.int32(row)
@@ -163,22 +164,25 @@ class ContinuousRun:
         return ended
 
     def _inputs(self) -> tuple[jax.Array, ...]:
-        """The decode step's tokens, positions and write slots of every row (an idle row repeats
+        """The decode step's tokens, positions, write slots and draws of every row (an idle row repeats
         its last slot of the cache: it is overwritten when the row takes a prompt)."""
         rows, idle_slot = self.rows, self.layout.max_len - 1
         tokens = np.array([r.tokens[-1] if r else 0 for r in rows], np.int32)
         positions = np.array([r.position if r else 0 for r in rows], np.int32)
         slots = np.array([r.slot if r else idle_slot for r in rows], np.int32)
+        drawn = draws(
+            [r.index if r else 0 for r in rows],
+            [len(r.tokens) if r else 0 for r in rows],
+            self.layout.batch,
+        )
         place = self.gen.placement
         tokens = jax.device_put(tokens, place.sharding(jax.sharding.PartitionSpec()))
-        return (tokens, *place.rows(positions, slots))
+        return (tokens, *place.rows(positions, slots), drawn)
 
     def step(self) -> None:
         """One decode step of every row, then a new prompt into each row that finished."""
         started = time.perf_counter()
-        tokens, positions, slots = self._inputs()
-        # A fresh key per step (prefill folds the key itself with 0).
-        key = jax.random.fold_in(self.key, self.steps + 1)
+        tokens, positions, slots, drawn = self._inputs()
         out, record, _, self.valid, self.cache = self.decode(
             self.gen.state,
             tokens,
@@ -186,7 +190,8 @@ class ContinuousRun:
             self.valid,
             self.cache,
             slots,
-            key,
+            self.key,
+            drawn,
             self.params,
         )
         out, record = np.asarray(out), np.asarray(record)

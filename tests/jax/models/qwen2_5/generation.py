@@ -27,7 +27,7 @@ from tests.jax.models.qwen2_5.batching import (
 from tests.jax.models.qwen2_5.continuous import ContinuousRun
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.placement import Placement
-from tests.jax.models.qwen2_5.sampling import GREEDY, TOP_K, SamplingConfig
+from tests.jax.models.qwen2_5.sampling import GREEDY, TOP_K, SamplingConfig, draws
 from tests.jax.models.qwen2_5.steps import (
     DECODE,
     DECODE_ROWS,
@@ -251,21 +251,26 @@ class Generator:
         layout: BatchLayout,
         prompts: Sequence[Sequence[int]],
         sampling: SamplingConfig,
+        indices: Sequence[int] | None = None,
     ) -> tuple:
         """The prompts chunk by chunk into a new cache -> the decode loop's first inputs: (tokens,
-        record, next positions, key validity, cache)."""
-        prefill = self.steps.compiled(PREFILL, layout, sampling.greedy)
+        record, next positions, key validity, cache). `indices`: the prompts' places in their
+        request, which key a sampled draw (by default 0, 1, ...)."""
         ids, positions, key_valid = layout.host_inputs(prompts, self.pad_token_id)
         key, params = jax.random.key(sampling.seed), sampling.params()
+        indices = range(len(prompts)) if indices is None else indices
+        first = draws(indices, [0] * len(prompts), layout.batch)
         cache = self.steps.empty_cache(layout)
         (valid,) = self.placement.rows(key_valid)
-        for start in layout.chunk_starts:
+        for start, width in layout.chunk_spans:
+            prefill = self.steps.compiled(
+                PREFILL, layout.chunk_of(width), sampling.greedy
+            )
             chunk = self.placement.rows(
-                ids[:, start : start + layout.chunk],
-                positions[:, start : start + layout.chunk],
+                ids[:, start : start + width], positions[:, start : start + width]
             )
             tokens, record, cache = prefill(
-                self.state, *chunk, valid, cache, np.int32(start), key, params
+                self.state, *chunk, valid, cache, np.int32(start), key, first, params
             )
         (next_positions,) = self.placement.rows(positions[:, -1] + 1)
         return tokens, record, next_positions, valid, cache
@@ -285,14 +290,24 @@ class Generator:
         decode = self.steps.compiled(DECODE, layout, sampling.greedy)
         key, params = jax.random.key(sampling.seed), sampling.params()
         tokens, record, positions, valid, cache = decoding
+        prompts = range(layout.rows)
         ran = 0
         for step in range(max_new_tokens):
             following = None
             if step + 1 < max_new_tokens:
                 ran += 1
                 slot = np.int32(layout.prompt_len + step)
+                drawn = draws(prompts, [step + 1] * layout.rows, layout.batch)
                 following = decode(
-                    self.state, tokens, positions, valid, cache, slot, key, params
+                    self.state,
+                    tokens,
+                    positions,
+                    valid,
+                    cache,
+                    slot,
+                    key,
+                    drawn,
+                    params,
                 )
                 _, _, positions, valid, cache = following
             emitted = rows.take(np.asarray(tokens), np.asarray(record))

@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from tests.jax.models.qwen2_5.batching import GenerationError
@@ -74,8 +76,30 @@ class SamplingParams:
         return SamplingParams(f32, i32, f32)
 
 
-def sample(logits: jax.Array, key: jax.Array, params: SamplingParams) -> jax.Array:
-    """(B, V) float32 logits -> (B,) token ids: temperature, then top-k, then top-p, as Hugging Face."""
+def row_keys(key: jax.Array, draws: jax.Array) -> jax.Array:
+    """The seed's key and each row's (B, 2) int32 draw [prompt index, token index] -> (B,) keys.
+    A token's random bits depend on its prompt and its place in the completion only, not on the
+    row or the batch it runs in, so a sampled completion does not depend on the schedule.
+    """
+
+    def fold(draw: jax.Array) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(key, draw[0]), draw[1])
+
+    return jax.vmap(fold)(draws)
+
+
+def draws(prompts: Sequence[int], tokens: Sequence[int], batch: int) -> np.ndarray:
+    """The (batch, 2) int32 draws of a step (row_keys): row r draws token `tokens[r]` of prompt
+    `prompts[r]`; rows past them (padding, whose tokens are dropped) draw as row 0."""
+    rows = np.zeros((batch, 2), np.int32)
+    rows[: len(prompts), 0], rows[: len(tokens), 1] = prompts, tokens
+    rows[len(prompts) :] = rows[0]
+    return rows
+
+
+def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams) -> jax.Array:
+    """(B, V) float32 logits and (B,) keys -> (B,) token ids: temperature, then top-k, then top-p,
+    as Hugging Face."""
     logits = logits / params.temperature
     ordered = -jnp.sort(-logits, axis=-1)  # (B, V), descending
     vocab = logits.shape[-1]
@@ -85,9 +109,8 @@ def sample(logits: jax.Array, key: jax.Array, params: SamplingParams) -> jax.Arr
     # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
     keep = ((jnp.cumsum(probs, axis=-1) - probs) < params.top_p) & jnp.isfinite(ordered)
     threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-    return jax.random.categorical(
-        key, jnp.where(logits >= threshold, logits, -jnp.inf)
-    ).astype(jnp.int32)
+    allowed = jnp.where(logits >= threshold, logits, -jnp.inf)
+    return jax.vmap(jax.random.categorical)(keys, allowed).astype(jnp.int32)
 
 
 def top_logits(
@@ -142,10 +165,10 @@ def top_logits(
 
 
 def next_token(
-    logits: jax.Array, greedy: bool, key: jax.Array, params: SamplingParams
+    logits: jax.Array, greedy: bool, keys: jax.Array | None, params: SamplingParams
 ) -> tuple[jax.Array, jax.Array]:
-    """(B, V) logits of the model dtype, split over `model` by vocabulary -> (B,) int32 tokens and
-    the step's record (B, TOP_K, 2) (top_logits), both on every device.
+    """(B, V) logits of the model dtype, split over `model` by vocabulary, and (B,) keys (row_keys;
+    None when greedy) -> (B,) int32 tokens and the step's record (B, TOP_K, 2) (top_logits), both on every device.
 
     Greedy: the record's first id. Sampling sorts the whole distribution, so the logits are
     gathered over `model` first (one all-gather of B x V): a sort over a split axis would be
@@ -157,7 +180,7 @@ def next_token(
         record = constrain(top_logits(logits), (None, None, None))
         return record[:, 0, 1].astype(jnp.int32), record
     logits = constrain(logits, ("batch", None))
-    tokens, record = sample(logits, key, params), top_logits(logits, vocab_split=False)
+    tokens, record = sample(logits, keys, params), top_logits(logits, vocab_split=False)
     # Every device (and so every process) can read all the chosen tokens.
     return constrain(tokens, (None,)), constrain(record, (None, None, None))
 

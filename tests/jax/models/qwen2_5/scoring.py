@@ -36,15 +36,15 @@ def teacher_forced_logits(
     cache = steps.empty_cache(layout)
     (valid,) = place.rows(key_valid)
     columns = []
-    for start in layout.chunk_starts:
-        window = slice(start, start + layout.chunk)
+    for start, width in layout.chunk_spans:  # whole chunks: the batch's own layout
+        window = slice(start, start + width)
         chunk = (
             *place.rows(ids[:, window], positions[:, window]),
             valid,
             cache,
             np.int32(start),
         )
-        if start + layout.chunk <= wanted_from:
+        if start + width <= wanted_from:
             cache = fill(generator.state, *chunk)
         else:
             logits, cache = score(generator.state, *chunk)

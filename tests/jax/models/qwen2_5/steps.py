@@ -40,7 +40,7 @@ from tests.jax.models.qwen2_5.model import (
 )
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.placement import Placement
-from tests.jax.models.qwen2_5.sampling import SamplingParams, next_token
+from tests.jax.models.qwen2_5.sampling import SamplingParams, next_token, row_keys
 from tests.jax.models.qwen2_5.tensor_parallel import forward_all_reduces
 
 PREFILL, DECODE, FILL, SCORE = "prefill", "decode", "fill", "score"
@@ -67,6 +67,11 @@ def _model(graphdef: nnx.GraphDef, state: Any, exact: bool) -> Qwen2ForCausalLM:
     return nnx.merge(graphdef, widened(state) if exact else state)
 
 
+def _keys(greedy: bool, key: jax.Array, draws: jax.Array) -> jax.Array | None:
+    # A greedy step traces no random bits, so its graph holds nothing it does not use.
+    return None if greedy else row_keys(key, draws)
+
+
 def prefill(
     state: Any,
     ids: jax.Array,
@@ -75,6 +80,7 @@ def prefill(
     cache: Cache,
     start: jax.Array,
     key: jax.Array,
+    draws: jax.Array,
     sampling: SamplingParams,
     *,
     graphdef: nnx.GraphDef,
@@ -82,12 +88,13 @@ def prefill(
     greedy: bool,
 ) -> tuple[jax.Array, jax.Array, Cache]:
     """One chunk of the prompt (B, chunk) into the cache; the next token from the chunk's last
-    column, sampled (when not greedy) with the seed's key folded with 0, and its record.
+    column, sampled (when not greedy) with each row's key (sampling.row_keys of `draws`), and its
+    record.
     """
     model = _model(graphdef, state, exact)
     hidden, cache = model.model(ids, positions, key_valid, cache, start)
     logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V): only the column that predicts
-    return *next_token(logits, greedy, jax.random.fold_in(key, 0), sampling), cache
+    return *next_token(logits, greedy, _keys(greedy, key, draws), sampling), cache
 
 
 def decode(
@@ -98,16 +105,16 @@ def decode(
     cache: Cache,
     start: jax.Array,
     key: jax.Array,
+    draws: jax.Array,
     sampling: SamplingParams,
     *,
     graphdef: nnx.GraphDef,
     exact: bool,
     greedy: bool,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, Cache]:
-    """One token per row (B,) at cache slot `start` (after the prompt, so never 0: the key folded
-    with it differs from prefill's), or at each row's own slot with `start` (B,) (continuous
-    batching, whose host loop folds a fresh key per step), and its record; positions and key
-    validity advance.
+    """One token per row (B,) at cache slot `start`, or at each row's own slot with `start` (B,)
+    (continuous batching), sampled as prefill's, and its record; positions and key validity
+    advance.
     """
     model = _model(graphdef, state, exact)
     # Each row's slot becomes visible: elementwise, not a scatter (a generic one on TT).
@@ -117,8 +124,7 @@ def decode(
         tokens[:, None], positions[:, None], key_valid, cache, start
     )
     logits = model.logits(hidden)[:, 0]  # (B, V)
-    step_key = jax.random.fold_in(key, jnp.max(start))
-    tokens, record = next_token(logits, greedy, step_key, sampling)
+    tokens, record = next_token(logits, greedy, _keys(greedy, key, draws), sampling)
     return tokens, record, positions + 1, key_valid, cache
 
 
@@ -266,6 +272,9 @@ class CompiledSteps:
             return (self.abstract_state, ids, ids, key_valid, cache, _SCALAR)
         sampling = (
             jax.ShapeDtypeStruct((), jax.random.key(0).dtype),
+            jax.ShapeDtypeStruct(
+                (layout.batch, 2), jnp.int32, sharding=place.sharding(P())
+            ),
             SamplingParams.abstract(),
         )
         if kind == PREFILL:

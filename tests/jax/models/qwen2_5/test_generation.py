@@ -25,7 +25,7 @@ from tests.infra.collectives import check_collectives
 from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
 from tests.infra.ttnn_ops import Inventory
 from tests.jax.models.qwen2_5 import streaming_matmul
-from tests.jax.models.qwen2_5.batching import GenerationError
+from tests.jax.models.qwen2_5.batching import GenerationError, layout_for
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.hf_golden import load_hf
 from tests.jax.models.qwen2_5.loader import load_model
@@ -150,7 +150,7 @@ def test_greedy_on_mesh_matches_single_device_and_hugging_face(
 # takes several prompts in turn.
 STREAM = [
     [(7 * i + 3 * j) % 500 + 1 for j in range(n)]
-    for i, n in enumerate((11, 3, 40, 6, 25, 17, 9))
+    for i, n in enumerate((11, 3, 70, 6, 25, 17, 9))
 ]
 
 
@@ -166,8 +166,10 @@ def test_continuous_batching_gives_the_static_batches_tokens(
     """The same prompts in 3 rows taken in turn (each prompt prefilled alone into a finished
     row's cache, rows decoding at their own slots) and in one static batch: float32 tokens are
     equal, on every mesh and against one device; no prompt's tokens depend on its schedule.
+    Chunks of 64: the static batch prefills two whole chunks, the 70-token prompt alone a
+    narrow chunk of 32 then a whole one, the others one narrow chunk.
     """
-    gen = Generator(shard_model(model_for(), mesh), EOS, 0, mesh, prefill_chunk=16)
+    gen = Generator(shard_model(model_for(), mesh), EOS, 0, mesh, prefill_chunk=64)
     if dut.compile_only:
         record_property(*COMPILE_ONLY_PROPERTY)
         return
@@ -181,7 +183,7 @@ def test_continuous_batching_gives_the_static_batches_tokens(
     )
     assert len(lengths) >= 3  # the rows do end at different steps
     assert continuous.generated_token_ids == static.generated_token_ids
-    single = Generator(model_for(), EOS, 0, prefill_chunk=16)
+    single = Generator(model_for(), EOS, 0, prefill_chunk=64)
     alone = single.generate_continuous(STREAM, NEW_TOKENS, 3, stop=ends_unevenly)
     assert alone.generated_token_ids == static.generated_token_ids
     for a, b in zip(continuous.top_logits, static.top_logits, strict=True):
@@ -316,6 +318,28 @@ def test_compiles_once_per_shape_bucket(model_for):
     assert len(gen.steps.programs) == 4
 
 
+def test_one_row_prefill_pads_to_tiles_with_the_narrow_chunk_first():
+    """A prompt prefilled alone is left-padded to a whole tile of 32, not to whole chunks: the
+    padding and the remainder go in one narrower chunk first, whole chunks follow."""
+    layout = layout_for([956, 700], 256, context=4096, chunk=256, batch_multiple=1)
+    assert (layout.prompt_len, layout.chunk_spans) == (
+        1024,
+        [(0, 256), (256, 256), (512, 256), (768, 256)],
+    )
+    assert layout.one_row(700).chunk_spans == [(0, 192), (192, 256), (448, 256)]
+    assert layout.one_row(1000).chunk_spans == [
+        (0, 256),
+        (256, 256),
+        (512, 256),
+        (768, 256),
+    ]
+    assert layout.one_row(5).chunk_spans == [(0, 32)]
+    short = layout_for([5], 8, context=4096, chunk=256, batch_multiple=1)
+    assert short.one_row(5).chunk_spans == [
+        (0, 16)
+    ]  # never past the batch's own columns
+
+
 def test_sampling_is_reproducible_for_a_seed(model_for):
     gen = generator(model_for())
     config = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=7)
@@ -325,6 +349,18 @@ def test_sampling_is_reproducible_for_a_seed(model_for):
         PROMPTS, 12, SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=8)
     )
     assert other.generated_token_ids != first
+
+
+def test_a_sampled_completion_does_not_depend_on_its_schedule(model_for):
+    """A draw is keyed by its prompt and its token's index (sampling.row_keys), not by the row
+    or the step: the stream sampled through 3 rows in turn gives one static batch's tokens.
+    """
+    gen = Generator(model_for(), EOS, 0, prefill_chunk=64)
+    config = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=11)
+    static = gen.generate(STREAM, 12, config).generated_token_ids
+    assert gen.generate_continuous(STREAM, 12, 3, config).generated_token_ids == static
+    greedy = gen.generate(STREAM, 12).generated_token_ids
+    assert static != greedy  # the draws did sample
 
 
 def test_top_k_1_and_tiny_top_p_are_greedy(model_for):
@@ -346,7 +382,7 @@ def test_top_k_1_and_tiny_top_p_are_greedy(model_for):
 
 def test_sample_filters_keep_only_allowed_tokens():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 4000, jnp.float32))
-    keys = jax.random.key(0)
+    keys = jax.random.split(jax.random.key(0), 4000)
     top2 = np.asarray(
         sample(
             logits,
