@@ -71,9 +71,17 @@ RowWrite = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def write_rows(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
-    """Row b's token at slot slots[b], elementwise: a select over the cache, in place in the
-    donated buffer and split like it (a scatter or an update slice per row runs 5-10 times slower
-    on XLA:CPU, README "Generation")."""
+    """Row b's token at slot slots[b], in place in the donated buffer and split like it. Both forms
+    write the same values; XLA:CPU updates only one of them in place per dtype (README
+    "Performance"): in bfloat16 a select over the cache (an update slice per row is copied), in
+    float32 an update slice per row (the select's loop over the cache fuses the key's RoPE).
+    """
+    if cache.dtype == jnp.float32:
+
+        def put(row: jax.Array, token: jax.Array, slot: jax.Array) -> jax.Array:
+            return jax.lax.dynamic_update_slice_in_dim(row, token, slot, axis=1)
+
+        return jax.vmap(put)(cache, new, slots)
     hit = jnp.arange(cache.shape[2]) == slots[:, None]  # (B, S)
     return jnp.where(hit[:, None, :, None], new, cache)
 
