@@ -55,12 +55,13 @@ class BatchLayout:
     prompt_len: int  # the padded prompt length (prompt_bucket)
     max_len: int  # cache slots: the prompt, room for the new tokens, a multiple of SLOT_MULTIPLE
     chunk: int  # prefill chunk width; whole chunks end at prompt_len (one_row: after a narrower one)
+    groups: int = 1  # row groups: the mesh's batch axis, which splits the rows
 
     @property
     def chunk_spans(self) -> list[tuple[int, int]]:
         """(start, width) of each prefill chunk: whole chunks, after one narrower chunk where
         `chunk` does not divide prompt_len (one_row). The narrow one comes first, so it holds the
-        left padding and the chunks after it are the batch layouts' own."""
+        left padding and the chunks after it are whole."""
         narrow = self.prompt_len % self.chunk
         whole = [
             (start, self.chunk) for start in range(narrow, self.prompt_len, self.chunk)
@@ -81,13 +82,19 @@ class BatchLayout:
 
     def one_row(self, length: int) -> BatchLayout:
         """One sequence of `length` tokens prefilled alone for this batch's cache (continuous
-        batching): left-padded to a whole tile of SLOT_MULTIPLE only, not to whole chunks (with
-        5-shot GSM8K's 700-1,000-token prompts whole chunks of 256 would compute 13% pads, tiles of
-        32 compute 1%); the chunks' widths then take at most chunk / SLOT_MULTIPLE shapes.
+        batching): left-padded to a whole tile of SLOT_MULTIPLE only, not to whole chunks (a GSM8K
+        prompt would compute far more pads). Its chunks hold as many rows per device as the batch's
+        own chunks (a group's rows times their width), so they need the same memory; a GSM8K prompt
+        is then one chunk, and a weight that a bfloat16 GEMM widens (cpu_products) is widened once
+        per prompt, not once per narrower chunk. Its widths take at most chunk / SLOT_MULTIPLE shapes.
         """
         tiles = -(-length // SLOT_MULTIPLE) * SLOT_MULTIPLE
         prompt_len = min(tiles, self.prompt_len)
-        return replace(self, rows=1, batch=1, prompt_len=prompt_len)
+        chunk = min(prompt_len, self.chunk * (self.batch // self.groups))
+        # One row is not split: every group computes it.
+        return replace(
+            self, rows=1, batch=1, prompt_len=prompt_len, chunk=chunk, groups=1
+        )
 
     def host_inputs(
         self, sequences: Sequence[Sequence[int]], pad_token_id: int
@@ -136,4 +143,6 @@ def layout_for(
         raise GenerationError(f"rows must be >= 1, got {rows}")
     real = len(lengths) if rows is None else min(rows, len(lengths))
     batch = -(-real // batch_multiple) * batch_multiple
-    return BatchLayout(real, batch, prompt_len, max_len, min(prompt_len, chunk))
+    return BatchLayout(
+        real, batch, prompt_len, max_len, min(prompt_len, chunk), batch_multiple
+    )

@@ -150,7 +150,7 @@ def test_greedy_on_mesh_matches_single_device_and_hugging_face(
 # takes several prompts in turn.
 STREAM = [
     [(7 * i + 3 * j) % 500 + 1 for j in range(n)]
-    for i, n in enumerate((11, 3, 70, 6, 25, 17, 9))
+    for i, n in enumerate((11, 3, 130, 6, 25, 17, 9))
 ]
 
 
@@ -166,10 +166,11 @@ def test_continuous_batching_gives_the_static_batches_tokens(
     """The same prompts in 3 rows taken in turn (each prompt prefilled alone into a finished
     row's cache, rows decoding at their own slots) and in one static batch: float32 tokens are
     equal, on every mesh and against one device; no prompt's tokens depend on its schedule.
-    Chunks of 64: the static batch prefills two whole chunks, the 70-token prompt alone a
-    narrow chunk of 32 then a whole one, the others one narrow chunk.
+    Chunks of 32: the static batch prefills five whole chunks; alone, the 130-token prompt
+    takes a narrow chunk then whole ones of 32 times a batch group's rows (96 on one group of 3
+    rows, 64 on 2x4, 32 on 8x4), the others one chunk.
     """
-    gen = Generator(shard_model(model_for(), mesh), EOS, 0, mesh, prefill_chunk=64)
+    gen = Generator(shard_model(model_for(), mesh), EOS, 0, mesh, prefill_chunk=32)
     if dut.compile_only:
         record_property(*COMPILE_ONLY_PROPERTY)
         return
@@ -183,7 +184,7 @@ def test_continuous_batching_gives_the_static_batches_tokens(
     )
     assert len(lengths) >= 3  # the rows do end at different steps
     assert continuous.generated_token_ids == static.generated_token_ids
-    single = Generator(model_for(), EOS, 0, prefill_chunk=64)
+    single = Generator(model_for(), EOS, 0, prefill_chunk=32)
     alone = single.generate_continuous(STREAM, NEW_TOKENS, 3, stop=ends_unevenly)
     assert alone.generated_token_ids == static.generated_token_ids
     for a, b in zip(continuous.top_logits, static.top_logits, strict=True):
@@ -320,20 +321,21 @@ def test_compiles_once_per_shape_bucket(model_for):
 
 def test_one_row_prefill_pads_to_tiles_with_the_narrow_chunk_first():
     """A prompt prefilled alone is left-padded to a whole tile of 32, not to whole chunks: the
-    padding and the remainder go in one narrower chunk first, whole chunks follow."""
+    padding and the remainder go in one narrower chunk first, whole chunks follow. Its chunks hold
+    a batch chunk's rows per device: the width times the rows of one batch group."""
     layout = layout_for([956, 700], 256, context=4096, chunk=256, batch_multiple=1)
     assert (layout.prompt_len, layout.chunk_spans) == (
         1024,
         [(0, 256), (256, 256), (512, 256), (768, 256)],
     )
-    assert layout.one_row(700).chunk_spans == [(0, 192), (192, 256), (448, 256)]
-    assert layout.one_row(1000).chunk_spans == [
-        (0, 256),
-        (256, 256),
-        (512, 256),
-        (768, 256),
-    ]
+    assert layout.one_row(700).chunk_spans == [(0, 192), (192, 512)]
+    assert layout.one_row(1000).chunk_spans == [(0, 512), (512, 512)]
     assert layout.one_row(5).chunk_spans == [(0, 32)]
+    # Two rows over a batch axis of 2: one row per group, so chunks of the batch's width.
+    split = layout_for([956, 700], 256, context=4096, chunk=256, batch_multiple=2)
+    assert split.one_row(700).chunk_spans == [(0, 192), (192, 256), (448, 256)]
+    eight = layout_for([956] * 8, 256, context=4096, chunk=256, batch_multiple=1)
+    assert eight.one_row(956).chunk_spans == [(0, 960)]  # a GSM8K prompt: one chunk
     short = layout_for([5], 8, context=4096, chunk=256, batch_multiple=1)
     assert short.one_row(5).chunk_spans == [
         (0, 16)
