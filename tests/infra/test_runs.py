@@ -83,6 +83,8 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 
 def test_a_signal_stops_the_work_at_the_next_safe_point():
+    # What the process had before (the default, or ignored when started in the background).
+    before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
     with StopSignals() as signals:
         signals.check()
         os.kill(os.getpid(), signal.SIGTERM)
@@ -91,4 +93,4 @@ def test_a_signal_stops_the_work_at_the_next_safe_point():
         assert stopped.value.exit_code == 143 and str(stopped.value) == "SIGTERM"
         with pytest.raises(Stopped):  # a second signal stops at once
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
