@@ -102,6 +102,17 @@ def installed() -> str:
     return _installed
 
 
+def widens_gemms(dtype: str) -> bool:
+    """Whether this process's `dtype` GEMMs run on weights widened to float32 (`widened`): bfloat16
+    on XLA:CPU with the `streamed` form. There a resident float32 copy of those weights saves the
+    widening in every prefill chunk."""
+    return (
+        dtype == "bfloat16"
+        and _installed == STREAMED
+        and jax.default_backend() == "cpu"
+    )
+
+
 @contextmanager
 def forced(form: str) -> Iterator[None]:
     """`form` for the duration (tests force each form on every host), then the previous one again.
@@ -123,7 +134,8 @@ def _dense(
     bfloat16 GEMM its widened form; everything else, and every other platform, the plain one.
     """
     bfloat16 = bfloat16_without_instructions and x.dtype == jnp.bfloat16
-    if rows_per_device(x) > FEW_ROWS:
+    # A weight held widened (steps.widen_gemm_weights) takes the widened form at any row count.
+    if rows_per_device(x) > FEW_ROWS or w.dtype != x.dtype:
         if not bfloat16:
             return model.weight_product(x, w, axes)
         cpu = functools.partial(widened, axes=tuple(axes))

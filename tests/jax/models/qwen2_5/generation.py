@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -25,6 +27,7 @@ from tests.jax.models.qwen2_5.batching import (
     layout_for,
 )
 from tests.jax.models.qwen2_5.continuous import ContinuousRun
+from tests.jax.models.qwen2_5.cpu_products import installed, widens_gemms
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.placement import Placement
 from tests.jax.models.qwen2_5.sampling import GREEDY, TOP_K, SamplingConfig, draws
@@ -36,6 +39,7 @@ from tests.jax.models.qwen2_5.steps import (
     PREFILL,
     SCORE,
     CompiledSteps,
+    widen_gemm_weights,
 )
 
 
@@ -102,8 +106,10 @@ class _Rows:
 @dataclass
 class Generator:
     """Generation for a (possibly sharded) model. `mesh` is None for a single device. `exact`: the
-    steps compute in float32 (CompiledSteps); `steps`: compiled steps to reuse, e.g. those of a
-    generator of the same model's shape-only weights."""
+    steps compute in float32 (CompiledSteps); `widened_gemm_weights`: the chunk steps run on a
+    resident float32 copy of the decoder's matrices (steps.widen_gemm_weights; only where
+    cpu_products.widens_gemms); `steps`: compiled steps to reuse, e.g. those of a generator of
+    the same model's shape-only weights."""
 
     model: Qwen2ForCausalLM
     eos_token_ids: Sequence[int]
@@ -112,6 +118,7 @@ class Generator:
     prefill_chunk: int = PREFILL_CHUNK
     exact: bool = False
     steps: CompiledSteps | None = field(default=None, repr=False)
+    widened_gemm_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.prefill_chunk < MIN_PROMPT_BUCKET:
@@ -120,22 +127,35 @@ class Generator:
             )
         self.placement = Placement(self.mesh)
         self.state = nnx.state(self.model)
-        if self.steps is None:
-            self.steps = CompiledSteps(self.model, self.placement, self.exact)
-        elif self.steps.exact != self.exact or self.steps.placement != self.placement:
+        dtype = self.model.model.norm.weight.dtype
+        if self.widened_gemm_weights and (
+            self.exact or not widens_gemms(jnp.dtype(dtype).name)
+        ):
             raise ValueError(
-                "reused steps were compiled for another placement or precision"
+                f"a float32 copy of {jnp.dtype(dtype).name} weights would save no widening "
+                f"with CPU products {installed()}"
+            )
+        # The state the chunk steps (steps.CHUNK_STEPS) run on.
+        self.chunk_state: Any = (
+            widen_gemm_weights(self.state) if self.widened_gemm_weights else self.state
+        )
+        if self.steps is None:
+            self.steps = CompiledSteps(
+                self.model, self.placement, self.exact, self.widened_gemm_weights
+            )
+        elif (
+            self.steps.exact,
+            self.steps.placement,
+            self.steps.widened_gemm_weights,
+        ) != (self.exact, self.placement, self.widened_gemm_weights):
+            raise ValueError(
+                "reused steps were compiled for another placement, precision or weight copy"
             )
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the weights over all devices (padding and replicas included)."""
-        leaves = jax.tree.leaves(self.state)
-        per_device = sum(
-            int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
-            for x in leaves
-        )
-        return per_device * self.placement.devices
+        """Bytes of the weights over all devices (padding and replicas included), copies too."""
+        return self.steps.weight_bytes
 
     def layout(
         self, lengths: Sequence[int], max_new_tokens: int, rows: int | None = None
@@ -270,7 +290,14 @@ class Generator:
                 ids[:, start : start + width], positions[:, start : start + width]
             )
             tokens, record, cache = prefill(
-                self.state, *chunk, valid, cache, np.int32(start), key, first, params
+                self.chunk_state,
+                *chunk,
+                valid,
+                cache,
+                np.int32(start),
+                key,
+                first,
+                params,
             )
         (next_positions,) = self.placement.rows(positions[:, -1] + 1)
         return tokens, record, next_positions, valid, cache

@@ -272,6 +272,14 @@ def prepare(settings: Settings) -> Job:
     return Job(settings, mesh, checkpoint, problems, prompts, token_ids)
 
 
+class MemoryRefused(RunError):
+    """The run's estimated peak host memory exceeds the budget."""
+
+    def __init__(self, need: str, fixes: str) -> None:
+        super().__init__(f"this run needs {need}: {fixes}")
+        self.need = need
+
+
 def check_memory(
     shape_only: dict[str, Generator],
     layouts: dict[str, list],
@@ -282,13 +290,18 @@ def check_memory(
     """Refuse a run whose estimated peak host memory exceeds `budget`: every model's weights and
     `resident` bytes (caches of runs that advance in lockstep) all held at once (the oracle holds
     none of its own), plus the largest compiled step of any of them beyond the weights and cache
-    it runs on. Returns the estimate in words."""
+    it runs on. Weights alone over the budget are refused before any step compiles. Returns the
+    estimate in words."""
     owner = {name: SINGLE if name == ORACLE else name for name in shape_only}
     weights = {
         name: gen.weight_bytes + resident.get(name, 0)
         for name, gen in shape_only.items()
         if name != ORACLE
     }
+    held = " + ".join(f"{w / GIB:.2f} GiB ({name})" for name, w in weights.items())
+    if sum(weights.values()) > budget:
+        need = f"more than the {budget / GIB:.2f} GiB of host memory available for its weights alone ({held})"
+        raise MemoryRefused(need, fixes)
     steps = {
         name: max(
             gen.steps.peak_bytes(layout, kinds) for layout, kinds in layouts[name]
@@ -303,14 +316,13 @@ def check_memory(
         + sum(w for other, w in weights.items() if other != owner[name])
         for name in shape_only
     )
-    held = " + ".join(f"{w / GIB:.2f} GiB ({name})" for name, w in weights.items())
     step = max(s - weights[owner[n]] for n, s in steps.items())
     estimate = (
         f"an estimated {need / GIB:.2f} GiB of host memory (weights {held}, the largest step {step / GIB:.2f} GiB "
         f"more) of {budget / GIB:.2f} GiB available"
     )
     if need > budget:
-        raise RunError(f"this run needs {estimate}: {fixes}")
+        raise MemoryRefused(estimate, fixes)
     return estimate
 
 
@@ -373,12 +385,15 @@ def lockstep_caches(job: Job, shape_only: dict[str, Generator]) -> dict[str, int
     }
 
 
-def load_within_memory(job: Job, todo: list[list[int]]) -> dict[str, Generator]:
-    """Shape-only generators compile every step and bound the run's memory; then the weights load,
-    reusing those programs. With compare mode, also the oracle (ORACLE)."""
+def compiled_within(
+    job: Job, todo: list[list[int]], budget: int, widened_copy: bool
+) -> tuple[dict[str, Generator], str]:
+    """Shape-only generators of every model (with compare mode, also the oracle, ORACLE), every
+    step compiled, within `budget` (check_memory) -> them and the estimate in words.
+    `widened_copy`: the chunk steps run on a float32 copy of the weights (Generator)."""
     s = job.settings
     shape_only = {
-        m.name: job.checkpoint.shape_only(m, s.dtype, s.prefill_chunk)
+        m.name: job.checkpoint.shape_only(m, s.dtype, s.prefill_chunk, widened_copy)
         for m in job.meshes
     }
     if s.compare_single_device:
@@ -386,10 +401,43 @@ def load_within_memory(job: Job, todo: list[list[int]]) -> dict[str, Generator]:
     layouts = {
         name: step_layouts(job, name, gen, todo) for name, gen in shape_only.items()
     }
-    budget = int(s.memory_budget * GIB) if s.memory_budget else available_host_bytes()
     resident = lockstep_caches(job, shape_only)
     estimate = check_memory(shape_only, layouts, budget, s.memory_fixes(), resident)
+    return shape_only, estimate
+
+
+def shape_only_within_memory(job: Job, todo: list[list[int]]) -> dict[str, Generator]:
+    """compiled_within the run's budget. Where bfloat16 GEMMs widen their weights
+    (cpu_products.widens_gemms), with a resident float32 copy of them when the run fits with it:
+    a prompt's prefill then widens nothing, and computes the same bits. Said on stderr either way.
+    """
+    s = job.settings
+    budget = int(s.memory_budget * GIB) if s.memory_budget else available_host_bytes()
+    if cpu_products.widens_gemms(s.dtype):
+        try:
+            shape_only, estimate = compiled_within(job, todo, budget, True)
+            print(f"memory: {estimate}", file=sys.stderr)
+            print(
+                "prefill: on a float32 copy of the decoder's weights (kept resident)",
+                file=sys.stderr,
+            )
+            return shape_only
+        except MemoryRefused as refused:
+            print(
+                "prefill: widens the decoder's weights per prompt: with a float32 copy of them "
+                f"the run would need {refused.need}",
+                file=sys.stderr,
+            )
+    shape_only, estimate = compiled_within(job, todo, budget, False)
     print(f"memory: {estimate}", file=sys.stderr)
+    return shape_only
+
+
+def load_within_memory(job: Job, todo: list[list[int]]) -> dict[str, Generator]:
+    """Shape-only generators compile every step and bound the run's memory; then the weights load,
+    reusing those programs. With compare mode, also the oracle (ORACLE)."""
+    s = job.settings
+    shape_only = shape_only_within_memory(job, todo)
     generators = {
         m.name: job.checkpoint.load(m, s.dtype, shape_only[m.name]) for m in job.meshes
     }

@@ -127,7 +127,9 @@ class Linear(nnx.Module):
         if self.bias is not None:
             # The bias joins the float32 accumulator before the single rounding, as addmm does.
             y = y + self.bias[...].astype(jnp.float32)
-        return y.astype(self.weight.dtype)
+        # Rounded to the activations' dtype: a weight may be held widened (steps.py), its values
+        # the model dtype's.
+        return y.astype(x.dtype)
 
 
 class Embedding(nnx.Module):

@@ -208,21 +208,31 @@ class Checkpoint:
         return make_mesh(shape, jax.devices()) if shape.size > 1 else None
 
     def shape_only(
-        self, shape: MeshShape, dtype: str, prefill_chunk: int = PREFILL_CHUNK
+        self,
+        shape: MeshShape,
+        dtype: str,
+        prefill_chunk: int = PREFILL_CHUNK,
+        widened_gemm_weights: bool = False,
     ) -> Generator:
-        """A generator with shape-only weights: it compiles its steps and reports their memory
-        before anything is loaded; `load` reuses what it compiled."""
+        """A generator with shape-only weights (Generator's options): it compiles its steps and
+        reports their memory before anything is loaded; `load` reuses what it compiled.
+        """
         mesh = self._mesh(shape)
         model = abstract_model(self.cfg, getattr(jnp, dtype), mesh)
         return Generator(
-            model, self.eos_token_ids, self.pad_token_id, mesh, prefill_chunk
+            model,
+            self.eos_token_ids,
+            self.pad_token_id,
+            mesh,
+            prefill_chunk,
+            widened_gemm_weights=widened_gemm_weights,
         )
 
     def load(
         self, shape: MeshShape, dtype: str, shape_only: Generator | None = None
     ) -> Generator:
-        """The weights in `dtype` on `shape` (1x1: one device), with the prefill chunk and the
-        compiled steps of `shape_only` (a generator of the same shapes), or the default chunk.
+        """The weights in `dtype` on `shape` (1x1: one device), with the options and the compiled
+        steps of `shape_only` (a generator of the same shapes), or the defaults.
         """
         mesh = self._mesh(shape)
         model = load_model(self.path, getattr(jnp, dtype), mesh=mesh, progress=True)
@@ -236,4 +246,5 @@ class Checkpoint:
             mesh,
             chunk,
             steps=shape_only.steps,
+            widened_gemm_weights=shape_only.widened_gemm_weights,
         )

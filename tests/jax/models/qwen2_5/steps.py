@@ -61,6 +61,26 @@ def widened(state: Any) -> Any:
     )
 
 
+# The steps whose weight products are GEMMs: a chunk of tokens per row.
+CHUNK_STEPS = (PREFILL, FILL, SCORE)
+
+
+def widen_gemm_weights(state: Any) -> Any:
+    """`state` with the decoder layers' matrices in float32 (exactly), every other array as it is:
+    the state of the chunk steps where a bfloat16 GEMM runs on float32 operands (cpu_products), so
+    a prompt's prefill widens no weight. The lm_head and the embedding stay: a chunk multiplies
+    them with its last column only. Shape-only states widen to shape-only arrays."""
+
+    def widen(path: tuple, x: Any) -> Any:
+        if x.ndim != 2 or jax.tree_util.DictKey("layers") not in path:
+            return x
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding)
+        return x.astype(jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(widen, state)
+
+
 def _model(graphdef: nnx.GraphDef, state: Any, exact: bool) -> Qwen2ForCausalLM:
     # The weights are the same at every step: the TT compiler converts their layout once.
     state = mark_parameters(state)
@@ -233,13 +253,25 @@ class CompiledSteps:
     """The steps of one model on one placement, compiled once per shapes (`programs`).
 
     `exact`: every step computes in float32 on the model's own weights (cast inside the compiled
-    step, so no float32 copy stays resident): the audit's oracle of a bfloat16 run."""
+    step, so no float32 copy stays resident): the audit's oracle of a bfloat16 run.
+    `widened_gemm_weights`: the chunk steps run on `widen_gemm_weights` of the state, a float32
+    copy resident beside the weights."""
 
     def __init__(
-        self, model: Qwen2ForCausalLM, placement: Placement, exact: bool = False
+        self,
+        model: Qwen2ForCausalLM,
+        placement: Placement,
+        exact: bool = False,
+        widened_gemm_weights: bool = False,
     ) -> None:
         self.graphdef, state = nnx.split(model)
         self.abstract_state = jax.tree.map(_abstract, state)
+        self.widened_gemm_weights = widened_gemm_weights
+        self.chunk_state = (
+            widen_gemm_weights(self.abstract_state)
+            if widened_gemm_weights
+            else self.abstract_state
+        )
         self.cfg, self.placement, self.exact = model.cfg, placement, exact
         self.cache_dtype = jnp.float32 if exact else model.model.norm.weight.dtype
         self.programs: dict[StepKey, jax.stages.Compiled] = {}
@@ -269,7 +301,7 @@ class CompiledSteps:
             return (cache, key_valid, row_cache, row_valid, _SCALAR)
         ids = place.row_spec((layout.batch, layout.chunk), jnp.int32)
         if kind in (FILL, SCORE):
-            return (self.abstract_state, ids, ids, key_valid, cache, _SCALAR)
+            return (self.chunk_state, ids, ids, key_valid, cache, _SCALAR)
         sampling = (
             jax.ShapeDtypeStruct((), jax.random.key(0).dtype),
             jax.ShapeDtypeStruct(
@@ -278,7 +310,7 @@ class CompiledSteps:
             SamplingParams.abstract(),
         )
         if kind == PREFILL:
-            return (self.abstract_state, ids, ids, key_valid, cache, _SCALAR, *sampling)
+            return (self.chunk_state, ids, ids, key_valid, cache, _SCALAR, *sampling)
         tokens = jax.ShapeDtypeStruct(
             (layout.batch,), jnp.int32, sharding=place.sharding(P())
         )
@@ -333,14 +365,39 @@ class CompiledSteps:
 
     def cache_bytes(self, layout: BatchLayout) -> int:
         """The KV cache of `layout` over all devices (replicas included)."""
-        cache = jax.eval_shape(self._cache_maker(layout))
+        return self._bytes(jax.tree.leaves(jax.eval_shape(self._cache_maker(layout))))
+
+    @property
+    def weight_bytes(self) -> int:
+        """The weights over all devices (padding and replicas included), with the chunk steps'
+        float32 copies when they are kept."""
+        weights = jax.tree.leaves(self.abstract_state)
+        copies = [
+            copy
+            for copy, weight in zip(
+                jax.tree.leaves(self.chunk_state), weights, strict=True
+            )
+            if copy is not weight
+        ]
+        return self._bytes(weights + copies)
+
+    def _state_bytes(self, kind: str) -> int:
+        """The weights step `kind` takes as arguments (the memory analysis counts them)."""
+        if kind == INSERT:
+            return 0
+        chunk = kind in (*CHUNK_STEPS, ONE_ROW_PREFILL)
+        return self._bytes(
+            jax.tree.leaves(self.chunk_state if chunk else self.abstract_state)
+        )
+
+    def _bytes(self, arrays: list) -> int:
         per_device = sum(
             (
                 math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
                 if x.sharding is not None
                 else x.size * x.dtype.itemsize
             )
-            for x in jax.tree.leaves(cache)
+            for x in arrays
         )
         return per_device * self.placement.devices
 
@@ -357,8 +414,9 @@ class CompiledSteps:
     ) -> int:
         """The most memory one of the steps `kinds` of `layout` holds at once, over all devices:
         arguments (weights, cache, inputs), outputs that do not reuse a donated buffer, and the
-        compiler's temporaries, from the compiled programs' own memory analysis. One prompt's
-        prefill also holds the batch's cache it is inserted into."""
+        compiler's temporaries, from the compiled programs' own memory analysis, and the resident
+        weights a step does not take. One prompt's prefill also holds the batch's cache it is
+        inserted into."""
         peak = 0
         for kind in kinds:
             memory = self._program(kind, layout).memory_analysis()
@@ -368,6 +426,7 @@ class CompiledSteps:
                 - memory.alias_size_in_bytes
             )
             held = (held + memory.temp_size_in_bytes) * self.placement.devices
+            held += self.weight_bytes - self._state_bytes(kind)
             if kind == ONE_ROW_PREFILL:
                 held += self.cache_bytes(layout)
             peak = max(peak, held)

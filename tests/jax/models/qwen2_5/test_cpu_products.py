@@ -152,3 +152,75 @@ def test_a_new_form_is_not_served_a_trace_of_the_old_one(tiny_checkpoint):
             texts[form] = generator.steps.lower("decode", layout).as_text()
     assert "optimization_barrier" in texts[FEW_ROWS_FORM]
     assert "optimization_barrier" not in texts[XLA]
+
+
+def _layer_matrix_bytes(model: nnx.Module) -> int:
+    """Bytes of the decoder layers' matrices (the weights a chunk step's GEMMs widen)."""
+    return sum(
+        layer.nbytes
+        for path, layer in jax.tree_util.tree_flatten_with_path(nnx.state(model))[0]
+        if layer.ndim == 2 and jax.tree_util.DictKey("layers") in path
+    )
+
+
+@pytest.mark.parametrize("mesh_shape", [None, "2x4"])
+def test_a_float32_copy_of_the_gemm_weights_changes_no_bit(
+    tiny_checkpoint, mesh_shape, dut
+):
+    """bfloat16 under `streamed`: chunk steps on the resident float32 copy
+    (Generator(widened_gemm_weights)) compute what they compute widening each weight inside the
+    step, bit for bit (the same float32 GEMMs of the same values), in static and continuous
+    schedules, with prompts of 16-row chunks (FEW_ROWS, where a bfloat16 weight would stream)
+    and wider ones. Measured on the AVX2-only EPYC host class."""
+    if dut.platform != CPU or not streaming_matmul.runs_here():
+        pytest.skip("the widened form is XLA:CPU's under the kernel's form")
+    model = load_model(tiny_checkpoint("gqa28x4"), jnp.bfloat16)
+    mesh = None if mesh_shape is None else make_mesh(mesh_shape, dut.devices)
+    model = shard_model(model, mesh) if mesh is not None else model
+    prompts = [
+        [(7 * i + j) % 500 + 1 for j in range(n)] for i, n in enumerate((3, 40, 90))
+    ]
+    runs = []
+    with cpu_products.forced(STREAMED):
+        for copy in (False, True):
+            gen = Generator(model, (), 0, mesh, 32, widened_gemm_weights=copy)
+            runs.append(
+                (gen.generate(prompts, 6), gen.generate_continuous(prompts, 6, rows=2))
+            )
+    for widening, copied in zip(*runs, strict=True):
+        assert widening.generated_token_ids == copied.generated_token_ids
+        for a, b in zip(widening.top_logits, copied.top_logits, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_copy_is_counted_in_the_memory_it_adds(tiny_checkpoint):
+    """The copy is twice the bfloat16 matrices' bytes, in the weights and in every step's peak:
+    exactly in a decode step's (the same program), at most in a prefill's (whose widened
+    temporaries it replaces)."""
+    if not streaming_matmul.runs_here():
+        pytest.skip("the widened form is the kernel's form's")
+    model = load_model(tiny_checkpoint("gqa28x4"), jnp.bfloat16)
+    copy_bytes = 2 * _layer_matrix_bytes(model)
+    with cpu_products.forced(STREAMED):
+        plain, copied = (
+            Generator(model, (), 0, widened_gemm_weights=copy) for copy in (False, True)
+        )
+        layout = plain.layout([40, 90], 8)
+        assert copied.weight_bytes == plain.weight_bytes + copy_bytes
+        for kind in ("decode", "prefill"):
+            without = plain.steps.peak_bytes(layout, (kind,))
+            held = copied.steps.peak_bytes(layout, (kind,))
+            if kind == "decode":
+                assert held == without + copy_bytes
+            else:
+                assert without < held <= without + copy_bytes
+
+
+def test_a_copy_that_saves_no_widening_is_refused(tiny_checkpoint):
+    if not streaming_matmul.runs_here():
+        pytest.skip("the widened form is the kernel's form's")
+    model = load_model(tiny_checkpoint("gqa28x4"), jnp.float32)
+    with cpu_products.forced(STREAMED), pytest.raises(
+        ValueError, match="a float32 copy of float32 weights would save no widening"
+    ):
+        Generator(model, (), 0, widened_gemm_weights=True)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from flax import nnx
@@ -22,13 +23,14 @@ from flax import nnx
 from tests.infra.cli import run_cli, run_cli_calls, start_cli
 from tests.infra.mesh import MeshShape
 from tests.infra.runs import progress_path
+from tests.jax.models.qwen2_5 import gsm8k
 from tests.jax.models.qwen2_5.checkpoint_writer import (
     build_tokenizer,
     demo_checkpoint,
     write_checkpoint,
 )
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.gsm8k import complete
+from tests.jax.models.qwen2_5.gsm8k import MemoryRefused, complete
 from tests.jax.models.qwen2_5.gsm8k_task import (
     INVALID,
     DataError,
@@ -533,3 +535,36 @@ def test_gsm8k_score_on_mesh_equals_single_device(
             comparison["verdict"] in ("identical", "equivalent")
             and comparison["real_divergences"] == 0
         ), comparison
+
+
+@pytest.mark.parametrize("fits", [(True, True), (False, True), (False, False)])
+def test_the_float32_copy_is_kept_only_where_the_run_fits_with_it(
+    monkeypatch, capsys, fits
+):
+    """Where bfloat16 GEMMs widen their weights, the run compiles with the resident float32 copy
+    first; if it does not fit, without it (saying so); if neither fits, it is refused.
+    """
+    with_copy, without = fits
+    tried = []
+
+    def compiled_within(job, todo, budget, widened_copy):
+        tried.append(widened_copy)
+        if not (with_copy if widened_copy else without):
+            raise MemoryRefused(f"{budget + 1} bytes", "lower --batch-size")
+        return {"1x1": widened_copy}, f"{budget} bytes"
+
+    monkeypatch.setattr(gsm8k, "compiled_within", compiled_within)
+    monkeypatch.setattr(gsm8k.cpu_products, "widens_gemms", lambda dtype: True)
+    job = SimpleNamespace(settings=SimpleNamespace(memory_budget=1.0, dtype="bfloat16"))
+    if not without:
+        with pytest.raises(MemoryRefused, match="lower --batch-size"):
+            gsm8k.shape_only_within_memory(job, [[0]])
+        assert tried == [True, False]
+        return
+    shape_only = gsm8k.shape_only_within_memory(job, [[0]])
+    stderr = capsys.readouterr().err
+    assert shape_only == {"1x1": with_copy} and tried == (
+        [True] if with_copy else [True, False]
+    )
+    assert ("on a float32 copy" in stderr) == with_copy
+    assert (f"would need {2**30 + 1} bytes" in stderr) == (not with_copy)
