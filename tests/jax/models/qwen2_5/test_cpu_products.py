@@ -172,8 +172,10 @@ def test_a_float32_copy_of_the_gemm_weights_changes_no_bit(
     step, bit for bit (the same float32 GEMMs of the same values), in static and continuous
     schedules, with prompts of 16-row chunks (FEW_ROWS, where a bfloat16 weight would stream)
     and wider ones. Measured on the AVX2-only EPYC host class."""
-    if dut.platform != CPU or not streaming_matmul.runs_here():
-        pytest.skip("the widened form is XLA:CPU's under the kernel's form")
+    if dut.platform != CPU:
+        pytest.skip("the kernel is XLA:CPU's")
+    if not streaming_matmul.runs_here():
+        pytest.skip("the kernel needs an x86-64 CPU with AVX2 and FMA")
     model = load_model(tiny_checkpoint("gqa28x4"), jnp.bfloat16)
     mesh = None if mesh_shape is None else make_mesh(mesh_shape, dut.devices)
     model = shard_model(model, mesh) if mesh is not None else model
@@ -198,7 +200,7 @@ def test_the_copy_is_counted_in_the_memory_it_adds(tiny_checkpoint):
     exactly in a decode step's (the same program), at most in a prefill's (whose widened
     temporaries it replaces)."""
     if not streaming_matmul.runs_here():
-        pytest.skip("the widened form is the kernel's form's")
+        pytest.skip("the kernel needs an x86-64 CPU with AVX2 and FMA")
     model = load_model(tiny_checkpoint("gqa28x4"), jnp.bfloat16)
     copy_bytes = 2 * _layer_matrix_bytes(model)
     with cpu_products.forced(STREAMED):
@@ -218,7 +220,7 @@ def test_the_copy_is_counted_in_the_memory_it_adds(tiny_checkpoint):
 
 def test_a_copy_that_saves_no_widening_is_refused(tiny_checkpoint):
     if not streaming_matmul.runs_here():
-        pytest.skip("the widened form is the kernel's form's")
+        pytest.skip("the kernel needs an x86-64 CPU with AVX2 and FMA")
     model = load_model(tiny_checkpoint("gqa28x4"), jnp.float32)
     with cpu_products.forced(STREAMED), pytest.raises(
         ValueError, match="a float32 copy of float32 weights would save no widening"
