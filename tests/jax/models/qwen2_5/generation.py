@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -27,7 +26,6 @@ from tests.jax.models.qwen2_5.batching import (
     layout_for,
 )
 from tests.jax.models.qwen2_5.continuous import ContinuousRun
-from tests.jax.models.qwen2_5.cpu_products import installed, widens_gemms
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.placement import Placement
 from tests.jax.models.qwen2_5.sampling import GREEDY, TOP_K, SamplingConfig, draws
@@ -127,18 +125,6 @@ class Generator:
             )
         self.placement = Placement(self.mesh)
         self.state = nnx.state(self.model)
-        dtype = self.model.model.norm.weight.dtype
-        if self.widened_gemm_weights and (
-            self.exact or not widens_gemms(jnp.dtype(dtype).name)
-        ):
-            raise ValueError(
-                f"a float32 copy of {jnp.dtype(dtype).name} weights would save no widening "
-                f"with CPU products {installed()}"
-            )
-        # The state the chunk steps (steps.CHUNK_STEPS) run on.
-        self.chunk_state: Any = (
-            widen_gemm_weights(self.state) if self.widened_gemm_weights else self.state
-        )
         if self.steps is None:
             self.steps = CompiledSteps(
                 self.model, self.placement, self.exact, self.widened_gemm_weights
@@ -151,6 +137,10 @@ class Generator:
             raise ValueError(
                 "reused steps were compiled for another placement, precision or weight copy"
             )
+        # The state the chunk steps (steps.CHUNK_STEPS) run on; the steps refused a useless copy.
+        self.chunk_state: Any = (
+            widen_gemm_weights(self.state) if self.widened_gemm_weights else self.state
+        )
 
     @property
     def weight_bytes(self) -> int:

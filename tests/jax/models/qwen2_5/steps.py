@@ -30,6 +30,7 @@ from tests.infra.tt_cache import update_rows
 from tests.infra.tt_parameters import mark_parameters
 from tests.jax.models.qwen2_5.batching import BatchLayout
 from tests.jax.models.qwen2_5.config import Qwen2Config
+from tests.jax.models.qwen2_5.cpu_products import installed, widens_gemms
 from tests.jax.models.qwen2_5.model import (
     KV,
     KV_AXES,
@@ -264,16 +265,22 @@ class CompiledSteps:
         exact: bool = False,
         widened_gemm_weights: bool = False,
     ) -> None:
+        dtype = jnp.dtype(model.model.norm.weight.dtype)
+        if widened_gemm_weights and (exact or not widens_gemms(dtype.name)):
+            raise ValueError(
+                f"a float32 copy of {dtype.name} weights would save no widening "
+                f"with CPU products {installed()}"
+            )
         self.graphdef, state = nnx.split(model)
         self.abstract_state = jax.tree.map(_abstract, state)
         self.widened_gemm_weights = widened_gemm_weights
-        self.chunk_state = (
+        self.abstract_chunk_state = (
             widen_gemm_weights(self.abstract_state)
             if widened_gemm_weights
             else self.abstract_state
         )
         self.cfg, self.placement, self.exact = model.cfg, placement, exact
-        self.cache_dtype = jnp.float32 if exact else model.model.norm.weight.dtype
+        self.cache_dtype = jnp.float32 if exact else dtype
         self.programs: dict[StepKey, jax.stages.Compiled] = {}
 
     def _cache_maker(self, layout: BatchLayout) -> Callable[[], Any]:
@@ -301,7 +308,7 @@ class CompiledSteps:
             return (cache, key_valid, row_cache, row_valid, _SCALAR)
         ids = place.row_spec((layout.batch, layout.chunk), jnp.int32)
         if kind in (FILL, SCORE):
-            return (self.chunk_state, ids, ids, key_valid, cache, _SCALAR)
+            return (self.abstract_chunk_state, ids, ids, key_valid, cache, _SCALAR)
         sampling = (
             jax.ShapeDtypeStruct((), jax.random.key(0).dtype),
             jax.ShapeDtypeStruct(
@@ -310,7 +317,15 @@ class CompiledSteps:
             SamplingParams.abstract(),
         )
         if kind == PREFILL:
-            return (self.chunk_state, ids, ids, key_valid, cache, _SCALAR, *sampling)
+            return (
+                self.abstract_chunk_state,
+                ids,
+                ids,
+                key_valid,
+                cache,
+                _SCALAR,
+                *sampling,
+            )
         tokens = jax.ShapeDtypeStruct(
             (layout.batch,), jnp.int32, sharding=place.sharding(P())
         )
@@ -375,7 +390,7 @@ class CompiledSteps:
         copies = [
             copy
             for copy, weight in zip(
-                jax.tree.leaves(self.chunk_state), weights, strict=True
+                jax.tree.leaves(self.abstract_chunk_state), weights, strict=True
             )
             if copy is not weight
         ]
@@ -387,7 +402,7 @@ class CompiledSteps:
             return 0
         chunk = kind in (*CHUNK_STEPS, ONE_ROW_PREFILL)
         return self._bytes(
-            jax.tree.leaves(self.chunk_state if chunk else self.abstract_state)
+            jax.tree.leaves(self.abstract_chunk_state if chunk else self.abstract_state)
         )
 
     def _bytes(self, arrays: list) -> int:
