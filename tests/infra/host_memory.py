@@ -12,8 +12,10 @@ every page again: the kernel zeroes gigabytes per prompt. With one arena (the ma
 grows without mappings), no mappings and no trimming, a freed intermediate is reused by the next.
 
 The cost is that the process keeps its high-water mark: memory it freed stays resident for its
-own reuse. Peak memory is unchanged; the steps' memory check (steps.CompiledSteps.peak_bytes)
-counts what a step holds at once, which this does not change.
+own reuse. What a step holds at once, which the steps' memory check counts
+(steps.CompiledSteps.peak_bytes), is the same; one arena may fragment, which the loader's peak
+memory test bounds. The setting is process-wide and reaches threads started after it: an entry
+point makes it in a fresh process (configure_jax), before XLA starts its threads.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 # mallopt's parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 # Where glibc's malloc is configured in the environment, that wins.
-_ENVIRONMENT = (
+ENVIRONMENT = (
     "GLIBC_TUNABLES",
     "MALLOC_ARENA_MAX",
     "MALLOC_MMAP_MAX_",
@@ -41,7 +43,7 @@ def keep_freed_memory() -> bool:
     whether it now does. False where the C library is not glibc or the environment configures
     glibc's malloc itself. Call it before the threads that allocate (XLA's pool) start: a thread
     keeps the arena it first allocated from."""
-    if any(name in os.environ for name in _ENVIRONMENT):
+    if any(name in os.environ for name in ENVIRONMENT):
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     if not hasattr(libc, "gnu_get_libc_version"):
