@@ -13,8 +13,9 @@ grows without mappings), no mappings and no trimming, a freed intermediate is re
 
 The cost is that the process keeps its high-water mark: memory it freed stays resident for its
 own reuse. What a step holds at once, which the steps' memory check counts
-(steps.CompiledSteps.peak_bytes), is the same; one arena may fragment, which the loader's peak
-memory test bounds. The setting is process-wide and reaches threads started after it: an entry
+(steps.CompiledSteps.peak_bytes), is the same; one arena may fragment: small allocations carve
+into a freed intermediate, so the heap grows by a whole one now and then before it settles (the
+loader's peak memory test bounds what that costs). The setting is process-wide and reaches threads started after it: an entry
 point makes it in a fresh process (configure_jax), before XLA starts its threads.
 """
 

@@ -20,10 +20,12 @@ import pytest
 from tests.infra import host_memory
 
 # Attention scores of one prefill layer of Qwen2.5-0.5B (14 heads x 1,024 tokens x 1,280 slots,
-# float32: 70 MiB, over every glibc mapping threshold), a new buffer per call. The first calls
-# grow the heap to what a call and the freeing of the last one's output hold.
+# float32: 70 MiB, over every glibc mapping threshold), a new buffer per call. Each call's faults
+# are counted on its own: one arena fragments, so a kept heap still grows by a whole buffer on a
+# few calls before it settles (0-5 of 40 calls after warm-up, at most 6 of 300, on a Zen 2 and a
+# Zen 4 EPYC), while the default faults in the buffer on every call. The median parts the two.
 _MEASURE = """
-import json, resource
+import json, resource, statistics
 from tests.infra import host_memory
 from tests.infra.devices import configure_jax
 configure_jax(cpu_devices=1)
@@ -33,11 +35,13 @@ q, k = jnp.ones((14 * 1024, 64)), jnp.ones((1280, 64))
 scores = jax.jit(lambda q, k: q @ k.T)
 for _ in range(3):
     jax.block_until_ready(scores(q, k))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+faults = []
+for _ in range(31):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     jax.block_until_ready(scores(q, k))
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-print(json.dumps({"kept": kept, "faults": faults, "pages": q.shape[0] * k.shape[0] * 4 / resource.getpagesize()}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+pages = q.shape[0] * k.shape[0] * 4 / resource.getpagesize()
+print(json.dumps({"kept": kept, "median_faults": statistics.median(faults), "pages": pages}))
 """
 
 
@@ -53,16 +57,16 @@ def _faults_per_call(environment: dict[str, str]) -> dict:
 
 
 def test_a_large_intermediate_is_reused_not_faulted_in_again():
-    """Kept memory, once the heap has grown, faults in almost none of the buffer's pages; glibc's
-    default (its arena limit set in the environment, which configure_jax leaves alone) faults in
-    every one of them on every call. A tenth and a half of the pages part the two."""
+    """Kept memory faults in almost none of the buffer's pages on a typical call; glibc's default
+    (its arena limit set in the environment, which configure_jax leaves alone) faults in every one
+    of them on every call. A tenth and a half of the pages part the two medians."""
     env = {k: v for k, v in os.environ.items() if k not in host_memory.ENVIRONMENT}
     kept = _faults_per_call(env)
     if not kept["kept"]:
         pytest.skip("the C library is not glibc")
     default = _faults_per_call({**env, "MALLOC_ARENA_MAX": "16"})
-    assert kept["faults"] < kept["pages"] / 10, kept
-    assert default["faults"] > default["pages"] / 2, default
+    assert kept["median_faults"] < kept["pages"] / 10, kept
+    assert default["median_faults"] > default["pages"] / 2, default
 
 
 def test_an_allocator_setting_in_the_environment_wins(monkeypatch):
