@@ -63,7 +63,7 @@ def host_class() -> dict:
     when this process runs as an AVX2-only CPU (emulate_avx2_only)."""
     info = _first_cpu()
     flags = cpu_flags()
-    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    native_bf16 = bool(flags & BFLOAT16_INSTRUCTIONS)
     return {
         "cpu": info.get("model name", "unknown"),
         "cores": os.cpu_count(),
@@ -71,6 +71,25 @@ def host_class() -> dict:
         "class": BF16_NATIVE if native_bf16 and not _emulated else AVX2_ONLY,
         "emulated": _emulated,
     }
+
+
+# XLA:CPU's `--xla_cpu_max_isa` values below AVX-512: with one of them XLA emits no AVX-512.
+_BELOW_AVX512 = {"SSE4_2", "AVX", "AVX2"}
+BFLOAT16_INSTRUCTIONS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def bfloat16_instructions(flags: frozenset[str], xla_flags: str) -> frozenset[str]:
+    """The bfloat16 dot instructions among a CPU's `flags` that XLA:CPU's kernels may use under
+    `xla_flags`: none where they cap XLA below AVX-512 (`--xla_cpu_max_isa`, the last one
+    winning), as emulate_avx2_only does."""
+    max_isa = [
+        arg.split("=", 1)[1]
+        for arg in xla_flags.split()
+        if arg.startswith("--xla_cpu_max_isa=")
+    ]
+    if max_isa and max_isa[-1].upper() in _BELOW_AVX512:
+        return frozenset()
+    return flags & BFLOAT16_INSTRUCTIONS
 
 
 def emulate_avx2_only() -> None:

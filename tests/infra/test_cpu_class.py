@@ -15,7 +15,13 @@ import sys
 
 import pytest
 
-from tests.infra.cpu_class import AVX2_ONLY, BF16_NATIVE, ISA_FLAGS, host_class
+from tests.infra.cpu_class import (
+    AVX2_ONLY,
+    BF16_NATIVE,
+    ISA_FLAGS,
+    bfloat16_instructions,
+    host_class,
+)
 
 # Emulate, then report what jaxlib's kernels will see and compute a bfloat16 product that YNNPACK
 # runs (two rows, weight as the left operand), to compare with the native result.
@@ -73,3 +79,17 @@ def test_avx2_emulation_hides_avx512_and_amx_and_keeps_results():
     # Other kernels sum in another order; float32 sums of 256 exact bfloat16 products agree to
     # float32 rounding.
     assert emulated["y"] == pytest.approx(native["y"], rel=1e-5, abs=1e-5)
+
+
+def test_bfloat16_instructions_are_those_xla_may_use():
+    amx = frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"})
+    assert bfloat16_instructions(amx, "") == {"avx512_bf16", "amx_bf16"}
+    assert bfloat16_instructions(amx - {"amx_bf16"}, "") == {"avx512_bf16"}
+    assert bfloat16_instructions(frozenset({"avx2", "fma"}), "") == frozenset()
+    capped = "--xla_cpu_enable_fast_math=false --xla_cpu_max_isa=AVX2"
+    assert bfloat16_instructions(amx, capped) == frozenset()
+    # the last flag wins
+    assert bfloat16_instructions(amx, f"{capped} --xla_cpu_max_isa=AVX512") == {
+        "avx512_bf16",
+        "amx_bf16",
+    }

@@ -17,9 +17,13 @@ repacks the weight on every call; this module gives it the forms that read a wei
   those CPUs XLA's bfloat16 GEMMs (prefill chunks) are also slower than its float32 ones, so a
   bfloat16 GEMM runs on its operands widened to float32 (`widened`): exact widening, float32 sums
   rounded once, as the contract says;
+- `narrow-streamed`: bfloat16 products of up to NARROW_ROWS rows per device by the kernel, wider
+  ones `few-rows`, GEMMs native: for CPUs with AVX512_BF16 but no AMX (AMD Zen 4), whose bfloat16
+  GEMMs are faster than float32 ones but whose `few-rows` streams are compute-bound at few rows;
 - `xla`: no substitution, the plain product everywhere;
-- `auto` (the default): `streamed` where the kernel reads bfloat16 faster than XLA's own kernels
-  (streaming_matmul.faster_here: an AVX2 CPU without AVX-512 BF16 or AMX), else `few-rows`.
+- `auto` (the default): by the CPU's bfloat16 instructions (`auto_form`): `streamed` with none,
+  `narrow-streamed` with AVX512_BF16 alone, `few-rows` with AMX (or without AVX2, where the
+  kernel cannot run).
 
 Every form computes the same products with float32 sums as the plain one; only the summation
 order differs, which the numerics contract allows. The choice is made once per process
@@ -37,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from tests.infra.cpu_class import bfloat16_instructions
 from tests.jax.models.qwen2_5 import model, streaming_matmul
 from tests.jax.models.qwen2_5.partitioning import (
     Axes,
@@ -46,10 +51,22 @@ from tests.jax.models.qwen2_5.partitioning import (
 )
 
 AUTO, XLA, FEW_ROWS_FORM, STREAMED = "auto", "xla", "few-rows", "streamed"
-CHOICES = (AUTO, XLA, FEW_ROWS_FORM, STREAMED)
+NARROW_STREAMED = "narrow-streamed"
+CHOICES = (AUTO, XLA, FEW_ROWS_FORM, STREAMED, NARROW_STREAMED)
+KERNEL_FORMS = (STREAMED, NARROW_STREAMED)
 # Rows (batch x tokens) per device up to which a product with a weight is a stream over the
 # weight (a decode step) rather than a GEMM (a prefill chunk): only these are substituted.
 FEW_ROWS = 16
+# Rows per device up to which the kernel streams a bfloat16 weight faster than YNNPACK on a CPU
+# with AVX512_BF16 but no AMX (README "Performance": at 1, 2 and 4 rows, 8 no longer).
+NARROW_ROWS = 4
+# Per form: the rows per device up to which bfloat16 products take the kernel, and whether
+# bfloat16 GEMMs run widened.
+_KERNEL_ROWS_AND_WIDENING = {
+    FEW_ROWS_FORM: (0, False),
+    STREAMED: (FEW_ROWS, True),
+    NARROW_STREAMED: (NARROW_ROWS, False),
+}
 
 
 class CpuProductsError(ValueError):
@@ -63,26 +80,38 @@ def resolve(choice: str) -> str:
             f"--cpu-products must be one of {', '.join(CHOICES)}, got {choice!r}"
         )
     if choice == AUTO:
-        return STREAMED if streaming_matmul.faster_here() else FEW_ROWS_FORM
-    if choice == STREAMED and not streaming_matmul.runs_here():
+        return auto_form(*streaming_matmul.host_flags())
+    if choice in KERNEL_FORMS and not streaming_matmul.runs_here():
         raise CpuProductsError(
-            "--cpu-products streamed needs an x86-64 CPU with AVX2 and FMA: choose few-rows or xla"
+            f"--cpu-products {choice} needs an x86-64 CPU with AVX2 and FMA: choose few-rows or xla"
         )
     return choice
+
+
+def auto_form(cpu_flags: frozenset[str], xla_flags: str) -> str:
+    """The fastest form for a CPU with `cpu_flags` under `xla_flags` (measured per host class,
+    README "Performance"): the kernel where it streams faster than YNNPACK, bfloat16 GEMMs widened
+    where XLA may use no bfloat16 instructions."""
+    if not streaming_matmul.streams_faster(cpu_flags, xla_flags):
+        return FEW_ROWS_FORM
+    if bfloat16_instructions(cpu_flags, xla_flags):
+        return NARROW_STREAMED
+    return STREAMED
 
 
 def product_for(form: str) -> model.WeightProduct:
     """The weight product of a concrete form (resolve)."""
     if form == XLA:
         return model.weight_product
-    return functools.partial(_dense, bfloat16_without_instructions=form == STREAMED)
+    kernel_rows, widen = _KERNEL_ROWS_AND_WIDENING[form]
+    return functools.partial(_dense, kernel_rows=kernel_rows, widen=widen)
 
 
 def install(choice: str = AUTO) -> str:
     """Make `choice` this process's weight product; returns the concrete form. The streaming kernel
     is built here when chosen, so a missing compiler is reported before any work."""
     form = resolve(choice)
-    if form == STREAMED:
+    if form in KERNEL_FORMS:
         streaming_matmul.prepare_kernel()
     global _installed
     if form != _installed:
@@ -127,19 +156,21 @@ def forced(form: str) -> Iterator[None]:
 
 
 def _dense(
-    x: jax.Array, w: jax.Array, axes: Axes, *, bfloat16_without_instructions: bool
+    x: jax.Array, w: jax.Array, axes: Axes, *, kernel_rows: int, widen: bool
 ) -> jax.Array:
     """model.weight_product's contract: x (..., in) times w (out, in) -> (..., out) float32. On
-    XLA:CPU few rows take this module's stream forms, and on a CPU without bfloat16 instructions a
-    bfloat16 GEMM its widened form; everything else, and every other platform, the plain one.
+    XLA:CPU few rows take this module's stream forms (bfloat16 up to `kernel_rows` per device the
+    kernel's), and a bfloat16 GEMM where `widen` its widened form; everything else, and every
+    other platform, the plain one.
     """
-    bfloat16 = bfloat16_without_instructions and x.dtype == jnp.bfloat16
+    bfloat16 = x.dtype == jnp.bfloat16
+    rows = rows_per_device(x)
     # A weight held widened (steps.widen_gemm_weights) takes the widened form at any row count.
-    if rows_per_device(x) > FEW_ROWS or w.dtype != x.dtype:
-        if not bfloat16:
+    if rows > FEW_ROWS or w.dtype != x.dtype:
+        if not (bfloat16 and widen):
             return model.weight_product(x, w, axes)
         cpu = functools.partial(widened, axes=tuple(axes))
-    elif bfloat16:
+    elif bfloat16 and rows <= kernel_rows:
         cpu = functools.partial(streamed, axes=tuple(axes))
     else:
         cpu = few_rows

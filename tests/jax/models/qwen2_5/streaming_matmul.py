@@ -2,7 +2,7 @@
 #
 # SPDX-License-Identifier: Apache-2.0
 
-"""A decode step's bfloat16 product on x86-64 CPUs without bfloat16 instructions, at memory speed.
+"""A decode step's bfloat16 product on x86-64 CPUs without AMX, at memory speed.
 
 With few rows per device a product with a weight is a stream over the weight, and its speed is
 the speed at which the weight is read. On CPUs without bfloat16 instructions (AVX2 only) XLA:CPU's
@@ -12,8 +12,10 @@ streams faster (README "Performance" lists the forms measured). `streaming_matmu
 bfloat16 with a shift, accumulates in float32 with FMA, splits the weight's rows over XLA's
 intra-op threads and prefetches ahead of each row: 19-27 GB/s on the 0.5B shapes, 2 cores.
 
-Where the CPU has bfloat16 dot instructions (AVX512_BF16, AMX) YNNPACK's own kernels read
-22-30 GB/s, faster than this kernel, so it is not used there (`faster_here`).
+With AMX YNNPACK's own kernels read 22-30 GB/s, faster than this kernel, so it is not used there
+(`streams_faster`). With AVX512_BF16 but no AMX (AMD Zen 4) YNNPACK's kernels are compute-bound
+at a few rows too, and the kernel is faster up to 4 rows per device (cpu_products'
+`narrow-streamed` form; README "Performance").
 
 It is built with the host's C++ compiler on first use (a few seconds) and cached by the hash of
 its source, flags and jaxlib version, so an upgrade rebuilds it. Registered for XLA:CPU only:
@@ -35,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-from tests.infra.cpu_class import cpu_flags
+from tests.infra.cpu_class import bfloat16_instructions, cpu_flags
 
 _SOURCE = Path(__file__).with_suffix(".cc")
 TARGET = "qwen2_5_streaming_matmul"
@@ -44,10 +46,6 @@ _FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC")
 
 class KernelBuildError(RuntimeError):
     """The host cannot build the CPU decode kernel."""
-
-
-# XLA:CPU's `--xla_cpu_max_isa` values below AVX-512: with one of them XLA emits no AVX-512.
-_BELOW_AVX512 = {"SSE4_2", "AVX", "AVX2"}
 
 
 @functools.cache
@@ -63,24 +61,16 @@ def runs_here() -> bool:
 
 def streams_faster(cpu_flags: frozenset[str], xla_flags: str) -> bool:
     """Whether the kernel runs on a CPU with `cpu_flags` and reads bfloat16 weights faster there
-    than XLA:CPU's own kernels: true unless XLA may use bfloat16 dot instructions (AVX512_BF16,
-    AMX_BF16), which it may not when `xla_flags` caps it below AVX-512 (`--xla_cpu_max_isa`, as
-    tests/infra/cpu_class's emulation of an AVX2-only CPU does)."""
-    if not {"avx2", "fma"} <= cpu_flags:
-        return False
-    max_isa = [
-        arg.split("=", 1)[1]
-        for arg in xla_flags.split()
-        if arg.startswith("--xla_cpu_max_isa=")
-    ]
-    if max_isa and max_isa[-1].upper() in _BELOW_AVX512:
-        return True
-    return not cpu_flags & {"avx512_bf16", "amx_bf16"}
+    than XLA:CPU's own kernels, at least for a few rows: true unless XLA may use AMX (which
+    `xla_flags` may cap away, as tests/infra/cpu_class's emulation of an AVX2-only CPU does).
+    """
+    runs = {"avx2", "fma"} <= cpu_flags
+    return runs and "amx_bf16" not in bfloat16_instructions(cpu_flags, xla_flags)
 
 
-def faster_here() -> bool:
-    """`streams_faster` for this CPU and this process's XLA_FLAGS."""
-    return streams_faster(_cpu_flags(), os.environ.get("XLA_FLAGS", ""))
+def host_flags() -> tuple[frozenset[str], str]:
+    """This CPU's flags (none off x86-64) and this process's XLA_FLAGS: what the forms depend on."""
+    return _cpu_flags(), os.environ.get("XLA_FLAGS", "")
 
 
 def _cache_dir() -> Path:

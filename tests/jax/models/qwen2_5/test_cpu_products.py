@@ -23,6 +23,9 @@ from tests.infra.mesh import make_mesh
 from tests.jax.models.qwen2_5 import cpu_products, streaming_matmul
 from tests.jax.models.qwen2_5.cpu_products import (
     FEW_ROWS_FORM,
+    KERNEL_FORMS,
+    NARROW_ROWS,
+    NARROW_STREAMED,
     STREAMED,
     XLA,
     CpuProductsError,
@@ -50,12 +53,13 @@ def _one_token_logits(model: nnx.Module, mesh, form: str) -> np.ndarray:
             return np.asarray(forward(state, ids, positions, mask), np.float32)
         with jax.set_mesh(mesh):
             text = forward.lower(state, ids, positions, mask).as_text()
-            assert (streaming_matmul.TARGET in text) == (form == STREAMED)
+            # two rows, one per device on 2x4: within every kernel form's rows
+            assert (streaming_matmul.TARGET in text) == (form in KERNEL_FORMS)
             assert ("optimization_barrier" in text) == (form == FEW_ROWS_FORM)
             return np.asarray(forward(state, ids, positions, mask), np.float32)
 
 
-@pytest.mark.parametrize("form", [FEW_ROWS_FORM, STREAMED])
+@pytest.mark.parametrize("form", [FEW_ROWS_FORM, STREAMED, NARROW_STREAMED])
 @pytest.mark.parametrize("mesh_shape", [None, "2x4"])
 def test_each_form_matches_the_plain_product(tiny_checkpoint, mesh_shape, form, dut):
     """A whole bfloat16 model's one-token forward through `form`, against the plain product: the
@@ -63,7 +67,7 @@ def test_each_form_matches_the_plain_product(tiny_checkpoint, mesh_shape, form, 
     orders rounded to bfloat16 at every layer do; a wrong product would not."""
     if dut.platform != CPU:
         pytest.skip("the kernel is XLA:CPU's")
-    if form == STREAMED and not streaming_matmul.runs_here():
+    if form in KERNEL_FORMS and not streaming_matmul.runs_here():
         pytest.skip("the kernel needs an x86-64 CPU with AVX2 and FMA")
     model = load_model(tiny_checkpoint("gqa28x4"), jnp.bfloat16)
     mesh = None if mesh_shape is None else make_mesh(mesh_shape, dut.devices)
@@ -96,12 +100,39 @@ def test_a_bfloat16_gemm_under_streamed_runs_on_widened_operands(dut):
     assert np.all(np.abs(ours - plain) <= bound)
 
 
-def test_auto_picks_the_kernel_only_where_it_streams_faster(monkeypatch):
-    monkeypatch.setattr(streaming_matmul, "faster_here", lambda: True)
-    assert cpu_products.resolve("auto") == STREAMED
-    monkeypatch.setattr(streaming_matmul, "faster_here", lambda: False)
-    assert cpu_products.resolve("auto") == FEW_ROWS_FORM
+def test_auto_picks_each_host_class_its_fastest_form():
+    avx2 = frozenset({"avx2", "fma"})
+    zen4 = avx2 | {"avx512f", "avx512_bf16"}
+    amx = zen4 | {"amx_bf16"}
+    assert cpu_products.auto_form(avx2, "") == STREAMED
+    assert cpu_products.auto_form(zen4, "") == NARROW_STREAMED
+    assert cpu_products.auto_form(amx, "") == FEW_ROWS_FORM
+    # as tests/infra/cpu_class emulates an AVX2-only CPU
+    assert cpu_products.auto_form(amx, "--xla_cpu_max_isa=AVX2") == STREAMED
+    assert cpu_products.auto_form(frozenset({"avx", "sse4_2"}), "") == FEW_ROWS_FORM
     assert cpu_products.resolve(XLA) == XLA
+
+
+@pytest.mark.parametrize(
+    ("rows", "kernel", "few_rows"),
+    [(NARROW_ROWS, True, False), (NARROW_ROWS + 1, False, True), (32, False, False)],
+)
+def test_the_narrow_form_streams_only_narrow_products(rows, kernel, few_rows, dut):
+    """`narrow-streamed`: up to NARROW_ROWS bfloat16 rows per device the kernel, more the few-rows
+    form (a bfloat16 dot behind a barrier), a GEMM the plain bfloat16 dot (not widened).
+    """
+    if dut.platform != CPU:
+        pytest.skip("the kernel is XLA:CPU's")
+    x = jnp.ones((rows, 64), jnp.bfloat16)
+    w = jnp.ones((48, 64), jnp.bfloat16)
+    product = jax.jit(
+        lambda x, w: cpu_products.product_for(NARROW_STREAMED)(x, w, AXES)
+    )
+    text = product.lower(x, w).as_text()
+    assert (streaming_matmul.TARGET in text) == kernel
+    assert ("stablehlo.dot_general" in text) == (not kernel)
+    assert "tensor<48x64xf32>" not in text  # the weight is never widened
+    assert ("optimization_barrier" in text) == few_rows
 
 
 def test_a_form_this_host_cannot_run_is_refused(monkeypatch):
