@@ -22,8 +22,9 @@ from tests.infra import host_memory
 # Attention scores of one prefill layer of Qwen2.5-0.5B (14 heads x 1,024 tokens x 1,280 slots,
 # float32: 70 MiB, over every glibc mapping threshold), a new buffer per call. Each call's faults
 # are counted on its own: one arena fragments, so a kept heap still grows by a whole buffer on a
-# few calls before it settles (0-5 of 40 calls after warm-up, at most 6 of 300, on a Zen 2 and a
-# Zen 4 EPYC), while the default faults in the buffer on every call. The median parts the two.
+# few calls before it settles (on a Zen 4 EPYC 0-5 of 40 calls after warm-up, at most 6 of 300;
+# on CI's Zen 2 one of 5), while the default faults in the buffer on every call. The median of
+# 31 calls parts the two unless 16 of them grow the heap.
 _MEASURE = """
 import json, resource, statistics
 from tests.infra import host_memory
