@@ -26,6 +26,9 @@ from pathlib import Path
 
 # CPU features that decide the speed of bfloat16 products on XLA:CPU and in PyTorch.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+# XLA:CPU's `--xla_cpu_max_isa` values below AVX-512: with one of them XLA emits no AVX-512.
+_BELOW_AVX512 = {"SSE4_2", "AVX", "AVX2"}
+BFLOAT16_INSTRUCTIONS = frozenset({"avx512_bf16", "amx_bf16"})
 AVX2_ONLY = "AVX2 without bfloat16 instructions"
 BF16_NATIVE = "AVX-512 with bfloat16 instructions"
 
@@ -71,11 +74,6 @@ def host_class() -> dict:
         "class": BF16_NATIVE if native_bf16 and not _emulated else AVX2_ONLY,
         "emulated": _emulated,
     }
-
-
-# XLA:CPU's `--xla_cpu_max_isa` values below AVX-512: with one of them XLA emits no AVX-512.
-_BELOW_AVX512 = {"SSE4_2", "AVX", "AVX2"}
-BFLOAT16_INSTRUCTIONS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 def bfloat16_instructions(flags: frozenset[str], xla_flags: str) -> frozenset[str]:

@@ -15,8 +15,9 @@ The cost is that the process keeps its high-water mark: memory it freed stays re
 own reuse. What a step holds at once, which the steps' memory check counts
 (steps.CompiledSteps.peak_bytes), is the same; one arena may fragment: small allocations carve
 into a freed intermediate, so the heap grows by a whole one now and then before it settles (the
-loader's peak memory test bounds what that costs). The setting is process-wide and reaches threads started after it: an entry
-point makes it in a fresh process (configure_jax), before XLA starts its threads.
+loader's peak memory test bounds what that costs). The setting is process-wide and reaches
+threads started after it: an entry point makes it in a fresh process (configure_jax), before XLA
+starts its threads.
 """
 
 from __future__ import annotations

@@ -53,7 +53,6 @@ from tests.jax.models.qwen2_5.partitioning import (
 AUTO, XLA, FEW_ROWS_FORM, STREAMED = "auto", "xla", "few-rows", "streamed"
 NARROW_STREAMED = "narrow-streamed"
 CHOICES = (AUTO, XLA, FEW_ROWS_FORM, STREAMED, NARROW_STREAMED)
-KERNEL_FORMS = (STREAMED, NARROW_STREAMED)
 # Rows (batch x tokens) per device up to which a product with a weight is a stream over the
 # weight (a decode step) rather than a GEMM (a prefill chunk): only these are substituted.
 FEW_ROWS = 16
@@ -67,6 +66,7 @@ _KERNEL_ROWS_AND_WIDENING = {
     STREAMED: (FEW_ROWS, True),
     NARROW_STREAMED: (NARROW_ROWS, False),
 }
+KERNEL_FORMS = tuple(f for f, (rows, _) in _KERNEL_ROWS_AND_WIDENING.items() if rows)
 
 
 class CpuProductsError(ValueError):
@@ -135,11 +135,8 @@ def widens_gemms(dtype: str) -> bool:
     """Whether this process's `dtype` GEMMs run on weights widened to float32 (`widened`): bfloat16
     on XLA:CPU with the `streamed` form. There a resident float32 copy of those weights saves the
     widening in every prefill chunk."""
-    return (
-        dtype == "bfloat16"
-        and _installed == STREAMED
-        and jax.default_backend() == "cpu"
-    )
+    _, widen = _KERNEL_ROWS_AND_WIDENING.get(_installed, (0, False))
+    return dtype == "bfloat16" and widen and jax.default_backend() == "cpu"
 
 
 @contextmanager
