@@ -12,12 +12,14 @@ every page again: the kernel zeroes gigabytes per prompt. With one arena (the ma
 grows without mappings), no mappings and no trimming, a freed intermediate is reused by the next.
 
 The cost is that the process keeps its high-water mark: memory it freed stays resident for its
-own reuse. What a step holds at once, which the steps' memory check counts
-(steps.CompiledSteps.peak_bytes), is the same; one arena may fragment: small allocations carve
-into a freed intermediate, so the heap grows by a whole one now and then before it settles (the
-loader's peak memory test bounds what that costs). The setting is process-wide and reaches
-threads started after it: an entry point makes it in a fresh process (configure_jax), before XLA
-starts its threads.
+own reuse, and one arena may fragment: small allocations carve into a freed intermediate, so the
+heap grows by a whole one now and then before it settles (the loader's peak memory test bounds
+what that costs for loading). The steps' memory check (steps.CompiledSteps.peak_bytes) counts
+XLA's buffers, not these intermediates: where they are hundreds of MiB (a batch of long prompts
+in one prefill chunk), the process outgrows that estimate, with glibc's default too and more so
+with this setting (README "Performance"). The setting is process-wide and reaches threads started
+after it: an entry point makes it in a fresh process (configure_jax), before XLA starts its
+threads.
 """
 
 from __future__ import annotations
