@@ -15,11 +15,11 @@ The cost is that the process keeps its high-water mark: memory it freed stays re
 own reuse, and one arena may fragment: small allocations carve into a freed intermediate, so the
 heap grows by a whole one now and then before it settles (the loader's peak memory test bounds
 what that costs for loading). The steps' memory check (steps.CompiledSteps.peak_bytes) counts
-XLA's buffers, not these intermediates: where they are hundreds of MiB (a batch of long prompts
-in one prefill chunk), the process outgrows that estimate, with glibc's default too and more so
-with this setting (README "Performance"). The setting is process-wide and reaches threads started
-after it: an entry point makes it in a fresh process (configure_jax), before XLA starts its
-threads.
+XLA's buffers, not these intermediates, so a model keeps each one small (attention over blocks
+of queries, say): where they are hundreds of MiB, the process outgrows that estimate, with
+glibc's default too and more so with this setting (README "Performance"). The setting is
+process-wide and reaches threads started after it: an entry point makes it in a fresh process
+(configure_jax), before XLA starts its threads.
 """
 
 from __future__ import annotations

@@ -342,6 +342,14 @@ class Attention(nnx.Module):
         return jax.nn.softmax(logits, axis=-1).astype(scores.dtype)
 
 
+# The most bytes of float32 scores (over all devices) one block of queries may hold: attention
+# runs over blocks of queries small enough that no intermediate grows with a whole chunk times
+# the cache (a prefill chunk of 256 queries over 4,096 slots at batch 8 would hold 470 MB of
+# scores per layer, and the matrix library keeps its own copies outside the compiler's buffers).
+# Each query's softmax and products are the same in any block, so the blocks change no result.
+SCORE_BLOCK_BYTES = 32 * 2**20
+
+
 def grouped_attention(
     q: jax.Array,
     k: jax.Array,
@@ -361,12 +369,53 @@ def grouped_attention(
     batch, heads, seq, hd = q.shape
     kv = k.shape[1]
     q = q.reshape(batch, kv, heads // kv, seq, hd)  # (B, K, G, T, H)
+    bias = bias[:, :, None]  # (B, 1, 1, T, S)
+    attend = functools.partial(_attend, k=k, v=v, scale=scale, softmax=softmax)
+    block = _query_block(q.shape, k.shape[2])
+    if block == seq:
+        out = attend(q, bias)
+    else:
+        blocks = -(-seq // block)
+        q, bias = _query_blocks(q, blocks, block), _query_blocks(bias, blocks, block)
+        out = jax.lax.map(lambda qb: attend(*qb), (q, bias))  # (n, B, K, G, block, H)
+        out = jnp.moveaxis(out, 0, 3).reshape(*out.shape[1:4], -1, hd)[..., :seq, :]
+    return out.reshape(batch, heads, seq, hd)
+
+
+def _attend(
+    q: jax.Array,
+    bias: jax.Array,
+    *,
+    k: jax.Array,
+    v: jax.Array,
+    scale: float,
+    softmax: Callable[[jax.Array, jax.Array], jax.Array],
+) -> jax.Array:
+    """q (B, K, G, T, H), bias (B, 1, 1, T, S) -> (B, K, G, T, H)."""
     # Scores are rounded to the model dtype before scaling, as Hugging Face's eager path.
     # (B, K, G, T, S)
     scores = _matmul(q, k, "bkgth,bksh->bkgts").astype(q.dtype) * scale
-    probs = softmax(scores, bias[:, :, None])
-    out = _matmul(probs, v, "bkgts,bksh->bkgth").astype(q.dtype)  # (B, K, G, T, H)
-    return out.reshape(batch, heads, seq, hd)
+    probs = softmax(scores, bias)
+    return _matmul(probs, v, "bkgts,bksh->bkgth").astype(q.dtype)
+
+
+def _query_block(q_shape: tuple[int, ...], slots: int) -> int:
+    """Queries per block: all of them where their float32 scores fit SCORE_BLOCK_BYTES (every
+    decode step), else the largest power of two that fits."""
+    *rows, seq, _ = q_shape
+    per_query = 4 * slots * int(np.prod(rows))
+    if seq * per_query <= SCORE_BLOCK_BYTES:
+        return seq
+    return 1 << max(0, (SCORE_BLOCK_BYTES // per_query).bit_length() - 1)
+
+
+def _query_blocks(x: jax.Array, blocks: int, block: int) -> jax.Array:
+    """(..., T, X) -> (blocks, ..., block, X): the queries padded with zeros to whole blocks (a
+    padded query's output is dropped), block index first for `lax.map`."""
+    pad = [(0, 0)] * x.ndim
+    pad[-2] = (0, blocks * block - x.shape[-2])
+    x = jnp.pad(x, pad).reshape(*x.shape[:-2], blocks, block, x.shape[-1])
+    return jnp.moveaxis(x, -3, 0)
 
 
 class MLP(nnx.Module):

@@ -261,7 +261,7 @@ UP_FRONT = [
         "do not fit the model's context of 4,096 tokens",
     ),
     (
-        ["--limit", "4", "--memory-budget", "0.1"],
+        ["--limit", "4", "--memory-budget", "0.02"],
         "lower --batch-size (now 8) or --prefill-chunk (now 256)",
     ),
     (["--limit", "4", "--prefill-chunk", "0"], "--prefill-chunk must be >= 1"),

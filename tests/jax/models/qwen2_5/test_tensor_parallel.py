@@ -32,11 +32,18 @@ from tests.infra.equivalence import (
 )
 from tests.infra.golden_check import Thresholds
 from tests.infra.mesh import MODEL_AXIS, MeshShape, make_mesh
+from tests.jax.models.qwen2_5 import model as model_module
 from tests.jax.models.qwen2_5.audit import exact_model, oracle_tie_rule
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, QWEN2_5_FAMILY, TINY_PRESETS
 from tests.jax.models.qwen2_5.faults import AppendedPadding
 from tests.jax.models.qwen2_5.loader import load_model
-from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
+from tests.jax.models.qwen2_5.model import (
+    Attention,
+    Qwen2ForCausalLM,
+    attention_bias,
+    attention_mask,
+    grouped_attention,
+)
 from tests.jax.models.qwen2_5.plan import (
     CHIP_DRAM,
     build_report,
@@ -383,6 +390,40 @@ def test_grouped_padding_is_exact_and_appended_padding_is_not(golden_model):
     appended = logits(pad_model(golden, AppendedPadding(**vars(split))))
     assert np.abs(grouped - reference).max() < 1e-5
     assert np.abs(appended - reference).max() > 1e-2
+
+
+@pytest.mark.push
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_query_blocks_change_no_result(dtype, monkeypatch):
+    """Attention over blocks of queries gives every query exactly the output it gets among all of
+    them, at a size where the matrix library runs the products (200 queries over 1,024 slots):
+    blocks of 32 and of 128 (the last padded: 7 x 32 = 224, 2 x 128 = 256) against one block.
+    A block that mixed queries or kept a padded row would change outputs."""
+    batch, kv, groups, seq, slots, hd = 2, 2, 7, 200, 1024, 64
+    keys = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(keys[0], (batch, kv * groups, seq, hd), getattr(jnp, dtype))
+    k, v = (jax.random.normal(key, (batch, kv, slots, hd), q.dtype) for key in keys[1:])
+    key_valid = jnp.arange(slots)[None] >= jnp.array([[0], [300]])  # row 1 left-padded
+    bias = attention_bias(attention_mask(key_valid, slots - seq, seq), q.dtype)
+    per_query = 4 * batch * kv * groups * slots  # float32 score bytes
+
+    def attend(queries_per_block: int) -> np.ndarray:
+        monkeypatch.setattr(
+            model_module, "SCORE_BLOCK_BYTES", queries_per_block * per_query
+        )
+        grouped_shape = (batch, kv, groups, seq, hd)
+        assert model_module._query_block(grouped_shape, slots) == queries_per_block
+        attention = functools.partial(
+            grouped_attention,
+            scale=hd**-0.5,
+            is_causal=False,
+            softmax=Attention.softmax,
+        )
+        return np.asarray(jax.jit(attention)(q, k, v, bias).astype(jnp.float32))
+
+    whole = attend(seq)
+    np.testing.assert_array_equal(attend(32), whole)
+    np.testing.assert_array_equal(attend(128), whole)
 
 
 @pytest.mark.nightly  # the plan CLI checks 1x8 in the default run (test_plan_cli_json)
