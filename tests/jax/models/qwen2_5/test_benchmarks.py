@@ -298,7 +298,7 @@ def test_prefill_memory_of_4096_tokens_at_batch_8(bench_checkpoint, benchmark, r
 
     The estimate must cover what the programs hold, XLA's buffers and the matrix library's own
     intermediates: glibc's default returns freed memory, so its growth is that. The kept heap
-    also holds what fragmentation strands (README "Performance": 1.35-2.06x in 5 runs of the
+    also holds what fragmentation strands (README "Performance": 1.35-2.06x in 6 runs of the
     same code), which the estimate does not count: reported, not bounded."""
 
     def run(environment: dict[str, str]) -> dict:
