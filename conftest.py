@@ -50,7 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addoption(
         "--cpu-products",
-        choices=("auto", "xla", "few-rows", "streamed", "narrow-streamed"),
+        choices=("auto", "xla", "few-rows", "streamed", "streamed-native"),
         default="auto",
         help="XLA:CPU's form of a model's weight products (a model package installs it at start-up; "
         "qwen2_5/cpu_products.py): auto picks by host",

@@ -17,12 +17,13 @@ repacks the weight on every call; this module gives it the forms that read a wei
   those CPUs XLA's bfloat16 GEMMs (prefill chunks) are also slower than its float32 ones, so a
   bfloat16 GEMM runs on its operands widened to float32 (`widened`): exact widening, float32 sums
   rounded once, as the contract says;
-- `narrow-streamed`: bfloat16 products of up to NARROW_ROWS rows per device by the kernel, wider
-  ones `few-rows`, GEMMs native: for CPUs with AVX512_BF16 but no AMX (AMD Zen 4), whose bfloat16
-  GEMMs are faster than float32 ones but whose `few-rows` streams are compute-bound at few rows;
+- `streamed-native`: bfloat16 products by the kernel as in `streamed`, GEMMs native: for CPUs with
+  AVX512_BF16 but no AMX (AMD Zen 4), whose bfloat16 GEMMs are faster than float32 ones, whose
+  `few-rows` streams are compute-bound at few rows, and where the kernel multiplies bfloat16 pairs
+  with the CPU's own dot instruction (streaming_matmul.native_bf16);
 - `xla`: no substitution, the plain product everywhere;
 - `auto` (the default): by the CPU's bfloat16 instructions (`auto_form`): `streamed` with none,
-  `narrow-streamed` with AVX512_BF16 alone, `few-rows` with AMX (or without AVX2, where the
+  `streamed-native` with AVX512_BF16 alone, `few-rows` with AMX (or without AVX2, where the
   kernel cannot run).
 
 Every form computes the same products with float32 sums as the plain one; only the summation
@@ -51,20 +52,17 @@ from tests.jax.models.qwen2_5.partitioning import (
 )
 
 AUTO, XLA, FEW_ROWS_FORM, STREAMED = "auto", "xla", "few-rows", "streamed"
-NARROW_STREAMED = "narrow-streamed"
-CHOICES = (AUTO, XLA, FEW_ROWS_FORM, STREAMED, NARROW_STREAMED)
+STREAMED_NATIVE = "streamed-native"
+CHOICES = (AUTO, XLA, FEW_ROWS_FORM, STREAMED, STREAMED_NATIVE)
 # Rows (batch x tokens) per device up to which a product with a weight is a stream over the
 # weight (a decode step) rather than a GEMM (a prefill chunk): only these are substituted.
 FEW_ROWS = 16
-# Rows per device up to which the kernel streams a bfloat16 weight faster than YNNPACK on a CPU
-# with AVX512_BF16 but no AMX (README "Performance": at 1, 2 and 4 rows, 8 no longer).
-NARROW_ROWS = 4
 # Per form: the rows per device up to which bfloat16 products take the kernel, and whether
 # bfloat16 GEMMs run widened.
 _KERNEL_ROWS_AND_WIDENING = {
     FEW_ROWS_FORM: (0, False),
     STREAMED: (FEW_ROWS, True),
-    NARROW_STREAMED: (NARROW_ROWS, False),
+    STREAMED_NATIVE: (FEW_ROWS, False),
 }
 KERNEL_FORMS = tuple(f for f, (rows, _) in _KERNEL_ROWS_AND_WIDENING.items() if rows)
 
@@ -95,7 +93,7 @@ def auto_form(cpu_flags: frozenset[str], xla_flags: str) -> str:
     if not streaming_matmul.streams_faster(cpu_flags, xla_flags):
         return FEW_ROWS_FORM
     if bfloat16_instructions(cpu_flags, xla_flags):
-        return NARROW_STREAMED
+        return STREAMED_NATIVE
     return STREAMED
 
 

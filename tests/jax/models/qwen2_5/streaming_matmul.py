@@ -14,8 +14,10 @@ intra-op threads and prefetches ahead of each row: 19-27 GB/s on the 0.5B shapes
 
 With AMX YNNPACK's own kernels read 22-30 GB/s, faster than this kernel, so it is not used there
 (`streams_faster`). With AVX512_BF16 but no AMX (AMD Zen 4) YNNPACK's kernels are compute-bound
-at a few rows too, and the kernel is faster up to 4 rows per device (cpu_products'
-`narrow-streamed` form; README "Performance").
+at a few rows too, and so is the AVX2 path beyond 4 rows: there the kernel multiplies bfloat16
+pairs with the CPU's dot instruction (`native_bf16`), the same exact products and float32 sums,
+and streams faster than YNNPACK at every few-row count (cpu_products' `streamed-native` form;
+README "Performance").
 
 It is built with the host's C++ compiler on first use (a few seconds) and cached by the hash of
 its source, flags and jaxlib version, so an upgrade rebuilds it. Registered for XLA:CPU only:
@@ -109,7 +111,7 @@ def _library() -> Path:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise KernelBuildError(
             f"building the CPU decode kernel with {compiler!r} failed: {last}; it needs a C++17 compiler "
-            "with AVX2 support (g++ >= 7), set CXX to one"
+            "with AVX2 and AVX512_BF16 targets (g++ >= 10), set CXX to one"
         )
     os.replace(partial, library)
     return library
@@ -134,4 +136,12 @@ def streamed_product(x: jax.Array, w: jax.Array) -> jax.Array:
     this device holds."""
     _register()
     result = jax.ShapeDtypeStruct((x.shape[0], w.shape[0]), jnp.float32)
-    return jax.ffi.ffi_call(TARGET, result)(x, w)
+    native = native_bf16(*host_flags())
+    return jax.ffi.ffi_call(TARGET, result)(x, w, native=native)
+
+
+def native_bf16(cpu_flags: frozenset[str], xla_flags: str) -> bool:
+    """Whether the kernel multiplies bfloat16 pairs with AVX512_BF16's dot instruction on a CPU with
+    `cpu_flags` under `xla_flags`: where the CPU has it and XLA is not capped below AVX-512, so an
+    emulated AVX2-only host runs the AVX2 path as a real one does."""
+    return "avx512_bf16" in bfloat16_instructions(cpu_flags, xla_flags)

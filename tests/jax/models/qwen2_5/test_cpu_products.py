@@ -22,11 +22,11 @@ from tests.infra.devices import CPU
 from tests.infra.mesh import make_mesh
 from tests.jax.models.qwen2_5 import cpu_products, streaming_matmul
 from tests.jax.models.qwen2_5.cpu_products import (
+    FEW_ROWS,
     FEW_ROWS_FORM,
     KERNEL_FORMS,
-    NARROW_ROWS,
-    NARROW_STREAMED,
     STREAMED,
+    STREAMED_NATIVE,
     XLA,
     CpuProductsError,
 )
@@ -59,7 +59,7 @@ def _one_token_logits(model: nnx.Module, mesh, form: str) -> np.ndarray:
             return np.asarray(forward(state, ids, positions, mask), np.float32)
 
 
-@pytest.mark.parametrize("form", [FEW_ROWS_FORM, STREAMED, NARROW_STREAMED])
+@pytest.mark.parametrize("form", [FEW_ROWS_FORM, STREAMED, STREAMED_NATIVE])
 @pytest.mark.parametrize("mesh_shape", [None, "2x4"])
 def test_each_form_matches_the_plain_product(tiny_checkpoint, mesh_shape, form, dut):
     """A whole bfloat16 model's one-token forward through `form`, against the plain product: the
@@ -105,7 +105,7 @@ def test_auto_picks_each_host_class_its_fastest_form():
     zen4 = avx2 | {"avx512f", "avx512_bf16"}
     amx = zen4 | {"amx_bf16"}
     assert cpu_products.auto_form(avx2, "") == STREAMED
-    assert cpu_products.auto_form(zen4, "") == NARROW_STREAMED
+    assert cpu_products.auto_form(zen4, "") == STREAMED_NATIVE
     assert cpu_products.auto_form(amx, "") == FEW_ROWS_FORM
     # as tests/infra/cpu_class emulates an AVX2-only CPU
     assert cpu_products.auto_form(amx, "--xla_cpu_max_isa=AVX2") == STREAMED
@@ -113,26 +113,23 @@ def test_auto_picks_each_host_class_its_fastest_form():
     assert cpu_products.resolve(XLA) == XLA
 
 
-@pytest.mark.parametrize(
-    ("rows", "kernel", "few_rows"),
-    [(NARROW_ROWS, True, False), (NARROW_ROWS + 1, False, True), (32, False, False)],
-)
-def test_the_narrow_form_streams_only_narrow_products(rows, kernel, few_rows, dut):
-    """`narrow-streamed`: up to NARROW_ROWS bfloat16 rows per device the kernel, more the few-rows
-    form (a bfloat16 dot behind a barrier), a GEMM the plain bfloat16 dot (not widened).
+@pytest.mark.parametrize(("rows", "kernel"), [(FEW_ROWS, True), (FEW_ROWS + 1, False)])
+def test_the_native_form_streams_few_rows_and_keeps_gemms_bfloat16(rows, kernel, dut):
+    """`streamed-native`: up to FEW_ROWS bfloat16 rows per device the kernel, a GEMM the plain
+    bfloat16 dot (not widened, no barrier).
     """
     if dut.platform != CPU:
         pytest.skip("the kernel is XLA:CPU's")
     x = jnp.ones((rows, 64), jnp.bfloat16)
     w = jnp.ones((48, 64), jnp.bfloat16)
     product = jax.jit(
-        lambda x, w: cpu_products.product_for(NARROW_STREAMED)(x, w, AXES)
+        lambda x, w: cpu_products.product_for(STREAMED_NATIVE)(x, w, AXES)
     )
     text = product.lower(x, w).as_text()
     assert (streaming_matmul.TARGET in text) == kernel
     assert ("stablehlo.dot_general" in text) == (not kernel)
     assert "tensor<48x64xf32>" not in text  # the weight is never widened
-    assert ("optimization_barrier" in text) == few_rows
+    assert "optimization_barrier" not in text
 
 
 def test_a_form_this_host_cannot_run_is_refused(monkeypatch):

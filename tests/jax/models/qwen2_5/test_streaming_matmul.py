@@ -4,7 +4,8 @@
 
 """streaming_matmul's CPU decode kernel: against a float64 reference, on every mesh against the
 single device, where it is chosen, and how a failed build is reported. Runs on any x86-64 CPU with
-AVX2, whichever form the model takes there by default (a whole model through it: test_cpu_products).
+AVX2, whichever form the model takes there by default (a whole model through it: test_cpu_products);
+its AVX512_BF16 path where the CPU has that.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from tests.infra.cli import run_cli
 from tests.infra.devices import CPU
 from tests.jax.models.qwen2_5 import cpu_products, streaming_matmul
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
-from tests.jax.models.qwen2_5.streaming_matmul import streamed_product, streams_faster
+from tests.jax.models.qwen2_5.streaming_matmul import (
+    native_bf16,
+    streamed_product,
+    streams_faster,
+)
 
 pytestmark = [
     pytest.mark.model_test,
@@ -28,6 +33,17 @@ pytestmark = [
         reason="the kernel needs an x86-64 CPU with AVX2 and FMA",
     ),
 ]
+
+
+@pytest.fixture(params=["avx2", "avx512_bf16"])
+def kernel_path(request, monkeypatch) -> str:
+    """Each of the kernel's paths, forced: the AVX2 one runs on every such CPU, the AVX512_BF16 one
+    where the CPU has the instruction."""
+    native = request.param == "avx512_bf16"
+    if native and not native_bf16(*streaming_matmul.host_flags()):
+        pytest.skip("this CPU (or XLA_FLAGS) has no AVX512_BF16")
+    monkeypatch.setattr(streaming_matmul, "native_bf16", lambda *_: native)
+    return request.param
 
 
 def _bf16(rng: np.random.Generator, *shape: int) -> jax.Array:
@@ -50,14 +66,17 @@ def _summation_bound(x: np.ndarray, w: np.ndarray) -> np.ndarray:
         (3, 100, 1001),
         (5, 264, 70),
         (16, 8, 4),
+        (8, 96, 11),
+        (13, 45, 9),
         (1, 7, 3),
         (1, 4864, 896),
     ],
     ids=lambda v: str(v),
 )
-def test_matches_a_float64_reference(m, k, n):
-    """Covers both weight-row blockings (1-2 rows of x, 3+), every row remainder, K tails shorter
-    than a vector and rows longer than a page (the other prefetch distance)."""
+def test_matches_a_float64_reference(m, k, n, kernel_path):
+    """Covers each path's weight-row blockings (AVX2: 1-2 rows of x, 3+; AVX512_BF16: blocks of 4
+    rows of x), every row remainder, K tails shorter than a vector or none, and rows longer than a
+    page (the other prefetch distance)."""
     rng = np.random.default_rng(m * 1000 + k + n)
     x, w = _bf16(rng, m, k), _bf16(rng, n, k)
     y = np.asarray(jax.jit(streamed_product)(x, w))
@@ -72,7 +91,9 @@ def test_matches_a_float64_reference(m, k, n):
     ids=["column", "row"],
 )
 @pytest.mark.parametrize("batch", [1, 8])
-def test_on_every_mesh_equals_the_single_device(mesh, dut, axes, width, batch):
+def test_on_every_mesh_equals_the_single_device(
+    mesh, dut, axes, width, batch, kernel_path
+):
     """cpu_products.streamed on each device's blocks. A column-parallel weight gives every output from one
     device with the single device's summation order: bit-equal. A row-parallel one sums float32
     partial sums once more: within the summation bound. No weight is gathered; the only
@@ -100,12 +121,22 @@ def test_on_every_mesh_equals_the_single_device(mesh, dut, axes, width, batch):
         )
 
 
+def test_native_only_where_the_cpu_and_xla_have_avx512_bf16():
+    avx2 = frozenset({"avx2", "fma"})
+    zen4 = avx2 | {"avx512f", "avx512_bf16"}
+    assert not native_bf16(avx2, "")
+    assert native_bf16(zen4, "")
+    assert not native_bf16(zen4, "--xla_cpu_max_isa=AVX2")  # an emulated AVX2-only host
+
+
 def test_chosen_only_where_it_streams_faster():
     avx2 = frozenset({"avx2", "fma"})
     zen4 = avx2 | {"avx512f", "avx512_bf16"}
     amx = zen4 | {"amx_bf16"}
     assert streams_faster(avx2, "")  # AVX2-only: YNNPACK 7.5-10 GB/s, the kernel 19-27
-    assert streams_faster(zen4, "")  # AVX512_BF16 alone: the kernel up to 4 rows
+    assert streams_faster(
+        zen4, ""
+    )  # AVX512_BF16 alone: the kernel's dot-instruction path
     assert not streams_faster(amx, "")  # AMX: YNNPACK's own kernels are faster
     assert streams_faster(amx, "--xla_cpu_max_isa=AVX2")  # capped below AVX-512
     # no AVX2: cannot run it
