@@ -29,7 +29,7 @@ import numpy as np
 
 from tests.jax.models.qwen2_5.batching import BatchLayout, GenerationError
 from tests.jax.models.qwen2_5.sampling import GREEDY, SamplingConfig, draws
-from tests.jax.models.qwen2_5.steps import DECODE, INSERT, PREFILL
+from tests.jax.models.qwen2_5.steps import DECODE, INSERT
 
 if TYPE_CHECKING:  # generation.py builds runs of this module
     from tests.jax.models.qwen2_5.generation import Generator
@@ -109,11 +109,9 @@ class ContinuousRun:
     def _compile(self) -> float:
         started = time.perf_counter()
         steps, greedy = self.gen.steps, self.sampling.greedy
-        row = self.layout.one_row(self.layout.prompt_len)
-        # What Generator.prefill runs for the prompts: one program per chunk width.
-        spans = (self.layout.one_row(len(p)).chunk_spans for p in self.prompts)
-        for width in {width for row_spans in spans for _, width in row_spans}:
-            steps.compiled(PREFILL, row.chunk_of(width), greedy)
+        # What Generator.prefill runs for the prompts: one program per chunk width and place.
+        for row in {self.layout.one_row(len(p)) for p in self.prompts}:
+            steps.prefill_chunks(row, greedy)
         self.decode = steps.compiled(DECODE, self.layout, greedy, row_slots=True)
         self.insert = steps.compiled(INSERT, self.layout)
         return time.perf_counter() - started

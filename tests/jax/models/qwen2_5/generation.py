@@ -33,6 +33,7 @@ from tests.jax.models.qwen2_5.steps import (
     DECODE,
     DECODE_ROWS,
     INSERT,
+    NEXT_PREFILL,
     ONE_ROW_PREFILL,
     PREFILL,
     SCORE,
@@ -172,18 +173,21 @@ class Generator:
         sampling: SamplingConfig = GREEDY,
     ) -> dict[str, jax.stages.Lowered]:
         """The steps a request runs, lowered but not compiled (what a compile-only device is checked
-        with): prefill and decode; the same prompts' continuous-batching steps (the decode step
-        with rows at their own slots, one prompt's prefill and its insert into the batch's cache);
-        and score, the teacher-forcing chunk of the same prompts.
+        with): prefill (a prompt's first chunk, and a chunk after it, which a longer prompt runs)
+        and decode; the same prompts' continuous-batching steps (the decode step with rows at
+        their own slots, one prompt's prefill and its insert into the batch's cache); and score,
+        the teacher-forcing chunk of the same prompts.
         """
         lengths, greedy = [len(p) for p in prompts], sampling.greedy
         layout = self.layout(lengths, max_new_tokens)
         lowered = {
-            kind: self.steps.lower(kind, layout, greedy) for kind in (PREFILL, DECODE)
+            PREFILL: self.steps.lower(PREFILL, layout, greedy, first=True),
+            NEXT_PREFILL: self.steps.lower(PREFILL, layout, greedy),
+            DECODE: self.steps.lower(DECODE, layout, greedy),
         }
         lowered[DECODE_ROWS] = self.steps.lower(DECODE, layout, greedy, row_slots=True)
         lowered[ONE_ROW_PREFILL] = self.steps.lower(
-            PREFILL, layout.one_row(max(lengths)), greedy
+            PREFILL, layout.one_row(max(lengths)), greedy, first=True
         )
         lowered[INSERT] = self.steps.lower(INSERT, layout)
         lowered[SCORE] = self.steps.lower(SCORE, self.layout(lengths, 0))
@@ -206,9 +210,8 @@ class Generator:
             raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         layout = self.layout([len(p) for p in prompts], max_new_tokens)
         started = time.perf_counter()
-        self.steps.compiled(PREFILL, layout, sampling.greedy), self.steps.compiled(
-            DECODE, layout, sampling.greedy
-        )
+        self.steps.prefill_chunks(layout, sampling.greedy)
+        self.steps.compiled(DECODE, layout, sampling.greedy)
         compile_seconds = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -272,10 +275,7 @@ class Generator:
         first = draws(indices, [0] * len(prompts), layout.batch)
         cache = self.steps.empty_cache(layout)
         (valid,) = self.placement.rows(key_valid)
-        for start, width in layout.chunk_spans:
-            prefill = self.steps.compiled(
-                PREFILL, layout.chunk_of(width), sampling.greedy
-            )
+        for start, width, prefill in self.steps.prefill_chunks(layout, sampling.greedy):
             chunk = self.placement.rows(
                 ids[:, start : start + width], positions[:, start : start + width]
             )

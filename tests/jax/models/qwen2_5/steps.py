@@ -48,6 +48,8 @@ PREFILL, DECODE, FILL, SCORE = "prefill", "decode", "fill", "score"
 INSERT = "insert"
 # Lowered-step names: a decode step whose rows write at their own slots (continuous batching).
 DECODE_ROWS, ONE_ROW_PREFILL = "decode_rows", "one_row_prefill"
+# A prompt's prefill chunk after its first (Generator.lower's name; the first is PREFILL's).
+NEXT_PREFILL = "next_prefill"
 Cache = tuple[KV, ...]  # per layer, keys and values (B, K, S, H)
 
 # Rows at their own slots are written in place on TT by its cache kernel (tt_cache.py).
@@ -107,13 +109,15 @@ def prefill(
     graphdef: nnx.GraphDef,
     exact: bool,
     greedy: bool,
+    first: bool,
 ) -> tuple[jax.Array, jax.Array, Cache]:
     """One chunk of the prompt (B, chunk) into the cache; the next token from the chunk's last
     column, sampled (when not greedy) with each row's key (sampling.row_keys of `draws`), and its
-    record.
+    record. `first`: the prompt's first chunk (`start` is 0), which attends over its own tokens
+    only (model.Qwen2Model) rather than over the whole cache.
     """
     model = _model(graphdef, state, exact)
-    hidden, cache = model.model(ids, positions, key_valid, cache, start)
+    hidden, cache = model.model(ids, positions, key_valid, cache, 0 if first else start)
     logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V): only the column that predicts
     return *next_token(logits, greedy, _keys(greedy, key, draws), sampling), cache
 
@@ -202,7 +206,9 @@ def score(
 _STATIC = ("graphdef", "exact")
 JITTED = {
     PREFILL: jax.jit(
-        prefill, static_argnames=(*_STATIC, "greedy"), donate_argnames=("cache",)
+        prefill,
+        static_argnames=(*_STATIC, "greedy", "first"),
+        donate_argnames=("cache",),
     ),
     DECODE: jax.jit(
         decode, static_argnames=(*_STATIC, "greedy"), donate_argnames=("cache",)
@@ -225,7 +231,7 @@ def step_collectives(
     if kind == INSERT:
         return {"all_reduce": 0, "all_gather": 0}
     rows_split = split_batch and kind != ONE_ROW_PREFILL
-    chooses = kind in (PREFILL, DECODE, DECODE_ROWS, ONE_ROW_PREFILL)
+    chooses = kind in (PREFILL, NEXT_PREFILL, DECODE, DECODE_ROWS, ONE_ROW_PREFILL)
     gathers = split_model + (1 if greedy else 2) * rows_split if chooses else 0
     return {
         "all_reduce": forward_all_reduces(cfg) if split_model else 0,
@@ -240,6 +246,7 @@ class StepKey(NamedTuple):
     chunk: int
     max_len: int
     row_slots: bool  # a decode step writing each row at its own slot
+    first: bool  # a prompt's first prefill chunk
 
 
 _SCALAR = jax.ShapeDtypeStruct((), jnp.int32)  # a cache slot or row index
@@ -347,12 +354,15 @@ class CompiledSteps:
         layout: BatchLayout,
         greedy: bool = True,
         row_slots: bool = False,
+        first: bool = False,
     ) -> jax.stages.Lowered:
         static = (
             {} if kind == INSERT else {"graphdef": self.graphdef, "exact": self.exact}
         )
         if kind in (PREFILL, DECODE):
             static["greedy"] = greedy
+        if kind == PREFILL:
+            static["first"] = first
         arguments = self._arguments(kind, layout, row_slots)
         return self.placement.within(lambda: JITTED[kind].lower(*arguments, **static))
 
@@ -362,9 +372,11 @@ class CompiledSteps:
         layout: BatchLayout,
         greedy: bool = True,
         row_slots: bool = False,
+        first: bool = False,
     ) -> jax.stages.Compiled:
         """Step `kind` for `layout`, compiled on first use; called with its dynamic arguments only.
-        `row_slots`: a decode step whose rows write at their own slots (continuous batching).
+        `row_slots`: a decode step whose rows write at their own slots (continuous batching);
+        `first`: a prompt's first prefill chunk.
         """
         key = StepKey(
             kind,
@@ -373,10 +385,29 @@ class CompiledSteps:
             layout.chunk,
             layout.max_len,
             row_slots,
+            first,
         )
         if key not in self.programs:
-            self.programs[key] = self.lower(kind, layout, greedy, row_slots).compile()
+            lowered = self.lower(kind, layout, greedy, row_slots, first)
+            self.programs[key] = lowered.compile()
         return self.programs[key]
+
+    def prefill_chunks(
+        self, layout: BatchLayout, greedy: bool = True
+    ) -> list[tuple[int, int, jax.stages.Compiled]]:
+        """(start, width, program) of each prefill chunk of `layout`, compiled on first use: the
+        first chunk's program fills the cache from slot 0, the later ones' read what it holds.
+        """
+        return [
+            (
+                start,
+                width,
+                self.compiled(
+                    PREFILL, layout.chunk_of(width), greedy, first=start == 0
+                ),
+            )
+            for start, width in layout.chunk_spans
+        ]
 
     def cache_bytes(self, layout: BatchLayout) -> int:
         """The KV cache of `layout` over all devices (replicas included)."""
@@ -400,7 +431,7 @@ class CompiledSteps:
         """The weights step `kind` takes as arguments (the memory analysis counts them)."""
         if kind == INSERT:
             return 0
-        chunk = kind in (*CHUNK_STEPS, ONE_ROW_PREFILL)
+        chunk = kind in (*CHUNK_STEPS, NEXT_PREFILL, ONE_ROW_PREFILL)
         return self._bytes(
             jax.tree.leaves(self.abstract_chunk_state if chunk else self.abstract_state)
         )
@@ -416,13 +447,17 @@ class CompiledSteps:
         )
         return per_device * self.placement.devices
 
-    def _program(self, kind: str, layout: BatchLayout) -> jax.stages.Compiled:
-        """The program a lowered-step name runs for `layout` (Generator.lower's names)."""
+    def _programs(self, kind: str, layout: BatchLayout) -> list[jax.stages.Compiled]:
+        """The programs a lowered-step name runs for `layout` (Generator.lower's names)."""
         if kind == DECODE_ROWS:
-            return self.compiled(DECODE, layout, row_slots=True)
-        if kind == ONE_ROW_PREFILL:
-            return self.compiled(PREFILL, layout.one_row(layout.prompt_len))
-        return self.compiled(kind, layout)
+            return [self.compiled(DECODE, layout, row_slots=True)]
+        if kind == NEXT_PREFILL:
+            return [self.compiled(PREFILL, layout)]
+        if kind in (PREFILL, ONE_ROW_PREFILL):
+            row = layout.one_row(layout.prompt_len)
+            chunks = self.prefill_chunks(layout if kind == PREFILL else row)
+            return [program for _, _, program in chunks]
+        return [self.compiled(kind, layout)]
 
     def peak_bytes(
         self, layout: BatchLayout, kinds: Sequence[str] = (PREFILL, DECODE)
@@ -434,15 +469,16 @@ class CompiledSteps:
         inserted into."""
         peak = 0
         for kind in kinds:
-            memory = self._program(kind, layout).memory_analysis()
-            held = (
-                memory.argument_size_in_bytes
-                + memory.output_size_in_bytes
-                - memory.alias_size_in_bytes
-            )
-            held = (held + memory.temp_size_in_bytes) * self.placement.devices
-            held += self.weight_bytes - self._state_bytes(kind)
-            if kind == ONE_ROW_PREFILL:
-                held += self.cache_bytes(layout)
-            peak = max(peak, held)
+            for program in self._programs(kind, layout):
+                memory = program.memory_analysis()
+                held = (
+                    memory.argument_size_in_bytes
+                    + memory.output_size_in_bytes
+                    - memory.alias_size_in_bytes
+                )
+                held = (held + memory.temp_size_in_bytes) * self.placement.devices
+                held += self.weight_bytes - self._state_bytes(kind)
+                if kind == ONE_ROW_PREFILL:
+                    held += self.cache_bytes(layout)
+                peak = max(peak, held)
         return peak

@@ -426,6 +426,54 @@ def test_query_blocks_change_no_result(dtype, monkeypatch):
     np.testing.assert_array_equal(attend(128), whole)
 
 
+@pytest.mark.push
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_causal_blocks_skip_only_hidden_keys(dtype):
+    """Causal attention over a call's own tokens (a forward without a cache, a first prefill
+    chunk) in blocks of CAUSAL_BLOCK queries, each against the keys up to its last query, against
+    one block over all keys: 600 queries (3 blocks, the last partial), one row left-padded by 100.
+    Every query that sees a key gets the same output up to summation order: the skipped keys have
+    weight exactly 0, and two float32 orders of S terms differ by at most 8 S eps32 max|v| (the
+    softmax's sum and the weighted sum, each side); in bfloat16, probabilities rounded on either
+    side of a tie add 2^-8 max|v| and the output's own rounding one more. In float32, hiding the
+    last block's queries' own keys (one key of 513-600 each) misses that bound; in bfloat16, whose
+    bound is wider, hiding every query's own key does.
+    """
+    batch, kv, groups, seq, hd = 2, 2, 7, 600, 64
+    keys = jax.random.split(jax.random.key(1), 3)
+    q = jax.random.normal(keys[0], (batch, kv * groups, seq, hd), getattr(jnp, dtype))
+    k, v = (jax.random.normal(key, (batch, kv, seq, hd), q.dtype) for key in keys[1:])
+    key_valid = jnp.arange(seq)[None] >= jnp.array([[0], [100]])
+    visible = attention_mask(key_valid, 0, seq)  # (B, T, T)
+    sees = np.asarray(visible.any(-1))  # (B, T): queries that see some key
+
+    def attend(visible: jax.Array, causal: bool) -> np.ndarray:
+        attention = functools.partial(
+            grouped_attention,
+            scale=hd**-0.5,
+            is_causal=False,
+            softmax=Attention.softmax,
+            causal=causal,
+        )
+        bias = attention_bias(visible, q.dtype)
+        out = jax.jit(attention)(q, k, v, bias).astype(jnp.float32)
+        return np.asarray(out).transpose(0, 2, 1, 3)[sees]  # (queries, Hq, H)
+
+    assert seq > model_module.CAUSAL_BLOCK * 2
+    whole, blocked = attend(visible, False), attend(visible, True)
+    v_max = float(jnp.abs(v.astype(jnp.float32)).max())
+    bound = 8 * seq * np.finfo(np.float32).eps * v_max
+    if dtype == "bfloat16":
+        bound += 2 * 2.0**-8 * v_max
+    assert np.abs(blocked - whole).max() <= bound
+    faulty = 2 * model_module.CAUSAL_BLOCK if dtype == "float32" else 0
+    hidden = jnp.eye(seq, dtype=bool) & (jnp.arange(seq) >= faulty)[:, None]
+    no_diagonal = visible & ~hidden[None]
+    # a row's first real query sees only its own key: it keeps it, so every query sees one
+    no_diagonal = no_diagonal.at[0, 0, 0].set(True).at[1, 100, 100].set(True)
+    assert np.abs(attend(no_diagonal, True) - whole).max() > bound
+
+
 @pytest.mark.nightly  # the plan CLI checks 1x8 in the default run (test_plan_cli_json)
 def test_7b_plan_on_mesh(mesh, dut, record_property):
     """Real 7B shapes, no weights: bytes within 5% of ideal, 2 all-reduces per layer, no all-gather,
