@@ -454,9 +454,8 @@ class CompiledSteps:
         if kind == NEXT_PREFILL:
             return [self.compiled(PREFILL, layout)]
         if kind in (PREFILL, ONE_ROW_PREFILL):
-            row = layout.one_row(layout.prompt_len)
-            chunks = self.prefill_chunks(layout if kind == PREFILL else row)
-            return [program for _, _, program in chunks]
+            chunked = layout if kind == PREFILL else layout.one_row(layout.prompt_len)
+            return [program for _, _, program in self.prefill_chunks(chunked)]
         return [self.compiled(kind, layout)]
 
     def peak_bytes(
