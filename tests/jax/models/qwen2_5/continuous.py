@@ -59,7 +59,8 @@ class ContinuousRun:
     sampled; a prompt ends at an EOS id, when `stop(its tokens)` is true, or at `max_new_tokens`
     (one for all, or one per prompt). `layout`: the batch's layout when it must not depend on
     which prompts this run holds (a resumed job keeps the shapes, and so the arithmetic, of the
-    whole job's); by default the prompts' own.
+    whole job's); by default the prompts' own. `warm`: run every program once before the first
+    prompt (`_warm`), for a long job.
 
     `generator` is a generation.Generator (its model, placement and compiled steps)."""
 
@@ -72,6 +73,7 @@ class ContinuousRun:
         sampling: SamplingConfig = GREEDY,
         stop: Callable[[list[int]], bool] | None = None,
         layout: BatchLayout | None = None,
+        warm: bool = False,
     ) -> None:
         limits = (
             [max_new_tokens] * len(prompts)
@@ -92,7 +94,6 @@ class ContinuousRun:
         self.sampling, self.stop = sampling, stop
         self.eos = set(generator.eos_token_ids)
         self.key, self.params = jax.random.key(sampling.seed), sampling.params()
-        self.compile_seconds = self._compile()
         self.prefill_seconds = self.decode_seconds = 0.0
         self.steps = 0  # decode steps run, each computing layout.batch rows
         self.queue = deque(range(len(prompts)))
@@ -103,18 +104,39 @@ class ContinuousRun:
         (self.valid,) = generator.placement.rows(
             np.zeros((self.layout.batch, self.layout.max_len), bool)
         )
+        # Set-up: compiling, and with `warm` every program's first run (not counted as work).
+        self.compile_seconds = self._compile(warm)
         for row in range(self.layout.batch):
             self._admit(row)
 
-    def _compile(self) -> float:
+    def _compile(self, warm: bool) -> float:
         started = time.perf_counter()
         steps, greedy = self.gen.steps, self.sampling.greedy
         # What Generator.prefill runs for the prompts: one program per chunk width and place.
-        for row in {self.layout.one_row(len(p)) for p in self.prompts}:
+        self.one_rows = {self.layout.one_row(len(p)) for p in self.prompts}
+        for row in self.one_rows:
             steps.prefill_chunks(row, greedy)
         self.decode = steps.compiled(DECODE, self.layout, greedy, row_slots=True)
         self.insert = steps.compiled(INSERT, self.layout)
+        if warm:
+            self._warm()
         return time.perf_counter() - started
+
+    def _warm(self) -> None:
+        """Every program run once on padding before any prompt, its output dropped. XLA:CPU's matrix
+        library (YNNPACK) builds each of a program's pipelines on the program's first run, a cost
+        of set-up like compiling (README "Performance"); a long job pays it here, not inside its
+        first problems. The padding goes into the empty cache's row 0 and a decode step writes
+        every row's last slot: each row is replaced whole when it takes a prompt (`insert`), and
+        idle rows' outputs are dropped."""
+        for one_row in sorted(self.one_rows, key=lambda r: r.prompt_len):
+            pad = [self.gen.pad_token_id] * one_row.prompt_len
+            *_, valid, cache = self.gen.prefill(one_row, [pad], self.sampling)
+            self.cache, self.valid = self.insert(
+                self.cache, self.valid, cache, valid, np.int32(0)
+            )
+        self.step()  # every row idle: no token kept, no prompt admitted
+        self.steps, self.decode_seconds = 0, 0.0
 
     @property
     def finished(self) -> bool:

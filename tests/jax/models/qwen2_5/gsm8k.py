@@ -572,6 +572,7 @@ def evaluate_stream(
             s.batch_size,
             stop=stop,
             layout=job_layout(job, generators[name]),
+            warm=True,
         )
         for name in names
     }

@@ -26,6 +26,7 @@ from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
 from tests.infra.ttnn_ops import Inventory
 from tests.jax.models.qwen2_5 import streaming_matmul
 from tests.jax.models.qwen2_5.batching import GenerationError, layout_for
+from tests.jax.models.qwen2_5.continuous import ContinuousRun
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.hf_golden import load_hf
 from tests.jax.models.qwen2_5.loader import load_model
@@ -192,6 +193,31 @@ def test_continuous_batching_gives_the_static_batches_tokens(
             a[..., 1], b[..., 1]
         )  # the same candidates each step
     assert continuous.utilisation > static.utilisation
+
+
+def test_warming_a_run_changes_no_token(model_for, monkeypatch):
+    """A run set up with `warm` runs each prefill program once on padding, into the cache it then
+    serves from, and one decode step over idle rows; its tokens and step records equal an unwarmed
+    run's exactly, since a row taking a prompt is replaced whole."""
+    gen = Generator(model_for(), EOS, 0, prefill_chunk=32)
+    prefills = []
+    prefill = gen.prefill
+    monkeypatch.setattr(
+        gen,
+        "prefill",
+        lambda layout, *a: prefills.append(layout) or prefill(layout, *a),
+    )
+    cold = ContinuousRun(gen, STREAM, NEW_TOKENS, 3, stop=ends_unevenly)
+    admitted, prefills[:] = list(prefills), []
+    warmed = ContinuousRun(gen, STREAM, NEW_TOKENS, 3, stop=ends_unevenly, warm=True)
+    widths = {warmed.layout.one_row(len(p)) for p in STREAM}
+    # Each width once on padding, then the prompts the first rows took, as unwarmed.
+    order = sorted(widths, key=lambda r: r.prompt_len)
+    assert len(widths) >= 2 and prefills == order + admitted
+    assert warmed.steps == 0 and warmed.decode_seconds == 0
+    for a, b in zip(warmed.run(), cold.run(), strict=True):
+        assert a.tokens == b.tokens
+        np.testing.assert_array_equal(a.records, b.records)
 
 
 @pytest.mark.nightly_unless(mesh="1x8")
