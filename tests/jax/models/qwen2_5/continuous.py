@@ -113,23 +113,24 @@ class ContinuousRun:
         started = time.perf_counter()
         steps, greedy = self.gen.steps, self.sampling.greedy
         # What Generator.prefill runs for the prompts: one program per chunk width and place.
-        self.one_rows = {self.layout.one_row(len(p)) for p in self.prompts}
-        for row in self.one_rows:
+        one_rows = {self.layout.one_row(len(p)) for p in self.prompts}
+        for row in one_rows:
             steps.prefill_chunks(row, greedy)
         self.decode = steps.compiled(DECODE, self.layout, greedy, row_slots=True)
         self.insert = steps.compiled(INSERT, self.layout)
         if warm:
-            self._warm()
+            self._warm(one_rows)
         return time.perf_counter() - started
 
-    def _warm(self) -> None:
-        """Every program run once on padding before any prompt, its output dropped. XLA:CPU's matrix
+    def _warm(self, one_rows: set[BatchLayout]) -> None:
+        """Every program run once on padding before any prompt (each one-row prefill layout in
+        `one_rows`, the insert, the decode step), its output dropped. XLA:CPU's matrix
         library (YNNPACK) builds each of a program's pipelines on the program's first run, a cost
         of set-up like compiling (README "Performance"); a long job pays it here, not inside its
         first problems. The padding goes into the empty cache's row 0 and a decode step writes
         every row's last slot: each row is replaced whole when it takes a prompt (`insert`), and
         idle rows' outputs are dropped."""
-        for one_row in sorted(self.one_rows, key=lambda r: r.prompt_len):
+        for one_row in sorted(one_rows, key=lambda r: r.prompt_len):
             pad = [self.gen.pad_token_id] * one_row.prompt_len
             *_, valid, cache = self.gen.prefill(one_row, [pad], self.sampling)
             self.cache, self.valid = self.insert(
