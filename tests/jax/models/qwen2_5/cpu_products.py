@@ -26,6 +26,10 @@ repacks the weight on every call; this module gives it the forms that read a wei
   `streamed-native` with AVX512_BF16 alone, `few-rows` with AMX (or without AVX2, where the
   kernel cannot run).
 
+Every form but `xla` also writes a decode step's keys and values into the cache in place
+(tests/infra/cpu_cache, through model.py's row-write seam, `row_write`): XLA:CPU's own forms of
+that write pass over the whole bfloat16 cache every step.
+
 Every form computes the same products with float32 sums as the plain one; only the summation
 order differs, which the numerics contract allows. The choice is made once per process
 (`install`). A substituted product is wrapped in `platform_dependent`, so a program lowered for
@@ -42,6 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from tests.infra import cpu_cache
 from tests.infra.cpu_class import bfloat16_instructions
 from tests.jax.models.qwen2_5 import model, streaming_matmul
 from tests.jax.models.qwen2_5.partitioning import (
@@ -111,6 +116,8 @@ def install(choice: str = AUTO) -> str:
     form = resolve(choice)
     if form in KERNEL_FORMS:
         streaming_matmul.prepare_kernel()
+    if form != XLA:
+        cpu_cache.prepare()
     global _installed
     if form != _installed:
         # A traced program keeps the form it was traced with, and JAX reuses traces of the same
@@ -135,6 +142,19 @@ def widens_gemms(dtype: str) -> bool:
     widening in every prefill chunk."""
     _, widen = _KERNEL_ROWS_AND_WIDENING.get(_installed, (0, False))
     return dtype == "bfloat16" and widen and jax.default_backend() == "cpu"
+
+
+# The cache's split under a mesh; rows split where the batch axis divides them (row_axis).
+_in_place = cpu_cache.in_place_rows(
+    model.write_rows, logical_to_spec(model.KV_AXES), row_axis
+)
+
+
+def row_write(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
+    """model.write_rows' contract: on XLA:CPU in place (cpu_cache) in every form but `xla`."""
+    if _installed == XLA:
+        return model.write_rows(cache, new, slots)
+    return _in_place(cache, new, slots)
 
 
 @contextmanager

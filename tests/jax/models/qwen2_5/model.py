@@ -86,7 +86,8 @@ def write_rows(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
     return jnp.where(hit[:, None, :, None], new, cache)
 
 
-# The seam for a device's own in-place form of the per-row write (steps.py installs TT's).
+# The seam for a device's own in-place form of the per-row write (steps.py installs TT's and
+# XLA:CPU's, the latter through cpu_products).
 _write_rows: RowWrite = write_rows
 
 

@@ -28,6 +28,7 @@ from tests.infra.distributed import (
     join_cluster,
 )
 from tests.infra.mesh import MeshError, MeshShape, make_mesh
+from tests.infra.native_build import KernelBuildError
 from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK, GenerationError
 from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 from tests.jax.models.qwen2_5.config import ConfigError, Qwen2Config
@@ -38,7 +39,6 @@ from tests.jax.models.qwen2_5.loader import (
     check_checkpoint,
     load_model,
 )
-from tests.jax.models.qwen2_5.streaming_matmul import KernelBuildError
 from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, abstract_model
 
 # What a user can get wrong; the command lines print these as one line and exit 2.

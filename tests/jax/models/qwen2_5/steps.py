@@ -30,14 +30,13 @@ from tests.infra.tt_cache import update_rows
 from tests.infra.tt_parameters import mark_parameters
 from tests.jax.models.qwen2_5.batching import BatchLayout
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.cpu_products import installed, widens_gemms
+from tests.jax.models.qwen2_5.cpu_products import installed, row_write, widens_gemms
 from tests.jax.models.qwen2_5.model import (
     KV,
     KV_AXES,
     Qwen2ForCausalLM,
     init_cache,
     use_row_write,
-    write_rows,
 )
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.placement import Placement
@@ -52,8 +51,9 @@ DECODE_ROWS, ONE_ROW_PREFILL = "decode_rows", "one_row_prefill"
 NEXT_PREFILL = "next_prefill"
 Cache = tuple[KV, ...]  # per layer, keys and values (B, K, S, H)
 
-# Rows at their own slots are written in place on TT by its cache kernel (tt_cache.py).
-use_row_write(update_rows(write_rows, logical_to_spec(KV_AXES)))
+# Rows at their own slots are written in place on TT by its cache kernel (tt_cache.py), on
+# XLA:CPU by cpu_cache's (cpu_products.row_write).
+use_row_write(update_rows(row_write, logical_to_spec(KV_AXES)))
 
 
 def widened(state: Any) -> Any:

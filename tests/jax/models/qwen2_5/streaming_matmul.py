@@ -19,8 +19,7 @@ pairs with the CPU's dot instruction (`native_bf16`), the same exact products an
 and streams faster than YNNPACK at every few-row count (cpu_products' `streamed-native` form;
 README "Performance").
 
-It is built with the host's C++ compiler on first use (a few seconds) and cached by the hash of
-its source, flags and jaxlib version, so an upgrade rebuilds it. Registered for XLA:CPU only:
+It is built with the host's C++ compiler on first use (tests/infra/native_build). Registered for XLA:CPU only:
 other platforms never see the custom call (cpu_products branches on the platform).
 """
 
@@ -28,26 +27,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
-import subprocess
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 
 from tests.infra.cpu_class import bfloat16_instructions, cpu_flags
+from tests.infra.native_build import build
 
 _SOURCE = Path(__file__).with_suffix(".cc")
 TARGET = "qwen2_5_streaming_matmul"
-_FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC")
-
-
-class KernelBuildError(RuntimeError):
-    """The host cannot build the CPU decode kernel."""
+_FLAGS = ("-mavx2", "-mfma")
 
 
 @functools.cache
@@ -75,46 +67,14 @@ def host_flags() -> tuple[frozenset[str], str]:
     return _cpu_flags(), os.environ.get("XLA_FLAGS", "")
 
 
-def _cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "qwen2_5-jax"
-
-
 @functools.cache
 def _library() -> Path:
-    """Build (once per source, flags, compiler and jaxlib) and return the shared library."""
-    compiler = os.environ.get("CXX", "g++")
-    command = [compiler, *_FLAGS, "-isystem", jax.ffi.include_dir()]
-    key = hashlib.sha256(
-        _SOURCE.read_bytes() + " ".join(command).encode() + jaxlib.__version__.encode()
+    return build(
+        _SOURCE,
+        _FLAGS,
+        "CPU decode kernel",
+        "a C++17 compiler with AVX2 and AVX512_BF16 targets (g++ >= 10)",
     )
-    library = _cache_dir() / f"streaming_matmul-{key.hexdigest()[:16]}.so"
-    if library.is_file():
-        return library
-    library.parent.mkdir(parents=True, exist_ok=True)
-    # Built under a temporary name and renamed: concurrent builds (pytest-xdist workers) each
-    # produce a whole library, and no process ever loads a half-written one.
-    fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
-    os.close(fd)
-    try:
-        result = subprocess.run(
-            [*command, str(_SOURCE), "-o", partial], capture_output=True, text=True
-        )
-    except FileNotFoundError:
-        os.unlink(partial)
-        raise KernelBuildError(
-            f"building the CPU decode kernel needs a C++17 compiler and {compiler!r} was not found: "
-            "install g++ or set CXX to one"
-        ) from None
-    if result.returncode != 0:
-        os.unlink(partial)
-        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise KernelBuildError(
-            f"building the CPU decode kernel with {compiler!r} failed: {last}; it needs a C++17 compiler "
-            "with AVX2 and AVX512_BF16 targets (g++ >= 10), set CXX to one"
-        )
-    os.replace(partial, library)
-    return library
 
 
 @functools.cache
