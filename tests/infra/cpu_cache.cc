@@ -42,7 +42,7 @@ ffi::Error WriteRows(ffi::AnyBuffer cache, ffi::AnyBuffer tokens, ffi::Buffer<ff
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(qwen2_5_write_rows, WriteRows,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(cpu_cache_write_rows, WriteRows,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()

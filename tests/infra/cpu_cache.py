@@ -5,8 +5,8 @@
 """A KV-cache write of one token per row, each row at its own slot, in place on XLA:CPU.
 
 XLA:CPU updates a bfloat16 cache in place in neither form a program can express: an update slice
-per row (or a scatter) copies the whole cache, a select over the cache reads and writes all of it. Either costs a pass over every layer's cache per decode step (README
-"Performance"). This custom call writes the rows' tokens into the cache's own buffer
+per row (or a scatter) copies the whole cache, a select over the cache reads and writes all of
+it. Either costs a pass over every layer's cache per decode step (README "Performance"). This custom call writes the rows' tokens into the cache's own buffer
 (`cpu_cache.cc`, the cache aliased to the result), as TT's `paged_update_cache` does on TT
 (tt_cache.py). Under a mesh each device writes its own rows and KV heads (`shard_map`): the call
 has no sharding rule of its own. Built with the host's C++ compiler (native_build) and registered
@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from tests.infra.native_build import build
 
-TARGET = "qwen2_5_write_rows"
+TARGET = "cpu_cache_write_rows"
 RowWrite = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
@@ -37,7 +37,7 @@ def prepare() -> None:
     )
     kernel = ctypes.CDLL(str(library))
     jax.ffi.register_ffi_target(
-        TARGET, jax.ffi.pycapsule(kernel.qwen2_5_write_rows), platform="cpu"
+        TARGET, jax.ffi.pycapsule(kernel.cpu_cache_write_rows), platform="cpu"
     )
 
 

@@ -30,7 +30,7 @@ class KernelBuildError(RuntimeError):
 
 def _cache_dir() -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "qwen2_5-jax"
+    return root / "jax-ffi-kernels"
 
 
 def build(source: Path, flags: Sequence[str], what: str, needs: str) -> Path:
