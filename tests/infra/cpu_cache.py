@@ -6,27 +6,25 @@
 
 XLA:CPU updates a bfloat16 cache in place in neither form a program can express: an update slice
 per row (or a scatter) copies the whole cache, a select over the cache reads and writes all of
-it. Either costs a pass over every layer's cache per decode step (README "Performance"). This custom call writes the rows' tokens into the cache's own buffer
-(`cpu_cache.cc`, the cache aliased to the result), as TT's `paged_update_cache` does on TT
-(tt_cache.py). Under a mesh each device writes its own rows and KV heads (`shard_map`): the call
-has no sharding rule of its own. Built with the host's C++ compiler (native_build) and registered
-for XLA:CPU only; other platforms take the caller's `default` (`jax.lax.platform_dependent`).
+it. Either costs a pass over every layer's cache per decode step (README "Performance"). This
+custom call writes the rows' tokens into the cache's own buffer (`cpu_cache.cc`, the cache
+aliased to the result), as TT's `paged_update_cache` does on TT (tt_cache.py); row_write.py places it per device under a mesh and keeps it off other platforms.
+Built with the host's C++ compiler (native_build) and registered for XLA:CPU only.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
 from jax.sharding import PartitionSpec as P
 
 from tests.infra.native_build import build
+from tests.infra.row_write import RowsAxis, RowWrite, on_platform, per_device
 
 TARGET = "cpu_cache_write_rows"
-RowWrite = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 @functools.cache
@@ -51,25 +49,8 @@ def write_in_place(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Ar
     )
 
 
-def in_place_rows(
-    default: RowWrite, cache_spec: P, rows_axis: Callable[[int], str | None]
-) -> RowWrite:
-    """A per-row write: the kernel on XLA:CPU, `default` elsewhere. `cache_spec` is how a mesh
-    splits the cache; `rows_axis(rows)` the mesh axis splitting that many rows, or None where
-    every device holds them all."""
-
-    def on_cpu(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
-        if jax.sharding.get_abstract_mesh().empty:
-            return write_in_place(cache, new, slots)
-        rows = rows_axis(cache.shape[0])
-        spec = P(rows, *cache_spec[1:])
-        return jax.shard_map(
-            write_in_place, in_specs=(spec, spec, P(rows)), out_specs=spec
-        )(cache, new, slots)
-
-    def write(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
-        return jax.lax.platform_dependent(
-            cache, new, slots, cpu=on_cpu, default=default
-        )
-
-    return write
+def in_place_rows(default: RowWrite, cache_spec: P, rows_axis: RowsAxis) -> RowWrite:
+    """A per-row write: the kernel on XLA:CPU, `default` elsewhere (row_write.per_device)."""
+    return on_platform(
+        "cpu", per_device(write_in_place, cache_spec, rows_axis), default
+    )

@@ -22,6 +22,8 @@ import jax
 import jaxlib
 
 BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
+# The kernels' shared headers (ffi_chunks.h), on every build's include path and in its hash.
+HEADERS = Path(__file__).parent
 
 
 class KernelBuildError(RuntimeError):
@@ -38,9 +40,14 @@ def build(source: Path, flags: Sequence[str], what: str, needs: str) -> Path:
     kernel and `needs` the compiler it needs, in the one-line error a failed build raises.
     """
     compiler = os.environ.get("CXX", "g++")
-    command = [compiler, *BASE_FLAGS, *flags, "-isystem", jax.ffi.include_dir()]
+    command = [compiler, *BASE_FLAGS, *flags, "-I", str(HEADERS)]
+    command += ["-isystem", jax.ffi.include_dir()]
+    headers = b"".join(h.read_bytes() for h in sorted(HEADERS.glob("*.h")))
     key = hashlib.sha256(
-        source.read_bytes() + " ".join(command).encode() + jaxlib.__version__.encode()
+        source.read_bytes()
+        + headers
+        + " ".join(command).encode()
+        + jaxlib.__version__.encode()
     )
     library = _cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if library.is_file():

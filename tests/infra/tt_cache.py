@@ -8,22 +8,20 @@ The TT compiler recognizes an in-place cache update in a scatter only when every
 same slot (a 1-element index). Rows at their own slots (continuous batching) reach TTNN's
 `paged_update_cache`, which takes one index per row, through the plugin's `tt.update_cache`
 custom call: the cache (B, K, S, H) aliased to the result, the tokens in the kernel's
-(1, K, B, H) layout, and the (B,) slots. Under a mesh each device updates its own rows and KV
-heads (`shard_map`): the call has no sharding rule of its own. On every other platform the write
-is the caller's `default` (`jax.lax.platform_dependent`).
+(1, K, B, H) layout, and the (B,) slots. row_write.py places it per device under a mesh and keeps
+it off other platforms.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.xla_metadata import set_xla_metadata
 from jax.sharding import PartitionSpec as P
 
+from tests.infra.row_write import RowWrite, on_platform, per_device
+
 UPDATE = "tt.update_cache"
-RowWrite = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def _update(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
@@ -37,16 +35,6 @@ def _update(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
 
 
 def update_rows(default: RowWrite, cache_spec: P) -> RowWrite:
-    """A per-row write: TT's in-place update on TT, `default` elsewhere. `cache_spec` is how a
-    mesh splits the cache; its first entry splits the rows (and so the slots)."""
-
-    def on_tt(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
-        if jax.sharding.get_abstract_mesh().empty:
-            return _update(cache, new, slots)
-        specs = {"in_specs": (cache_spec, cache_spec, P(cache_spec[0]))}
-        return jax.shard_map(_update, out_specs=cache_spec, **specs)(cache, new, slots)
-
-    def write(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
-        return jax.lax.platform_dependent(cache, new, slots, tt=on_tt, default=default)
-
-    return write
+    """A per-row write: TT's in-place update on TT, `default` elsewhere. The first entry of
+    `cache_spec` (how a mesh splits the cache) splits the rows and so the slots."""
+    return on_platform("tt", per_device(_update, cache_spec), default)

@@ -16,13 +16,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <vector>
 
+#include "ffi_chunks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -175,41 +172,14 @@ void weight_rows(const float* x, int64_t M, int64_t K, const uint16_t* w, float*
   for (; n < n1; ++n) rows_of_x<1>(x, M, K, w + n * K, y + n, N);
 }
 
-// The weight rows are cut into chunks that the calling thread and XLA's intra-op pool take from
-// one counter. The caller never waits on a task that has not started (the pool's threads may all
-// be busy with other devices' work on a simulated mesh): it takes chunks itself until none are
-// left and then waits only for chunks already being computed.
-struct Chunks {
-  std::atomic<int64_t> next{0};
-  int64_t count = 0;
-  int64_t done = 0;
-  std::mutex mu;
-  std::condition_variable all_done;
-
-  template <typename F>
-  void run(F&& work) {
-    int64_t mine = 0;
-    for (int64_t c; (c = next.fetch_add(1)) < count; ++mine) work(c);
-    std::lock_guard<std::mutex> lock(mu);
-    done += mine;
-    if (done == count) all_done.notify_all();
-  }
-};
-
 constexpr int64_t kChunkBytes = 256 * 1024;
 
 // `rows_of` computes weight rows [n0, n1) of y: one path's weight_rows.
 template <typename RowsOf>
 void matmul(int64_t K, int64_t N, ffi::ThreadPool& pool, RowsOf rows_of) {
   const int64_t rows = std::max<int64_t>(4, kChunkBytes / (K * 2) / 4 * 4);
-  auto chunks = std::make_shared<Chunks>();
-  chunks->count = (N + rows - 1) / rows;
-  auto work = [=](int64_t c) { rows_of(c * rows, std::min(N, (c + 1) * rows)); };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), chunks->count - 1);
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([chunks, work] { chunks->run(work); });
-  chunks->run(work);
-  std::unique_lock<std::mutex> lock(chunks->mu);
-  chunks->all_done.wait(lock, [&] { return chunks->done == chunks->count; });
+  // The weight rows in chunks taken by this thread and XLA's intra-op pool (ffi_chunks.h).
+  ffi_chunks::run(pool, (N + rows - 1) / rows, [=](int64_t c) { rows_of(c * rows, std::min(N, (c + 1) * rows)); });
 }
 
 ffi::Error StreamingMatmul(ffi::ThreadPool pool, ffi::BufferR2<ffi::BF16> x, ffi::BufferR2<ffi::BF16> w,
