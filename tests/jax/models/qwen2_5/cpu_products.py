@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from tests.infra import cpu_cache
+from tests.infra import cpu_attention, cpu_cache
 from tests.infra.cpu_class import bfloat16_instructions
 from tests.jax.models.qwen2_5 import model, streaming_matmul
 from tests.jax.models.qwen2_5.partitioning import (
@@ -118,6 +118,8 @@ def install(choice: str = AUTO) -> str:
         streaming_matmul.prepare_kernel()
     if form != XLA:
         cpu_cache.prepare()
+        if cpu_attention.runs_here():
+            cpu_attention.prepare()
     global _installed
     if form != _installed:
         # A traced program keeps the form it was traced with, and JAX reuses traces of the same
@@ -155,6 +157,28 @@ def row_write(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
     if _installed == XLA:
         return model.write_rows(cache, new, slots)
     return _in_place(cache, new, slots)
+
+
+# Decode attention by one kernel on XLA:CPU, split like the queries and the cache under a mesh.
+_kernel_attention = cpu_attention.kernel_attention(
+    model.decode_attention,
+    logical_to_spec(("batch", "q_heads", None, None)),
+    logical_to_spec(model.KV_AXES),
+    row_axis,
+)
+
+
+def decode_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float
+) -> jax.Array:
+    """model.decode_attention's contract: by cpu_attention's kernel on XLA:CPU in every form but
+    `xla`, on CPUs with AVX2 and FMA."""
+    if _installed == XLA or not cpu_attention.runs_here():
+        return model.decode_attention(q, k, v, bias, scale)
+    return _kernel_attention(q, k, v, bias, scale)
+
+
+model.use_decode_attention(decode_attention)
 
 
 @contextmanager

@@ -292,6 +292,10 @@ class Attention(nnx.Module):
         decomposition = functools.partial(
             grouped_attention, softmax=self.softmax, causal=cache is None
         )
+        if cache is not None and seq == 1 and self.softmax is Attention.softmax:
+            # A decode step with the model's own softmax: through the seam, which a device
+            # fills with its decode-attention kernel (another softmax, faults.py's, stays plain).
+            decomposition = _one_query_attention
         attend = jax.lax.composite(decomposition, SDPA)
         out = attend(q, k, v, bias, scale=scale, is_causal=False)  # (B, Hq, T, H)
         out = jnp.swapaxes(out, 1, 2).reshape(
@@ -344,6 +348,41 @@ class Attention(nnx.Module):
         """Attention probabilities of the scores' dtype from a float32 softmax of scores + bias."""
         logits = scores.astype(jnp.float32) + bias.astype(jnp.float32)
         return jax.nn.softmax(logits, axis=-1).astype(scores.dtype)
+
+
+def decode_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float
+) -> jax.Array:
+    """One query per row over the cache: q (B, Hq, 1, H), k/v (B, K, S, H), bias (B, 1, 1, S) ->
+    (B, Hq, 1, H), grouped_attention with the model's softmax."""
+    return grouped_attention(
+        q, k, v, bias, scale=scale, is_causal=False, softmax=Attention.softmax
+    )
+
+
+# The seam for a device's own decode-attention kernel (cpu_products installs XLA:CPU's).
+_decode_attention: Callable[..., jax.Array] = decode_attention
+
+
+def use_decode_attention(attention: Callable[..., jax.Array]) -> None:
+    """Every decode step's attention traced from now on is `attention` (decode_attention's
+    contract)."""
+    global _decode_attention
+    _decode_attention = attention
+
+
+def _one_query_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    *,
+    scale: float,
+    is_causal: bool,
+) -> jax.Array:
+    """The SDPA composite's decomposition for a decode step: the installed decode attention."""
+    del is_causal  # always False: the bias holds causality
+    return _decode_attention(q, k, v, bias, scale)
 
 
 # The most bytes of float32 scores (over all devices) one block of queries may hold: attention
