@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from tests.infra.cpu_class import cpu_flags
+from tests.infra.cpu_class import avx2_fma
 from tests.infra.native_build import build
 
 TARGET = "cpu_decode_attention"
@@ -39,8 +38,7 @@ DecodeAttention = Callable[
 
 def runs_here() -> bool:
     """The kernel's instructions, AVX2 and FMA, are on this CPU (none off x86-64)."""
-    x86 = platform.machine() in ("x86_64", "AMD64")
-    return x86 and {"avx2", "fma"} <= cpu_flags()
+    return avx2_fma()
 
 
 @functools.cache

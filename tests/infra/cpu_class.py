@@ -19,7 +19,9 @@ and cores stay this host's: the emulation reproduces kernel choice, not the othe
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,6 +61,17 @@ def _first_cpu() -> dict[str, str]:
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux reports them (x86: "avx2", "amx_bf16", ...)."""
     return frozenset(_first_cpu().get("flags", "").split())
+
+
+@functools.cache
+def x86_flags() -> frozenset[str]:
+    """This CPU's flags where it is x86-64; none elsewhere, where the native kernels cannot run."""
+    return cpu_flags() if platform.machine() in ("x86_64", "AMD64") else frozenset()
+
+
+def avx2_fma() -> bool:
+    """The native kernels' instructions, AVX2 and FMA, are on this CPU."""
+    return {"avx2", "fma"} <= x86_flags()
 
 
 def host_class() -> dict:

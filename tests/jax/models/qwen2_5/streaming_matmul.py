@@ -28,13 +28,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import platform
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from tests.infra.cpu_class import bfloat16_instructions, cpu_flags
+from tests.infra.cpu_class import avx2_fma, bfloat16_instructions, x86_flags
 from tests.infra.native_build import build
 
 _SOURCE = Path(__file__).with_suffix(".cc")
@@ -42,15 +41,9 @@ TARGET = "qwen2_5_streaming_matmul"
 _FLAGS = ("-mavx2", "-mfma")
 
 
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    """This CPU's flags; none off x86-64, where the kernel cannot run."""
-    return cpu_flags() if platform.machine() in ("x86_64", "AMD64") else frozenset()
-
-
 def runs_here() -> bool:
     """The kernel's instructions, AVX2 and FMA, are on this CPU."""
-    return {"avx2", "fma"} <= _cpu_flags()
+    return avx2_fma()
 
 
 def streams_faster(cpu_flags: frozenset[str], xla_flags: str) -> bool:
@@ -64,7 +57,7 @@ def streams_faster(cpu_flags: frozenset[str], xla_flags: str) -> bool:
 
 def host_flags() -> tuple[frozenset[str], str]:
     """This CPU's flags (none off x86-64) and this process's XLA_FLAGS: what the forms depend on."""
-    return _cpu_flags(), os.environ.get("XLA_FLAGS", "")
+    return x86_flags(), os.environ.get("XLA_FLAGS", "")
 
 
 @functools.cache
