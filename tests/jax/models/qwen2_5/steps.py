@@ -289,8 +289,16 @@ class CompiledSteps:
         self.cfg, self.placement, self.exact = model.cfg, placement, exact
         self.cache_dtype = jnp.float32 if exact else dtype
         self.programs: dict[StepKey, jax.stages.Compiled] = {}
+        # One jitted maker per layout: a new one per call would trace and compile again, and
+        # every continuous-batching prefill makes a cache.
+        self._cache_makers: dict[BatchLayout, Callable[[], Any]] = {}
 
     def _cache_maker(self, layout: BatchLayout) -> Callable[[], Any]:
+        if layout not in self._cache_makers:
+            self._cache_makers[layout] = self._new_cache_maker(layout)
+        return self._cache_makers[layout]
+
+    def _new_cache_maker(self, layout: BatchLayout) -> Callable[[], Any]:
         mesh, rows = self.placement.mesh, self.placement.row_axis(layout.batch)
         spec = P(rows, *logical_to_spec(KV_AXES)[1:])
         sharding = None if mesh is None else NamedSharding(mesh, spec)
