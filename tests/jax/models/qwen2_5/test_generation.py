@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -343,6 +344,17 @@ def test_compiles_once_per_shape_bucket(model_for):
     assert len(gen.steps.programs) == 2
     gen.generate([list(range(1, 20))] * 3, 8)  # 19 tokens: the 32 bucket
     assert len(gen.steps.programs) == 4
+
+
+def test_a_layouts_empty_cache_is_compiled_once(model_for, caplog):
+    """Continuous batching makes an empty one-row cache for every prompt: only the first is
+    compiled (a new jitted maker per call compiled each again)."""
+    gen = generator(model_for())
+    layout = gen.layout([3, 5], 4).one_row(5)
+    gen.steps.empty_cache(layout)
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        jax.block_until_ready(gen.steps.empty_cache(layout))
+    assert not [r for r in caplog.records if "Compiling jit(make)" in r.getMessage()]
 
 
 def test_one_row_prefill_pads_to_tiles_with_the_narrow_chunk_first():
