@@ -28,7 +28,9 @@ repacks the weight on every call; this module gives it the forms that read a wei
 
 Every form but `xla` also writes a decode step's keys and values into the cache in place
 (tests/infra/cpu_cache, through model.py's row-write seam, `row_write`): XLA:CPU's own forms of
-that write pass over the whole bfloat16 cache every step.
+that write pass over the whole bfloat16 cache every step. And it computes attention by
+tests/infra/cpu_attention's kernels (through model.py's attention seam, `attention`): a decode
+step's on CPUs with AVX2 and FMA, a bfloat16 prefill chunk's on CPUs with AMX.
 
 Every form computes the same products with float32 sums as the plain one; only the summation
 order differs, which the numerics contract allows. The choice is made once per process
@@ -120,6 +122,8 @@ def install(choice: str = AUTO) -> str:
         cpu_cache.prepare()
         if cpu_attention.runs_here():
             cpu_attention.prepare()
+        if cpu_attention.prefill_runs_here():
+            cpu_attention.prepare_prefill()
     global _installed
     if form != _installed:
         # A traced program keeps the form it was traced with, and JAX reuses traces of the same
@@ -159,26 +163,43 @@ def row_write(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
     return _in_place(cache, new, slots)
 
 
-# Decode attention by one kernel on XLA:CPU, split like the queries and the cache under a mesh.
-_kernel_attention = cpu_attention.kernel_attention(
-    model.decode_attention,
+# Attention by the kernels on XLA:CPU, split like the queries and the cache under a mesh.
+_kernel_specs = (
     logical_to_spec(("batch", "q_heads", None, None)),
     logical_to_spec(model.KV_AXES),
     row_axis,
 )
+_decode_kernel = cpu_attention.kernel_attention(model.plain_attention, *_kernel_specs)
+_prefill_kernels = {
+    causal: cpu_attention.kernel_attention(
+        functools.partial(model.plain_attention, causal=causal),
+        *_kernel_specs,
+        kernel=cpu_attention.attend_prefill,
+    )
+    for causal in (False, True)
+}
 
 
-def decode_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    scale: float,
+    causal: bool = False,
 ) -> jax.Array:
-    """model.decode_attention's contract: by cpu_attention's kernel on XLA:CPU in every form but
-    `xla`, on CPUs with AVX2 and FMA."""
-    if _installed == XLA or not cpu_attention.runs_here():
-        return model.decode_attention(q, k, v, bias, scale)
-    return _kernel_attention(q, k, v, bias, scale)
+    """model.plain_attention's contract, by cpu_attention's kernels on XLA:CPU in every form but
+    `xla`: a decode step's on CPUs with AVX2 and FMA, a bfloat16 prefill chunk's where XLA may
+    use AVX512_BF16."""
+    if _installed != XLA:
+        if q.shape[2] == 1 and cpu_attention.runs_here():
+            return _decode_kernel(q, k, v, bias, scale)
+        if q.dtype == jnp.bfloat16 and cpu_attention.prefill_runs_here():
+            return _prefill_kernels[causal](q, k, v, bias, scale)
+    return model.plain_attention(q, k, v, bias, scale, causal)
 
 
-model.use_decode_attention(decode_attention)
+model.use_attention(attention)
 
 
 @contextmanager

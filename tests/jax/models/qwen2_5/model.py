@@ -289,13 +289,14 @@ class Attention(nnx.Module):
             k, v = self.write(cache[0], k, start), self.write(cache[1], v, start)
         scale = self.head_dim**-0.5
         # Bound outside the composite's attributes: what TT sees is its SDPA on these operands.
-        decomposition = functools.partial(
-            grouped_attention, softmax=self.softmax, causal=cache is None
-        )
-        if cache is not None and seq == 1 and self.softmax is Attention.softmax:
-            # A decode step with the model's own softmax: through the seam, which a device
-            # fills with its decode-attention kernel (another softmax, faults.py's, stays plain).
-            decomposition = _one_query_attention
+        # The model's own softmax goes through the seam, which a device fills with its attention
+        # kernels (another softmax, faults.py's, stays plain).
+        if self.softmax is Attention.softmax:
+            decomposition = functools.partial(_seam_attention, causal=cache is None)
+        else:
+            decomposition = functools.partial(
+                grouped_attention, softmax=self.softmax, causal=cache is None
+            )
         attend = jax.lax.composite(decomposition, SDPA)
         out = attend(q, k, v, bias, scale=scale, is_causal=False)  # (B, Hq, T, H)
         out = jnp.swapaxes(out, 1, 2).reshape(
@@ -350,28 +351,40 @@ class Attention(nnx.Module):
         return jax.nn.softmax(logits, axis=-1).astype(scores.dtype)
 
 
-def decode_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, scale: float
+def plain_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    scale: float,
+    causal: bool = False,
 ) -> jax.Array:
-    """One query per row over the cache: q (B, Hq, 1, H), k/v (B, K, S, H), bias (B, 1, 1, S) ->
-    (B, Hq, 1, H), grouped_attention with the model's softmax."""
+    """grouped_attention with the model's softmax: q (B, Hq, T, H), k/v (B, K, S, H), bias
+    (B, 1, T, S) -> (B, Hq, T, H); `causal` as there."""
     return grouped_attention(
-        q, k, v, bias, scale=scale, is_causal=False, softmax=Attention.softmax
+        q,
+        k,
+        v,
+        bias,
+        scale=scale,
+        is_causal=False,
+        softmax=Attention.softmax,
+        causal=causal,
     )
 
 
-# The seam for a device's own decode-attention kernel (cpu_products installs XLA:CPU's).
-_decode_attention: Callable[..., jax.Array] = decode_attention
+# The seam for a device's own attention kernels (cpu_products installs XLA:CPU's).
+_attention: Callable[..., jax.Array] = plain_attention
 
 
-def use_decode_attention(attention: Callable[..., jax.Array]) -> None:
-    """Every decode step's attention traced from now on is `attention` (decode_attention's
-    contract)."""
-    global _decode_attention
-    _decode_attention = attention
+def use_attention(attention: Callable[..., jax.Array]) -> None:
+    """Every attention with the model's softmax traced from now on is `attention`
+    (plain_attention's contract)."""
+    global _attention
+    _attention = attention
 
 
-def _one_query_attention(
+def _seam_attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
@@ -379,10 +392,11 @@ def _one_query_attention(
     *,
     scale: float,
     is_causal: bool,
+    causal: bool,
 ) -> jax.Array:
-    """The SDPA composite's decomposition for a decode step: the installed decode attention."""
+    """The SDPA composite's decomposition with the model's softmax: the installed attention."""
     del is_causal  # always False: the bias holds causality
-    return _decode_attention(q, k, v, bias, scale)
+    return _attention(q, k, v, bias, scale, causal)
 
 
 # The most bytes of float32 scores (over all devices) one block of queries may hold: attention
@@ -393,7 +407,8 @@ def _one_query_attention(
 SCORE_BLOCK_BYTES = 32 * 2**20
 # Queries per block of causal attention over a call's own tokens (`_causal_blocks`): each block
 # reads only the keys up to its last query. Smaller blocks skip more of the hidden half but each
-# is a program of its own: 128 and 256 ran a 1,000-token prefill equally fast, 256 compiles faster.
+# is a program of its own: 128 ran an 864-token prefill 3% faster on XLA:CPU (README
+# "Performance"), which is not worth a change to every prefill graph, TT's included.
 CAUSAL_BLOCK = 256
 
 
