@@ -21,6 +21,7 @@ import torch
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from tests.infra import cpu_attention
 from tests.infra.cli import run_cli, run_cli_calls
 from tests.infra.collectives import check_collectives
 from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
@@ -297,10 +298,11 @@ def test_cached_decode_equals_full_recompute(
 
 @pytest.mark.parametrize("platform", ["tpu", "cuda"])
 def test_cpu_decode_path_stays_on_the_cpu(model_for, platform):
-    """A one-token bfloat16 forward (a decode step's products) exported for another platform
-    carries none of the CPU forms (cpu_products.few_rows, cpu_products.streamed): no zero second row,
-    no optimization barrier, no custom call, every product on the single real row. (Exported
-    without that platform's hardware; the TT compile-only suite checks the TTNN graph itself.)
+    """A one-token bfloat16 forward (a decode step's products and attention) exported for another
+    platform carries none of the CPU forms (cpu_products.few_rows, cpu_products.streamed, the
+    attention kernels): no zero second row, no optimization barrier, no custom call, every product
+    on the single real row. (Exported without that platform's hardware; the TT compile-only suite
+    checks the TTNN graph itself.)
     """
     model = model_for(dtype="bfloat16")
     graph, state = nnx.split(model)
@@ -314,15 +316,16 @@ def test_cpu_decode_path_stays_on_the_cpu(model_for, platform):
         jnp.zeros((1, 1), jnp.int32),
         jnp.ones((1, 1), bool),
     )
-    # The kernel's custom call has no serialization guarantee; exported here only to be read.
-    allowed = [jax.export.DisabledSafetyCheck.custom_call(streaming_matmul.TARGET)]
+    # The kernels' custom calls have no serialization guarantee; exported here only to be read.
+    kernels = (streaming_matmul.TARGET, cpu_attention.TARGET)
+    allowed = [jax.export.DisabledSafetyCheck.custom_call(k) for k in kernels]
     texts = {
         p: jax.export.export(jax.jit(forward), platforms=[p], disabled_checks=allowed)(
             *args
         ).mlir_module()
         for p in ("cpu", platform)
     }
-    cpu_only = ("optimization_barrier", streaming_matmul.TARGET)
+    cpu_only = ("optimization_barrier", *kernels)
     # a CPU path is really taken on the CPU
     assert any(mark in texts["cpu"] for mark in cpu_only)
     assert not any(mark in texts[platform] for mark in cpu_only)
