@@ -117,7 +117,14 @@ def attend_prefill(
     return _call(PREFILL_TARGET, q, k, v, bias, scale)
 
 
-def _call(target: str, q, k, v, bias, scale: float) -> jax.Array:
+def _call(
+    target: str,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    scale: float,
+) -> jax.Array:
     # The scale as the plain form multiplies by it: a constant of the model dtype.
     rounded = np.float32(np.asarray(scale, dtype=q.dtype))
     result = jax.ShapeDtypeStruct(q.shape, q.dtype)

@@ -190,7 +190,7 @@ def attention(
 ) -> jax.Array:
     """model.plain_attention's contract, by cpu_attention's kernels on XLA:CPU in every form but
     `xla`: a decode step's on CPUs with AVX2 and FMA, a bfloat16 prefill chunk's where XLA may
-    use AVX512_BF16."""
+    use AMX."""
     if _installed != XLA:
         if q.shape[2] == 1 and cpu_attention.runs_here():
             return _decode_kernel(q, k, v, bias, scale)
