@@ -6,7 +6,7 @@
 
     python -m tests.jax.models.qwen2_5.speed --side ours|hf --phase decode|prefill|gsm8k
         --model-path DIR --dtype float32|bfloat16 --batch B [--cpu-class native|avx2]
-        [--data-file GSM8K/test.jsonl] [--cpu-products FORM]
+        [--data-file GSM8K/test.jsonl] [--problems N] [--cpu-products FORM]
 
 Prints {"tokens_per_second": ...} (gsm8k: {"problems_per_minute": ..., "utilisation": ...}). One process per
 measurement: PyTorch's OpenMP threads keep spinning after its work and XLA's pool does the
@@ -17,7 +17,8 @@ decode: greedy tokens/s as extra tokens over extra time between 8 and 40 new tok
 32-token prompt (prefill and compilation excluded). prefill: tokens/s of a 512-token prompt, the
 median of 3, the last position's logits only on both sides.
 gsm8k: problems per minute of the GSM8K job's shape, each side scheduling it as it does for real:
-16 fixed prompts of 700-1,000 tokens (5-shot GSM8K prompts under Qwen's tokenizer), problem i
+N fixed prompts of 700-1,000 tokens (5-shot GSM8K prompts under Qwen's tokenizer; N = --problems,
+16 by default: the more problems, the smaller the share of the last rows' drain), problem i
 generating exactly the length of test problem i's gold answer in tokens (gsm8k_lengths) and no
 EOS, so both sides do the same work. Ours: continuous batching through B rows (continuous.py).
 Hugging Face: lm-evaluation-harness's HF backend's schedule, longest prompt first in batches of
@@ -37,12 +38,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from tests.infra.cpu_class import emulate_avx2_only
 
 SHORT, LONG, PROMPT_LEN, PREFILL_LEN = 8, 40, 32, 512
 PREFILL_RUNS = 3  # each side's prefill figure is the median of these
-GSM8K_PROBLEMS = 16
+GSM8K_PROBLEMS = 16  # the default; the job's own 1,319 would take hours per side
 
 
 # Qwen2's pre-tokenizer: each piece is at least one token, and in its 152k vocabulary nearly every
@@ -54,7 +56,7 @@ QWEN2_PIECES = (
 MAX_GEN_TOKS = 256  # lm-evaluation-harness's gsm8k max_gen_toks
 
 
-def gsm8k_lengths(data_file: Path, count: int = GSM8K_PROBLEMS) -> list[int]:
+def gsm8k_lengths(data_file: Path, count: int) -> list[int]:
     """The first `count` test problems' completion lengths in tokens: the gold answer as the model
     writes it, then the stop sequence "\n\nQuestion:", in Qwen2 pre-tokenizer pieces, at most
     MAX_GEN_TOKS (the 1,319 answers: mean 124, median 115, 29 to 408)."""
@@ -70,20 +72,19 @@ def gsm8k_lengths(data_file: Path, count: int = GSM8K_PROBLEMS) -> list[int]:
     ]
 
 
-def gsm8k_prompts() -> list[list[int]]:
-    """Fixed prompts with the lengths of 5-shot GSM8K prompts, in problem order."""
+def gsm8k_prompts(count: int) -> list[list[int]]:
+    """`count` fixed prompts with the lengths of 5-shot GSM8K prompts, in problem order (the
+    first n of the same lengths for every count)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     return [
-        rng.integers(100, 50_000, n).tolist()
-        for n in rng.integers(700, 1_001, GSM8K_PROBLEMS)
+        rng.integers(100, 50_000, n).tolist() for n in rng.integers(700, 1_001, count)
     ]
 
 
-def harness_batches(lengths: list[int], batch: int) -> list[list[int]]:
+def harness_batches(prompts: list[list[int]], batch: int) -> list[list[int]]:
     """Problem indices longest prompt first in batches of `batch`, as lm-evaluation-harness orders them."""
-    prompts = gsm8k_prompts()
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     return [order[i : i + batch] for i in range(0, len(order), batch)]
 
@@ -95,10 +96,10 @@ def _timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - started) / repeat
 
 
-def _ours_gsm8k(gen, batch: int, data_file: Path) -> dict[str, float]:
+def _ours_gsm8k(gen, batch: int, data_file: Path, problems: int) -> dict[str, float]:
     from tests.jax.models.qwen2_5.continuous import ContinuousRun
 
-    prompts, lengths = gsm8k_prompts(), gsm8k_lengths(data_file)
+    prompts, lengths = gsm8k_prompts(problems), gsm8k_lengths(data_file, problems)
     started = time.perf_counter()
     # Set up as the GSM8K run is (compiled, each program run once), then the first rows prefilled.
     run = ContinuousRun(gen, prompts, lengths, batch, warm=True)
@@ -111,14 +112,19 @@ def _ours_gsm8k(gen, batch: int, data_file: Path) -> dict[str, float]:
     }
 
 
-def ours(
-    model_path: Path,
-    dtype: str,
-    batch: int,
-    phase: str,
-    data_file: Path,
-    cpu_form: str = "auto",
-) -> float | dict[str, float]:
+class Request(NamedTuple):
+    """One measurement, the same for either side."""
+
+    model_path: Path
+    dtype: str
+    batch: int
+    phase: str
+    data_file: Path | None  # gsm8k: the test problems
+    problems: int  # gsm8k: how many
+
+
+def ours(request: Request, cpu_form: str = "auto") -> float | dict[str, float]:
+    model_path, dtype, batch, phase, data_file, problems = request
     from tests.infra.devices import configure_jax
 
     configure_jax(cpu_devices=1)
@@ -137,7 +143,7 @@ def ours(
         load_model(model_path, getattr(jnp, dtype)), (), 0, widened_gemm_weights=copy
     )
     if phase == "gsm8k":
-        return _ours_gsm8k(gen, batch, data_file)
+        return _ours_gsm8k(gen, batch, data_file, problems)
     if phase == "prefill":
         prompts = [[100 + i % 1000 for i in range(PREFILL_LEN)]] * batch
         gen.generate(prompts, 1)
@@ -154,14 +160,14 @@ def ours(
     return batch * (LONG - SHORT) / (long - short)
 
 
-def _hf_gsm8k(model, batch: int, data_file: Path) -> dict[str, float]:
+def _hf_gsm8k(model, batch: int, data_file: Path, problems: int) -> dict[str, float]:
     """As lm-evaluation-harness's HF backend: left-padded batches, one generate call each, running
     until the batch's longest completion ends."""
     import torch
 
-    prompts, lengths = gsm8k_prompts(), gsm8k_lengths(data_file)
+    prompts, lengths = gsm8k_prompts(problems), gsm8k_lengths(data_file, problems)
     calls = []
-    for batch_indices in harness_batches(lengths, batch):
+    for batch_indices in harness_batches(prompts, batch):
         rows = [prompts[i] for i in batch_indices]
         width = max(map(len, rows))
         ids = torch.tensor([[0] * (width - len(p)) + p for p in rows])
@@ -187,9 +193,8 @@ def _hf_gsm8k(model, batch: int, data_file: Path) -> dict[str, float]:
     }
 
 
-def hugging_face(
-    model_path: Path, dtype: str, batch: int, phase: str, data_file: Path
-) -> float | dict[str, float]:
+def hugging_face(request: Request) -> float | dict[str, float]:
+    model_path, dtype, batch, phase, data_file, problems = request
     import torch
     from transformers import Qwen2ForCausalLM
 
@@ -198,7 +203,7 @@ def hugging_face(
     ).eval()
     with torch.no_grad():
         if phase == "gsm8k":
-            return _hf_gsm8k(model, batch, data_file)
+            return _hf_gsm8k(model, batch, data_file, problems)
         if phase == "prefill":
             ids = torch.tensor([[100 + i % 1000 for i in range(PREFILL_LEN)]] * batch)
             model(ids, logits_to_keep=1)  # the logits a prefill needs, as ours computes
@@ -221,6 +226,11 @@ def hugging_face(
     return batch * (LONG - SHORT) / (long - short)
 
 
+def _lines(path: Path) -> int:
+    with path.open() as f:
+        return sum(1 for line in f if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.jax.models.qwen2_5.speed")
     parser.add_argument("--side", choices=["ours", "hf"], required=True)
@@ -241,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         help="GSM8K test.jsonl (gsm8k: the completion lengths)",
     )
     parser.add_argument(
+        "--problems",
+        type=int,
+        default=GSM8K_PROBLEMS,
+        help=f"gsm8k: the first N test problems' lengths (default {GSM8K_PROBLEMS})",
+    )
+    parser.add_argument(
         "--cpu-class",
         choices=["native", "avx2"],
         default="native",
@@ -255,13 +271,27 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.phase == "gsm8k" and not 1 <= args.problems <= _lines(args.data_file):
+        print(
+            f"error: --problems must be between 1 and the {_lines(args.data_file)} problems of "
+            f"{args.data_file}, got {args.problems}",
+            file=sys.stderr,
+        )
+        return 2
     if args.cpu_class == "avx2":
         emulate_avx2_only()
-    request = (args.model_path, args.dtype, args.batch, args.phase, args.data_file)
+    request = Request(
+        args.model_path,
+        args.dtype,
+        args.batch,
+        args.phase,
+        args.data_file,
+        args.problems,
+    )
     if args.side == "ours":
-        value = ours(*request, cpu_form=args.cpu_products)
+        value = ours(request, cpu_form=args.cpu_products)
     else:
-        value = hugging_face(*request)
+        value = hugging_face(request)
     print(
         json.dumps(value if isinstance(value, dict) else {"tokens_per_second": value})
     )

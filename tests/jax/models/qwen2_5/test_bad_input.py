@@ -19,6 +19,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from tests.infra.cli import run_cli, run_cli_calls
+from tests.jax.models.qwen2_5 import speed
 from tests.jax.models.qwen2_5.loader import INDEX_FILE
 
 GENERATE = "tests.jax.models.qwen2_5.generate"
@@ -359,3 +360,19 @@ def test_a_process_whose_peers_never_come_says_so_and_gives_up(demo_cache):
     assert_refused(
         done, "not every one of the 2 processes joined at 127.0.0.1:23901 within 3 s"
     )
+
+
+@pytest.mark.parametrize("problems", ["0", "1320"])
+def test_the_speed_tool_refuses_more_problems_than_the_data_holds(
+    problems, gsm8k_dir, tmp_path, capsys
+):
+    """speed --phase gsm8k --problems N: N outside the data file's 1,319 problems is refused before
+    any model is loaded (gsm8k_lengths would silently take fewer)."""
+    data = gsm8k_dir / "test.jsonl"
+    argv = ["--side", "ours", "--phase", "gsm8k", "--model-path", str(tmp_path)]
+    argv += ["--dtype", "float32", "--data-file", str(data), "--problems", problems]
+    assert speed.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        f"error: --problems must be between 1 and the 1319 problems of {data}, got {problems}"
+    ]

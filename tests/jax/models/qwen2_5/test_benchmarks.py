@@ -259,15 +259,21 @@ def test_prefill_against_hugging_face(dtype, bench_checkpoint, benchmark, report
 GOAL_RATIO = 1.5  # issue 22: problems/min against the peer, bfloat16, batch 8
 
 
+# The benchmark's problem counts: 16 by default; 48 shrinks the share of the last rows' drain,
+# which the real job's 1,319 problems make negligible, at three times the time.
+JOB_PROBLEMS = {"16-problems": GSM8K_PROBLEMS, "48-problems": 48}
+
+
+@pytest.mark.parametrize("problems", JOB_PROBLEMS.values(), ids=JOB_PROBLEMS.keys())
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gsm8k_job_against_hugging_face(
-    dtype, bench_checkpoint, gsm8k_dir, benchmark, report
+    dtype, problems, bench_checkpoint, gsm8k_dir, benchmark, report
 ):
     """Problems per minute of the GSM8K job's shape with real completion lengths (speed.py), batch
     8: our continuous batching against Hugging Face `generate` scheduled as lm-evaluation-harness's
     HF backend schedules it; medians of ROUNDS alternating runs, and each side's decode-row
     utilisation."""
-    data = ["--data-file", str(gsm8k_dir / "test.jsonl")]
+    data = ["--data-file", str(gsm8k_dir / "test.jsonl"), "--problems", str(problems)]
     key = "problems_per_minute"
     rate, runs = _alternating(key, "gsm8k", bench_checkpoint, dtype, 8, "native", data)
     used = {side: rs[0]["utilisation"] for side, rs in runs.items()}
@@ -276,7 +282,7 @@ def test_gsm8k_job_against_hugging_face(
     each, peer = _each(runs["ours"], key, 2), _each(runs["hf"], key, 2)
     report.append(
         {
-            "name": f"GSM8K job, {dtype}, batch 8 ({GSM8K_PROBLEMS} prompts of 700-1,000 tokens, "
+            "name": f"GSM8K job, {dtype}, batch 8 ({problems} prompts of 700-1,000 tokens, "
             "gold-answer completion lengths)",
             "ours": rate["ours"],
             "hf": rate["hf"],
@@ -288,8 +294,11 @@ def test_gsm8k_job_against_hugging_face(
         }
     )
     assert used["ours"] > used["hf"]
-    if host_class()["class"] == AVX2_ONLY and dtype == "bfloat16":
-        # The goal, asserted where it was measured to hold (README "Performance").
+    # The goal, asserted where it was measured to hold (README "Performance"): bfloat16 on
+    # AVX2-only hosts, both dtypes over 48 problems on AMX hosts.
+    host = host_class()
+    amx = host["flags"]["amx_bf16"] and not host["emulated"]
+    if (host["class"] == AVX2_ONLY and dtype == "bfloat16") or (amx and problems >= 48):
         assert rate["ours"] >= GOAL_RATIO * rate["hf"], rate
 
 
