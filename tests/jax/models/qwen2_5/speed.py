@@ -83,6 +83,11 @@ def gsm8k_prompts(count: int) -> list[list[int]]:
     ]
 
 
+def gsm8k_job(data_file: Path, count: int) -> tuple[list[list[int]], list[int]]:
+    """The job of `count` problems both sides run: its prompts and completion lengths."""
+    return gsm8k_prompts(count), gsm8k_lengths(data_file, count)
+
+
 def harness_batches(prompts: list[list[int]], batch: int) -> list[list[int]]:
     """Problem indices longest prompt first in batches of `batch`, as lm-evaluation-harness orders them."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -99,7 +104,7 @@ def _timed(fn, repeat: int = 1) -> float:
 def _ours_gsm8k(gen, batch: int, data_file: Path, problems: int) -> dict[str, float]:
     from tests.jax.models.qwen2_5.continuous import ContinuousRun
 
-    prompts, lengths = gsm8k_prompts(problems), gsm8k_lengths(data_file, problems)
+    prompts, lengths = gsm8k_job(data_file, problems)
     started = time.perf_counter()
     # Set up as the GSM8K run is (compiled, each program run once), then the first rows prefilled.
     run = ContinuousRun(gen, prompts, lengths, batch, warm=True)
@@ -165,7 +170,7 @@ def _hf_gsm8k(model, batch: int, data_file: Path, problems: int) -> dict[str, fl
     until the batch's longest completion ends."""
     import torch
 
-    prompts, lengths = gsm8k_prompts(problems), gsm8k_lengths(data_file, problems)
+    prompts, lengths = gsm8k_job(data_file, problems)
     calls = []
     for batch_indices in harness_batches(prompts, batch):
         rows = [prompts[i] for i in batch_indices]
@@ -271,9 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.phase == "gsm8k" and not 1 <= args.problems <= _lines(args.data_file):
+    held = _lines(args.data_file) if args.phase == "gsm8k" else 0
+    if args.phase == "gsm8k" and not 1 <= args.problems <= held:
         print(
-            f"error: --problems must be between 1 and the {_lines(args.data_file)} problems of "
+            f"error: --problems must be between 1 and the {held} problems of "
             f"{args.data_file}, got {args.problems}",
             file=sys.stderr,
         )
