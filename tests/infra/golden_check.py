@@ -2,7 +2,8 @@
 #
 # SPDX-License-Identifier: Apache-2.0
 
-"""Comparing a device-under-test output with its golden: PCC, atol, allclose, top-1, KL.
+"""Comparing a device-under-test output with its golden: PCC, atol, allclose, top-1, KL, and
+accuracy against an exact answer.
 
 Every metric is computed on every call and reported, so a failure message (and a passing
 test's recorded properties) show all the numbers, not only the one that was checked.
@@ -17,6 +18,17 @@ import numpy as np
 
 # (golden rows, actual rows, golden's argmax, actual's argmax) -> which rows' disagreement is a tie.
 TieRule = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """An exact answer for the compared rows (after masking): the output under test is as accurate
+    as the golden when the root mean square of its error against `values` is at most `factor`
+    times the golden's. A bound that comes from the golden's own error on this input, not from a
+    number measured on some host."""
+
+    values: np.ndarray
+    factor: float
 
 
 class GoldenMismatch(AssertionError):
@@ -35,6 +47,8 @@ class Thresholds:
               disagreement `top1_tie` accepts (e.g. one within a rounding step on both sides).
               `top1_strict` is the plain argmax match.
     kl:       maximum mean KL(softmax(golden) || softmax(actual)) over rows, in nats.
+    oracle:   the accuracy bound against an exact answer (Oracle); `accuracy_ratio` reports the
+              output under test's RMS error against it over the golden's.
     """
 
     atol: float | None = None
@@ -43,6 +57,7 @@ class Thresholds:
     top1: float | None = None
     top1_tie: TieRule | None = None
     kl: float | None = None
+    oracle: Oracle | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class CheckResult:
     top1: float  # within ties, as configured
     top1_strict: float
     kl: float
+    accuracy_ratio: float | None = None
     failures: tuple[str, ...] = field(default=())
 
     @property
@@ -67,6 +83,11 @@ class CheckResult:
             "top1": self.top1,
             "top1_strict": self.top1_strict,
             "kl": self.kl,
+            **(
+                {}
+                if self.accuracy_ratio is None
+                else {"accuracy_ratio": self.accuracy_ratio}
+            ),
         }
 
     def __str__(self) -> str:
@@ -74,6 +95,8 @@ class CheckResult:
             f"max_abs_diff={self.max_abs_diff:.3e} pcc={self.pcc:.7f} allclose={self.allclose} "
             f"top1={self.top1:.4f} (strict {self.top1_strict:.4f}) kl={self.kl:.3e}"
         )
+        if self.accuracy_ratio is not None:
+            numbers += f" accuracy_ratio={self.accuracy_ratio:.3f}"
         return (
             numbers if self.passed else f"{numbers}; failed: {'; '.join(self.failures)}"
         )
@@ -96,6 +119,16 @@ def pearson(golden: np.ndarray, actual: np.ndarray) -> float:
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def accuracy_ratio(golden: np.ndarray, actual: np.ndarray, exact: np.ndarray) -> float:
+    """RMS |actual - exact| over RMS |golden - exact| (a golden equal to the exact answer counts as
+    off by the smallest float32 normal, so the ratio stays finite)."""
+
+    def rms(x: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((x - exact) ** 2)))
+
+    return rms(actual) / max(rms(golden), float(np.finfo(np.float32).tiny))
 
 
 def compare(
@@ -140,6 +173,12 @@ def compare(
     top1 = float(np.mean(agree))
     log_p, log_q = _log_softmax(rows_g), _log_softmax(rows_a)
     kl = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+    oracle = config.oracle
+    ratio = (
+        None
+        if oracle is None
+        else accuracy_ratio(golden, actual, np.asarray(oracle.values, np.float64))
+    )
 
     if config.atol is not None and not max_abs_diff <= config.atol:
         failures.append(f"max_abs_diff {max_abs_diff:.3e} > atol {config.atol:.1e}")
@@ -151,9 +190,12 @@ def compare(
         failures.append(f"top1 agreement {top1:.4f} < {config.top1}")
     if config.kl is not None and not kl <= config.kl:
         failures.append(f"kl {kl:.3e} > {config.kl:.1e}")
-    return CheckResult(
-        max_abs_diff, pcc, allclose, top1, top1_strict, kl, tuple(failures)
-    )
+    if ratio is not None and not ratio <= oracle.factor:
+        failures.append(
+            f"error against the exact answer {ratio:.3f}x the golden's > {oracle.factor:g}x"
+        )
+    result = (max_abs_diff, pcc, allclose, top1, top1_strict, kl, ratio)
+    return CheckResult(*result, tuple(failures))
 
 
 def assert_equivalent(

@@ -7,6 +7,7 @@ import pytest
 
 from tests.infra.golden_check import (
     GoldenMismatch,
+    Oracle,
     Thresholds,
     assert_equivalent,
     compare,
@@ -100,3 +101,17 @@ def test_top1_counts_exact_golden_ties_and_what_the_tie_rule_accepts():
     assert tied.passed and tied.top1 == 1.0 and tied.top1_strict == 0.0
     far = np.array([[5.0, 2.0, 2.0, 0.5], [0.0, 1.0, 0.0, 9.0]])
     assert compare(golden, far, Thresholds(top1_tie=within_a_hundredth)).top1 == 0.5
+
+
+@pytest.mark.parametrize(("scale", "passes"), [(0.9, True), (1.1, False)])
+def test_an_output_is_as_accurate_as_the_golden_within_the_oracle_factor(scale, passes):
+    """Errors against the exact answer at 0.9 and 1.1 times the allowed multiple of the golden's."""
+    exact = LOGITS.astype(np.float64)
+    noise = RNG.standard_normal((2, *LOGITS.shape))
+    noise /= np.sqrt(np.mean(noise**2, axis=(1, 2, 3), keepdims=True))
+    golden, factor = exact + 1e-4 * noise[0], 3.0
+    actual = exact + scale * factor * 1e-4 * noise[1]
+    result = compare(golden, actual, Thresholds(oracle=Oracle(exact, factor)))
+    assert result.accuracy_ratio == pytest.approx(scale * factor)
+    assert result.passed == passes
+    assert passes or "error against the exact answer" in result.failures[0]

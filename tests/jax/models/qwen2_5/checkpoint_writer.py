@@ -4,9 +4,10 @@
 
 """Writing Hugging Face checkpoint directories without PyTorch: weights, config, tokenizer.
 
-Used for the generate CLI's embedded default (a tiny random-weight Qwen2.5-architecture
-checkpoint) and by tests that need a tokenizer. The tokenizer is a byte-level BPE, like
-Qwen2's, trained here on a fixed text, with Qwen2's special tokens and chat template.
+Used for the unit tests' tiny random-weight Qwen2.5-architecture checkpoints, for tests that
+need a tokenizer, and for the demo cache (where smollm2.py converts the trained demo model).
+The tokenizer is a byte-level BPE, like Qwen2's, trained here on a fixed text, with Qwen2's
+special tokens and chat template.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -85,17 +87,17 @@ def write_generation_config(out_dir: Path, tokenizer: PreTrainedTokenizerFast) -
     (out_dir / "generation_config.json").write_text(json.dumps(config, indent=2))
 
 
-def write_weights(model: Qwen2ForCausalLM, out_dir: Path, max_shard_bytes: int) -> None:
-    """The model's weights under Hugging Face names, sharded with an index past `max_shard_bytes`."""
+def write_tensors(
+    tensors: dict[str, np.ndarray], out_dir: Path, max_shard_bytes: int = 2**30
+) -> None:
+    """Named tensors as safetensors, sharded with an index past `max_shard_bytes`."""
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
-    for path, variable in nnx.to_flat_state(nnx.state(model)):
-        name = hf_name(path)
-        array = np.ascontiguousarray(jax.device_get(variable[...]))
+    for name, array in tensors.items():
         if shards[-1] and size + array.nbytes > max_shard_bytes:
             shards.append({})
             size = 0
-        shards[-1][name] = array
+        shards[-1][name] = np.ascontiguousarray(array)
         size += array.nbytes
     if len(shards) == 1:
         save_file(shards[0], out_dir / SINGLE_FILE, metadata={"format": "pt"})
@@ -108,6 +110,15 @@ def write_weights(model: Qwen2ForCausalLM, out_dir: Path, max_shard_bytes: int) 
     (out_dir / INDEX_FILE).write_text(
         json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
     )
+
+
+def write_weights(model: Qwen2ForCausalLM, out_dir: Path, max_shard_bytes: int) -> None:
+    """The model's weights under Hugging Face names (write_tensors)."""
+    tensors = {
+        hf_name(path): np.asarray(jax.device_get(variable[...]))
+        for path, variable in nnx.to_flat_state(nnx.state(model))
+    }
+    write_tensors(tensors, out_dir, max_shard_bytes)
 
 
 def write_checkpoint(
@@ -129,34 +140,36 @@ def write_checkpoint(
     return out_dir
 
 
-# The embedded default: the 28:4-head tiny preset (so every mesh pads and replicates as 7B
-# does) with room for a chat prompt and a few-shot GSM8K prompt.
-DEMO_CONFIG = TINY_PRESETS["gqa28x4"].replace(max_position_embeddings=2048)
-DEMO_NAME = "qwen2_5-tiny-random-v1"
+# The unit tests' command-line checkpoint: the 28:4-head tiny preset (so every mesh pads and
+# replicates as 7B does) with room for a chat prompt and a few-shot GSM8K prompt.
+TINY_RANDOM_CONFIG = TINY_PRESETS["gqa28x4"].replace(max_position_embeddings=2048)
+TINY_RANDOM_NAME = "qwen2_5-tiny-random-v1"
 
 
 def demo_cache_dir() -> Path:
+    """Where checkpoints made on the fly are kept: QWEN2_5_DEMO_CACHE, else the user's cache."""
     root = os.environ.get("QWEN2_5_DEMO_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qwen2_5_tt"
     )
     return Path(root)
 
 
-def demo_checkpoint(cache_dir: Path | None = None) -> Path:
-    """The embedded default checkpoint (random weights), created once and reused.
+def cached_checkpoint(
+    name: str, build: Callable[[Path], None], cache_dir: Path | None = None
+) -> Path:
+    """The checkpoint directory `name` in the demo cache, made by `build(dir)` once and reused.
 
-    Written to a temporary directory and renamed into place, so a crash never leaves a
+    Built in a temporary directory and renamed into place, so a crash never leaves a
     half-written checkpoint where the next run would find it.
     """
-    target = (cache_dir or demo_cache_dir()) / DEMO_NAME
+    target = (cache_dir or demo_cache_dir()) / name
     if (target / "config.json").is_file():
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}-", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
         try:
-            model = Qwen2ForCausalLM(DEMO_CONFIG, rngs=nnx.Rngs(0))
-            write_checkpoint(model, build_tokenizer(DEMO_CONFIG.vocab_size), staging)
+            build(staging)
             try:
                 staging.rename(target)
             except OSError:  # another process finished first; theirs is as good as ours
@@ -166,7 +179,17 @@ def demo_checkpoint(cache_dir: Path | None = None) -> Path:
             raise
     except OSError as err:
         raise CheckpointError(
-            f"cannot create the demo checkpoint in {target.parent} ({err.strerror or err}): set QWEN2_5_DEMO_CACHE "
-            "to a writable directory, or pass --model-path"
+            f"cannot create the checkpoint {name} in {target.parent} ({err.strerror or err}): set "
+            "QWEN2_5_DEMO_CACHE to a writable directory, or pass --model-path"
         ) from err
     return target
+
+
+def tiny_random_checkpoint(cache_dir: Path | None = None) -> Path:
+    """The tiny random-weight checkpoint of the unit tests, created once and reused."""
+
+    def build(out_dir: Path) -> None:
+        model = Qwen2ForCausalLM(TINY_RANDOM_CONFIG, rngs=nnx.Rngs(0))
+        write_checkpoint(model, build_tokenizer(TINY_RANDOM_CONFIG.vocab_size), out_dir)
+
+    return cached_checkpoint(TINY_RANDOM_NAME, build, cache_dir)

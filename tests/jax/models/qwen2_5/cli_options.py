@@ -19,7 +19,7 @@ def add_model_options(
     parser.add_argument(
         "--model-path",
         type=Path,
-        help="Hugging Face checkpoint directory (default: embedded demo)",
+        help="Hugging Face checkpoint directory (default: the demo, SmolLM2-135M-Instruct run as Qwen2)",
     )
     parser.add_argument(
         "--mesh", default="1x1", help="BATCHxMODEL device mesh; 1x1 is a single device"

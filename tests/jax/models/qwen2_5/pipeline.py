@@ -30,7 +30,6 @@ from tests.infra.distributed import (
 from tests.infra.mesh import MeshError, MeshShape, make_mesh
 from tests.infra.native_build import KernelBuildError
 from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK, GenerationError
-from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
 from tests.jax.models.qwen2_5.config import ConfigError, Qwen2Config
 from tests.jax.models.qwen2_5.cpu_products import AUTO, CpuProductsError, install
 from tests.jax.models.qwen2_5.generation import Generator
@@ -39,6 +38,8 @@ from tests.jax.models.qwen2_5.loader import (
     check_checkpoint,
     load_model,
 )
+from tests.jax.models.qwen2_5.smollm2 import NAME as SMOLLM2
+from tests.jax.models.qwen2_5.smollm2 import smollm2_checkpoint
 from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, abstract_model
 
 # What a user can get wrong; the command lines print these as one line and exit 2.
@@ -122,14 +123,10 @@ def load_tokenizer(model_path: Path, cfg: Qwen2Config) -> PreTrainedTokenizerBas
 
 
 def resolve_model_path(model_path: Path | None) -> Path:
-    """The given checkpoint directory, or the embedded random-weight demo, announced on stderr."""
+    """The given checkpoint directory, or the trained demo model, announced on stderr."""
     if model_path is None:
-        path = demo_checkpoint()
-        print(
-            f"no --model-path: using the embedded tiny Qwen2.5-architecture checkpoint with RANDOM weights at "
-            f"{path} (its text is gibberish by design; pass --model-path for a real model)",
-            file=sys.stderr,
-        )
+        path = smollm2_checkpoint()
+        print(f"no --model-path: using {SMOLLM2} at {path}", file=sys.stderr)
         return path
     if not model_path.is_dir():
         raise CheckpointError(f"--model-path {model_path} is not a directory")

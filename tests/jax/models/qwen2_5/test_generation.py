@@ -25,23 +25,23 @@ from tests.infra import cpu_attention
 from tests.infra.cli import run_cli, run_cli_calls
 from tests.infra.collectives import check_collectives
 from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
-from tests.infra.ttnn_ops import Inventory
 from tests.jax.models.qwen2_5 import streaming_matmul
 from tests.jax.models.qwen2_5.batching import GenerationError, layout_for
+from tests.jax.models.qwen2_5.checkpoint_writer import tiny_random_checkpoint
 from tests.jax.models.qwen2_5.continuous import ContinuousRun
 from tests.jax.models.qwen2_5.generation import Generator
-from tests.jax.models.qwen2_5.hf_golden import load_hf
+from tests.jax.models.qwen2_5.hf_golden import hf_greedy, load_hf
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import KV_AXES, init_cache
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.sampling import SamplingConfig, SamplingParams, sample
-from tests.jax.models.qwen2_5.steps import DECODE, DECODE_ROWS, step_collectives
+from tests.jax.models.qwen2_5.smollm2 import NAME as SMOLLM2
+from tests.jax.models.qwen2_5.step_checks import compiles_as_planned
 from tests.jax.models.qwen2_5.tensor_parallel import (
     batch_sharding,
     forward_all_reduces,
     shard_model,
 )
-from tests.jax.models.qwen2_5.tt_graph import CACHE_UPDATE
 from tests.jax.models.qwen2_5.workloads import left_padded_batch
 
 pytestmark = [pytest.mark.model_test]
@@ -70,26 +70,10 @@ def model_for(tiny_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def hf_greedy(tiny_checkpoint):
+def hf_tokens(tiny_checkpoint):
     """Hugging Face `generate` (greedy) on the same checkpoint: the reference token ids per prompt."""
     hf = load_hf(tiny_checkpoint("gqa28x4"), "float32")
-    width = max(map(len, PROMPTS))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in PROMPTS])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in PROMPTS])
-    with torch.no_grad():
-        out = hf.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            eos_token_id=list(EOS),
-            pad_token_id=0,
-        )
-    generated = []
-    for row in out[:, width:].tolist():
-        stop = next((i + 1 for i, t in enumerate(row) if t in EOS), len(row))
-        generated.append(row[:stop])
-    return generated
+    return hf_greedy(hf, PROMPTS, NEW_TOKENS, list(EOS), 0)
 
 
 def generator(model, mesh=None) -> Generator:
@@ -98,43 +82,12 @@ def generator(model, mesh=None) -> Generator:
     )
 
 
-def compiles_as_planned(
-    gen: Generator, sampling: SamplingConfig, mesh, dut, record_property
-) -> bool:
-    """The request's prefill chunk, decode step and scoring chunk compile on the device under test
-    with exactly the planned collectives; True when there is also data to compare (not compile-only).
-    """
-    for kind, lowered in gen.lower(PROMPTS, NEW_TOKENS, sampling).items():
-        planned = step_collectives(gen.model.cfg, mesh, kind, sampling.greedy)
-        _, check = check_collectives(lowered, dut.platform, planned)
-        record_property(f"{kind}_collectives", str(check))
-        if check.ttnn is not None:
-            check_ttnn_step(kind, check.ttnn, gen.model.cfg.num_layers, record_property)
-    if dut.compile_only:
-        record_property(*COMPILE_ONLY_PROPERTY)
-    return not dut.compile_only
-
-
-def check_ttnn_step(kind: str, ttnn: Inventory, layers: int, record_property) -> None:
-    """What the TT compiler made of a step: nothing on the host; a decode step's cache written in
-    place (two paged_update_cache per layer, rows at a shared slot or at their own) and nothing
-    scattered generically."""
-    record_property(f"{kind}_ttnn_ops", ttnn.total)
-    assert (
-        ttnn.hoisted_to_cpu == 0
-    ), f"{kind}: {ttnn.hoisted_to_cpu} functions on the host"
-    if kind in (DECODE, DECODE_ROWS):
-        assert (
-            ttnn.count(CACHE_UPDATE) == 2 * layers and ttnn.generic_scatters == 0
-        ), ttnn.ops
-
-
 @pytest.mark.push
-def test_greedy_matches_hugging_face_single_device(model_for, hf_greedy):
+def test_greedy_matches_hugging_face_single_device(model_for, hf_tokens):
     result = generator(model_for()).generate(PROMPTS, NEW_TOKENS)
-    assert result.generated_token_ids == hf_greedy
+    assert result.generated_token_ids == hf_tokens
     # at least one row ran the full 32 tokens
-    assert max(map(len, hf_greedy)) == NEW_TOKENS
+    assert max(map(len, hf_tokens)) == NEW_TOKENS
 
 
 @pytest.mark.push_where(mesh="1x8")
@@ -142,11 +95,13 @@ def test_greedy_matches_hugging_face_single_device(model_for, hf_greedy):
 @pytest.mark.nightly_unless(mesh=("1x8", "2x4"))
 @pytest.mark.tensor_parallel
 def test_greedy_on_mesh_matches_single_device_and_hugging_face(
-    mesh, dut, model_for, hf_greedy, record_property
+    mesh, dut, model_for, hf_tokens, record_property
 ):
     gen = generator(model_for(), mesh)
-    if compiles_as_planned(gen, SamplingConfig(), mesh, dut, record_property):
-        assert gen.generate(PROMPTS, NEW_TOKENS).generated_token_ids == hf_greedy
+    if compiles_as_planned(
+        gen, PROMPTS, NEW_TOKENS, SamplingConfig(), mesh, dut, record_property
+    ):
+        assert gen.generate(PROMPTS, NEW_TOKENS).generated_token_ids == hf_tokens
 
 
 # Seven prompts of 3 to 40 tokens (two chunk widths with prefill_chunk 16) for 3 rows: every row
@@ -230,7 +185,9 @@ def test_sampling_on_mesh_matches_single_device(mesh, dut, model_for, record_pro
     """
     config = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=7)
     gen = generator(model_for(), mesh)
-    if compiles_as_planned(gen, config, mesh, dut, record_property):
+    if compiles_as_planned(
+        gen, PROMPTS, NEW_TOKENS, config, mesh, dut, record_property
+    ):
         single = (
             generator(model_for()).generate(PROMPTS, 12, config).generated_token_ids
         )
@@ -478,6 +435,8 @@ def test_bad_requests(model_for):
 
 
 GENERATE = "tests.jax.models.qwen2_5.generate"
+# The README's first command.
+DEMO = ["--mesh", "1x8", "--prompt", "What is the capital of France?", "--chat"]
 CLI_MESHES = ["1x1", "2x4", "1x8", "1x32", "8x4"]
 BATCH = [
     "--prompt",
@@ -489,7 +448,7 @@ BATCH = [
 BAD_INPUT = [
     (["--model-path", "/nonexistent/qwen"], "is not a directory"),
     (["--mesh", "8by4"], "malformed mesh"),
-    (["--mesh", "1x3"], "model axis of 3 cannot split 4 KV heads"),
+    (["--mesh", "1x3"], "is not divisible by the model axis 3"),
     (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     (["--rows", "0"], "--rows must be >= 1"),
     (["--prompt", "word " * 2100], "exceeds the model's context of 2048 tokens"),
@@ -497,9 +456,11 @@ BAD_INPUT = [
 
 
 @pytest.fixture(scope="module")
-def cli(tiny_checkpoint, tmp_path_factory, demo_cache):
+def cli(tiny_checkpoint, tmp_path_factory, demo_cache, smollm2):
     """The generate command's cases, all run in one fresh process (one JAX start-up; every mesh
-    up to 32 devices exists there): name -> outcome."""
+    up to 32 devices exists there): name -> outcome. Every case names the tiny random checkpoint
+    but the demo's, which runs the default: the trained model (its cache the session's).
+    """
     llama = Path(
         shutil.copytree(
             tiny_checkpoint("mha8"), tmp_path_factory.mktemp("llama") / "llama"
@@ -508,7 +469,7 @@ def cli(tiny_checkpoint, tmp_path_factory, demo_cache):
     config = json.loads((llama / "config.json").read_text())
     (llama / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     saved = "--mesh 1x8 --chat --max-new-tokens 12 --json --dtype float32".split()
-    calls = {f"embedded_{m}": ["--mesh", m, *BATCH] for m in CLI_MESHES}
+    calls = {f"tiny_{m}": ["--mesh", m, *BATCH] for m in CLI_MESHES}
     calls["save_pretrained"] = [
         "--model-path",
         str(tiny_checkpoint("gqa28x4")),
@@ -525,17 +486,27 @@ def cli(tiny_checkpoint, tmp_path_factory, demo_cache):
         calls[f"bad_{i}"] = (
             ["--prompt", "Hello"] if "--prompt" not in args else []
         ) + args
-    env = {"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": "32"}
+    tiny = ["--model-path", str(tiny_random_checkpoint(demo_cache))]
+    calls = {k: a if "--model-path" in a else [*tiny, *a] for k, a in calls.items()}
+    calls["demo"] = [*DEMO, "--max-new-tokens", "8", "--json"]
+    env = {"QWEN2_5_DEMO_CACHE": str(smollm2.parent), "JAX_NUM_CPU_DEVICES": "32"}
     done = run_cli_calls(GENERATE, [(argv, {}) for argv in calls.values()], env)
     return dict(zip(calls, done, strict=True))
 
 
+def test_cli_demo_answers_in_words(cli):
+    """The README's first command: the trained model, no --model-path, on 1x8."""
+    done = cli["demo"]
+    assert done.returncode == 0, done.stderr
+    assert f"no --model-path: using {SMOLLM2}" in done.stderr
+    assert "Paris" in json.loads(done.stdout)["text"][0]
+
+
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("mesh_arg", CLI_MESHES, ids=lambda m: f"mesh_{m}")
-def test_cli_embedded_default(mesh_arg, cli):
-    done = cli[f"embedded_{mesh_arg}"]
+def test_cli_on_every_mesh(mesh_arg, cli):
+    done = cli[f"tiny_{mesh_arg}"]
     assert done.returncode == 0, done.stderr
-    assert "RANDOM weights" in done.stderr
     out = json.loads(done.stdout)
     assert (
         out["mesh"] == mesh_arg
@@ -544,10 +515,10 @@ def test_cli_embedded_default(mesh_arg, cli):
     )
     assert all(1 <= len(g) <= 6 for g in out["generated_token_ids"])
     assert out["prefill_tokens_per_second"] > 0 and out["decode_tokens_per_second"] >= 0
-    # The embedded default is one checkpoint: every mesh generates the same greedy tokens.
+    # One checkpoint: every mesh generates the same greedy tokens.
     assert (
         out["generated_token_ids"]
-        == json.loads(cli["embedded_1x1"].stdout)["generated_token_ids"]
+        == json.loads(cli["tiny_1x1"].stdout)["generated_token_ids"]
     )
 
 
@@ -610,8 +581,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(case, cli):
 
 def test_cli_with_too_few_devices_is_one_line_and_exit_2(demo_cache):
     """The device count is fixed when JAX starts: this case needs a process of its own."""
-    env = {"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": "4"}
-    done = run_cli(GENERATE, "--prompt", "Hello", "--mesh", "1x8", env=env)
+    tiny = ["--model-path", str(tiny_random_checkpoint(demo_cache))]
+    args = [*tiny, "--prompt", "Hello", "--mesh", "1x8"]
+    done = run_cli(GENERATE, *args, env={"JAX_NUM_CPU_DEVICES": "4"})
     assert_one_error_line(done, "needs 8 devices but 4 cpu devices exist")
 
 

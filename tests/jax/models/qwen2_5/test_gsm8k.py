@@ -12,21 +12,24 @@ import json
 import math
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 from tests.infra.cli import run_cli, run_cli_calls, start_cli
 from tests.infra.mesh import MeshShape
 from tests.infra.runs import progress_path
-from tests.jax.models.qwen2_5 import gsm8k
+from tests.jax.models.qwen2_5 import cpu_products, gsm8k
+from tests.jax.models.qwen2_5.audit import TIE_FACTOR, errors, first_difference, top_of
 from tests.jax.models.qwen2_5.checkpoint_writer import (
     build_tokenizer,
-    demo_checkpoint,
+    tiny_random_checkpoint,
     write_checkpoint,
 )
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
@@ -46,9 +49,17 @@ from tests.jax.models.qwen2_5.gsm8k_task import (
     paired_scores,
     read_jsonl,
     scores,
+    stops_at_sequences,
     strict_extract,
     truncate_at_stop,
 )
+from tests.jax.models.qwen2_5.hf_golden import (
+    exact_logits,
+    hf_greedy_until,
+    load_hf,
+    to_numpy,
+)
+from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.pipeline import Checkpoint
 
@@ -180,7 +191,7 @@ def test_mesh_completions_equal_single_device(test_set, gsm8k_dir, demo_cache):
         build_prompt(p, ex)
         for p, ex in zip(problems, fewshot_exemplars(train, 4, 2), strict=True)
     ]
-    checkpoint = Checkpoint.open(demo_checkpoint(demo_cache))
+    checkpoint = Checkpoint.open(tiny_random_checkpoint(demo_cache))
     token_ids = [checkpoint.encode(p, chat=False) for p in prompts]
     batch = [0, 1, 2, 3]
     single = complete(
@@ -235,11 +246,6 @@ def test_paired_scores_and_mcnemar():
 GSM8K = "tests.jax.models.qwen2_5.gsm8k"
 
 
-def _gsm8k_cli(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = {"QWEN2_5_DEMO_CACHE": str(cache)} if cache else None
-    return run_cli(GSM8K, *args, env=env)
-
-
 @pytest.fixture(scope="module")
 def context_checkpoint(tmp_path_factory) -> Path:
     """The 28:4 tiny model with a 4,096-token context and a 640-token vocabulary: 5-shot GSM8K
@@ -274,7 +280,7 @@ BAD_INPUT = [
     ),
     (["--limit", "0"], "--limit must be >= 1"),
     (["--num-fewshot", "-1"], "--num-fewshot must be >= 0"),
-    (["--mesh", "1x3"], "model axis of 3 cannot split 4 KV heads"),
+    (["--mesh", "1x3"], "is not divisible by the model axis 3"),
     (["--compare-single-device"], "compares a mesh with one device"),
 ]
 RESUMABLE = [
@@ -303,11 +309,11 @@ def cli(gsm8k_dir, demo_cache, tiny_checkpoint, context_checkpoint, tmp_path_fac
         calls[f"bad_{i}"] = (
             [] if "--data-file" in args else [*test_file, "--limit", "1"]
         ) + args
-    outputs["embedded"] = tmp / "out.json"
-    calls["embedded"] = [
+    outputs["one_device"] = tmp / "out.json"
+    calls["one_device"] = [
         *test_file,
         "--output",
-        str(outputs["embedded"]),
+        str(outputs["one_device"]),
         *"--limit 2 --num-fewshot 1 --max-new-tokens 8".split(),
     ]
     # 0-shot: the tiny preset's context is 256 tokens.
@@ -328,7 +334,9 @@ def cli(gsm8k_dir, demo_cache, tiny_checkpoint, context_checkpoint, tmp_path_fac
     calls["static"] += ["--output", str(outputs["static"])]
     # After it, the same output with other settings: refused, the finished run kept.
     calls["changed"] = [*calls["whole"], "--max-new-tokens", "8"]
-    env = {"QWEN2_5_DEMO_CACHE": str(demo_cache), "JAX_NUM_CPU_DEVICES": "8"}
+    tiny = ["--model-path", str(tiny_random_checkpoint(demo_cache))]
+    calls = {k: a if "--model-path" in a else [*tiny, *a] for k, a in calls.items()}
+    env = {"JAX_NUM_CPU_DEVICES": "8"}
     done = run_cli_calls(GSM8K, [(argv, {}) for argv in calls.values()], env)
     return {
         name: (outcome, outputs.get(name))
@@ -336,8 +344,8 @@ def cli(gsm8k_dir, demo_cache, tiny_checkpoint, context_checkpoint, tmp_path_fac
     }
 
 
-def test_cli_on_the_embedded_default(cli):
-    done, out = cli["embedded"]
+def test_cli_writes_settings_scores_and_each_problem(cli):
+    done, out = cli["one_device"]
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert (
@@ -405,11 +413,11 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     """Stopped after its first batch, a run exits without a traceback, prints the scores so far and
     keeps its finished problems; the same command then reuses them and ends with exactly the
     result of a run never interrupted."""
-    args = ["--data-file", str(gsm8k_dir / "test.jsonl"), *RESUMABLE]
-    env = {"QWEN2_5_DEMO_CACHE": str(demo_cache)}
+    tiny = ["--model-path", str(tiny_random_checkpoint(demo_cache))]
+    args = [*tiny, "--data-file", str(gsm8k_dir / "test.jsonl"), *RESUMABLE]
     out = tmp_path / "resumed.json"
     progress = progress_path(out)
-    process = start_cli(GSM8K, *args, "--output", str(out), env=env)
+    process = start_cli(GSM8K, *args, "--output", str(out))
     deadline = time.monotonic() + 300
     while (
         not (progress.is_file() and len(progress.read_text().splitlines()) >= 3)
@@ -427,7 +435,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     finished = len(progress.read_text().splitlines()) - 1
     assert 2 <= finished < 6
 
-    resumed = _gsm8k_cli(*args, "--output", str(out), cache=demo_cache)
+    resumed = run_cli(GSM8K, *args, "--output", str(out))
     assert resumed.returncode == 0, resumed.stderr
     assert f"reusing {finished} finished problems" in resumed.stderr
     whole_done, whole = cli["whole"]
@@ -476,51 +484,43 @@ def test_cli_bad_input(case, cli):
 
 
 @pytest.fixture(scope="module")
-def real_model_path() -> Path:
-    model_path = os.environ.get("QWEN2_5_MODEL_PATH")
-    if not model_path:
-        pytest.skip(
-            "set QWEN2_5_MODEL_PATH to a Qwen2.5-7B(-Instruct) checkpoint directory to run GSM8K on it"
-        )
-    return Path(model_path)
+def real_model_path(smollm2) -> Path:
+    """QWEN2_5_MODEL_PATH (e.g. a Qwen2.5-7B checkpoint), else the trained demo model."""
+    return Path(os.environ.get("QWEN2_5_MODEL_PATH") or smollm2)
 
 
-@pytest.mark.nightly
-@pytest.mark.tensor_parallel
-@pytest.mark.model_test
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_gsm8k_score_on_mesh_equals_single_device(
-    dtype, real_model_path, mesh, gsm8k_dir, tmp_path, record_property
-):
-    """The full task (QWEN2_5_GSM8K_LIMIT shortens it) on a real checkpoint, the mesh audited
-    against one device: float32 gives identical tokens; bfloat16 identical tokens or only rounding
-    ties (never a real divergence), its score difference and McNemar p-value reported.
-    """
-    limit = os.environ.get("QWEN2_5_GSM8K_LIMIT")
-    out = tmp_path / "gsm8k.json"
-    args = [
-        "--model-path",
-        str(real_model_path),
-        "--data-file",
-        str(gsm8k_dir / "test.jsonl"),
-        "--dtype",
-        dtype,
-    ]
-    args += [
-        "--mesh",
-        f"{mesh.shape['batch']}x{mesh.shape['model']}",
-        "--compare-single-device",
-        "--output",
-        str(out),
-    ]
-    args += ["--limit", limit] if limit else []
+def run_compare_mode(model: Path, mesh_arg: str, dtype: str, data: Path, out: Path):
+    """The gsm8k command in compare mode over QWEN2_5_GSM8K_LIMIT problems (default 64)."""
+    args = ["--model-path", str(model), "--data-file", str(data), "--dtype", dtype]
+    args += ["--mesh", mesh_arg, "--compare-single-device", "--output", str(out)]
+    args += ["--limit", os.environ.get("QWEN2_5_GSM8K_LIMIT", "64")]
+    args += ["--cpu-products", cpu_products.installed()]
     args += ["--chat"] if os.environ.get("QWEN2_5_GSM8K_CHAT") == "1" else []
     done = run_cli("tests.jax.models.qwen2_5.gsm8k", *args, timeout=7 * 24 * 3600)
     if done.returncode == 2 and "GiB of host memory" in done.stderr:
         # refused before starting: this host is too small
         pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-3000:]
-    comparison = json.loads(out.read_text())["comparison"]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.nightly
+@pytest.mark.tensor_parallel
+@pytest.mark.model_test
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("mesh_arg", ["1x8", "2x4"], ids=lambda m: f"mesh_{m}")
+def test_gsm8k_score_on_mesh_equals_single_device(
+    dtype, mesh_arg, real_model_path, gsm8k_dir, tmp_path, record_property
+):
+    """Compare mode on a trained model, the mesh audited against one device: float32 gives
+    identical tokens; bfloat16 identical tokens or only rounding ties (never a real divergence),
+    its score difference and McNemar p-value reported. In float32 one device also equals Hugging
+    Face problem by problem (hugging_face_on_the_same_problems)."""
+    data = gsm8k_dir / "test.jsonl"
+    result = run_compare_mode(
+        real_model_path, mesh_arg, dtype, data, tmp_path / "g.json"
+    )
+    comparison = result["comparison"]
     for metric, paired in comparison["scores"].items():
         record_property(f"{metric}_single_device", paired["single_device"]["accuracy"])
         record_property(f"{metric}_mesh", paired["mesh"]["accuracy"])
@@ -530,11 +530,63 @@ def test_gsm8k_score_on_mesh_equals_single_device(
     record_property("rounding_ties", comparison["rounding_ties"])
     if dtype == "float32":
         assert comparison["verdict"] == "identical", comparison
+        hugging_face_on_the_same_problems(real_model_path, result, record_property)
     else:
         assert (
             comparison["verdict"] in ("identical", "equivalent")
             and comparison["real_divergences"] == 0
         ), comparison
+
+
+def hugging_face_on_the_same_problems(model: Path, result: dict, record_property):
+    """Hugging Face's greedy float32 completions of the run's prompts, one at a time, graded as ours:
+    the same tokens, texts and extractions as one device of ours, problem by problem, except
+    where the two part at a float32 rounding tie (float32_tie); its scores recorded."""
+    checkpoint, hf = Checkpoint.open(model), load_hf(model, "float32")
+    settings = result["settings"]
+    stop, problems = stops_at_sequences(checkpoint.tokenizer), []
+    for entry in result["problems"]:
+        ours = entry["1x1"]
+        prompt = checkpoint.encode(entry["prompt"], settings["chat"])
+        tokens = hf_greedy_until(
+            hf, prompt, settings["max_new_tokens"], checkpoint.eos_token_ids, stop
+        )
+        problem = Problem("", f"#### {ours['gold']}")
+        theirs = gsm8k.graded(checkpoint, problem, entry["prompt_id"], tokens, None)
+        problems.append(theirs)
+        if tokens != ours["tokens"]:
+            tie = float32_tie(model, hf, prompt, ours["tokens"], tokens)
+            assert tie["rounding_tie"], (entry["prompt_id"], tie)
+            record_property(f"hugging_face_tie_{entry['prompt_id']}", str(tie))
+            continue
+        assert (theirs.generated, theirs.strict, theirs.flexible) == (
+            ours["generated"],
+            ours["strict"],
+            ours["flexible"],
+        )
+    for metric, score in scores(problems).items():
+        record_property(f"{metric}_hugging_face", score["accuracy"])
+
+
+def float32_tie(model: Path, hf, prompt: list[int], ours: list[int], theirs: list[int]):
+    """Where one device of ours and Hugging Face part, the float64 logits of the common prefix
+    decide: a rounding tie when their margin between the two tokens is within twice the larger of
+    the two sides' errors over their top 8 there (the audit's rule)."""
+    at = first_difference(ours, theirs)
+    sequence = prompt + ours[:at]
+    exact = np.asarray(exact_logits(model, [sequence])[0][-1:], np.float64)
+    with torch.no_grad():
+        hf_row = to_numpy(hf(input_ids=torch.tensor([sequence])).logits[0, -1:])
+    ids = np.asarray([sequence], np.int32)
+    positions, mask = np.arange(len(sequence), dtype=np.int32)[None], np.ones_like(ids)
+    logits = load_model(model, jnp.float32)(ids, positions, mask)
+    ours_row = np.asarray(logits[0, -1:], np.float64)
+    scale = max(
+        float(errors(top_of(r), exact, "float32")[0]) for r in (hf_row, ours_row)
+    )
+    margin = float(exact[0, ours[at]] - exact[0, theirs[at]])
+    tie = abs(margin) <= TIE_FACTOR * scale
+    return {"position": at, "margin": margin, "scale": scale, "rounding_tie": tie}
 
 
 @pytest.mark.parametrize("fits", [(True, True), (False, True), (False, False)])

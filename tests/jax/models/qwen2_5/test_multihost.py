@@ -17,7 +17,7 @@ import subprocess
 import pytest
 
 from tests.infra.cli import start_cli
-from tests.jax.models.qwen2_5.checkpoint_writer import demo_checkpoint
+from tests.jax.models.qwen2_5.checkpoint_writer import tiny_random_checkpoint
 
 pytestmark = [pytest.mark.multihost, pytest.mark.tensor_parallel, pytest.mark.nightly]
 
@@ -31,16 +31,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _generate(*args: str, cache) -> subprocess.Popen:
+def _generate(*args: str, model) -> subprocess.Popen:
     # JAX_NUM_CPU_DEVICES removed: each process asks for its own share of the mesh.
-    env = {"QWEN2_5_DEMO_CACHE": str(cache), "JAX_NUM_CPU_DEVICES": None}
-    return start_cli("tests.jax.models.qwen2_5.generate", *args, env=env)
+    env = {"JAX_NUM_CPU_DEVICES": None}
+    command = ("tests.jax.models.qwen2_5.generate", "--model-path", str(model), *args)
+    return start_cli(*command, env=env)
 
 
 @pytest.fixture(scope="module")
 def demo(demo_cache):
-    demo_checkpoint(demo_cache)  # built once, before several processes look for it
-    return demo_cache
+    """The tiny random checkpoint, built once before several processes read it."""
+    return tiny_random_checkpoint(demo_cache)
 
 
 @pytest.mark.parametrize("mesh_arg", ["2x4", "8x4"], ids=lambda m: f"mesh_{m}")
@@ -48,7 +49,7 @@ def test_two_processes_generate_what_one_process_does(mesh_arg, demo):
     cluster = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2"]
     processes = [
         _generate(
-            "--mesh", mesh_arg, *REQUEST, *cluster, "--process-id", str(i), cache=demo
+            "--mesh", mesh_arg, *REQUEST, *cluster, "--process-id", str(i), model=demo
         )
         for i in range(2)
     ]
@@ -58,7 +59,7 @@ def test_two_processes_generate_what_one_process_does(mesh_arg, demo):
     assert outputs[1][0] == ""  # only process 0 prints
     together = json.loads(outputs[0][0])
     alone_out, alone_err = _generate(
-        "--mesh", mesh_arg, *REQUEST, cache=demo
+        "--mesh", mesh_arg, *REQUEST, model=demo
     ).communicate(timeout=300)
     alone = json.loads(alone_out)
     assert together["mesh"] == mesh_arg
@@ -78,7 +79,7 @@ def test_mesh_must_split_evenly_over_processes(demo):
         "--process-id",
         "0",
     ]
-    process = _generate(*args, cache=demo)
+    process = _generate(*args, model=demo)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 2
     assert "does not split evenly over 2 processes" in err and "Traceback" not in err

@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding
 from tests.infra.cli import run_cli
 from tests.infra.devices import CPU
 from tests.jax.models.qwen2_5 import cpu_products, streaming_matmul
+from tests.jax.models.qwen2_5.checkpoint_writer import tiny_random_checkpoint
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.streaming_matmul import (
     native_bf16,
@@ -162,8 +163,10 @@ def test_a_failed_build_is_one_line_and_exit_2(compiler, message, tmp_path, demo
         "CXX": compiler,
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
     }
-    env["QWEN2_5_DEMO_CACHE"] = str(demo_cache)
-    done = run_cli("tests.jax.models.qwen2_5.generate", "--prompt", "Hello", env=env)
+    tiny = ["--model-path", str(tiny_random_checkpoint(demo_cache))]
+    done = run_cli(
+        "tests.jax.models.qwen2_5.generate", *tiny, "--prompt", "Hello", env=env
+    )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: ")

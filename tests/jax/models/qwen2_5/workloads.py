@@ -10,9 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tests.infra.equivalence import JitWorkload
 from tests.jax.models.qwen2_5.config import Qwen2Config
@@ -32,6 +35,12 @@ def module_workload(
     return JitWorkload(
         lambda state, *xs: output(nnx.merge(graphdef, state)(*xs)), (state, *inputs)
     )
+
+
+def placed_like(module: nnx.Module, mesh: Mesh, *input_specs: P) -> tuple:
+    """Argument shardings: the module's weights where they already live, inputs by `input_specs`."""
+    state_shardings = jax.tree.map(lambda x: x.sharding, nnx.state(module))
+    return (state_shardings, *(NamedSharding(mesh, spec) for spec in input_specs))
 
 
 def hidden_rows(batch: int, seq: int) -> Callable[[tuple], Any]:
