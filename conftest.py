@@ -49,11 +49,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "not compared",
     )
     parser.addoption(
-        "--cpu-products",
-        choices=("auto", "xla", "few-rows", "streamed", "streamed-native"),
-        default="auto",
-        help="XLA:CPU's form of a model's weight products (a model package installs it at start-up; "
-        "qwen2_5/cpu_products.py): auto picks by host",
+        "--cpu-kernels",
+        action="store_true",
+        help="also run the opt-in CPU acceleration package's tests (qwen2_5/cpu_acceleration: "
+        "C++ kernels built with the host's compiler); the golden never uses them",
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import jax
 
-from tests.infra import host_memory, tt_plugin
+from tests.infra import tt_plugin
 
 CPU = "cpu"
 TT = "tt"
@@ -75,18 +75,13 @@ def configure_jax(cpu_devices: int, platform: str = CPU) -> None:
     (xla_allow_excess_precision, on by default). Where it does depends on how the program was
     partitioned, so a mesh and a single device would round a bfloat16 model at different
     points. Turned off, every program rounds exactly where its source casts, as PyTorch does.
-    The process's allocator keeps freed memory for reuse (host_memory.keep_freed_memory): XLA:CPU
-    allocates large intermediates on every call, which glibc would otherwise map and fault in
-    afresh each time.
 
-    An explicit JAX_NUM_CPU_DEVICES, xla_allow_excess_precision or glibc malloc setting in the
-    environment wins.
+    An explicit JAX_NUM_CPU_DEVICES or xla_allow_excess_precision in the environment wins.
     """
     if platform not in PLATFORMS:
         raise ValueError(
             f"unknown platform {platform!r}: choose one of {', '.join(PLATFORMS)}"
         )
-    host_memory.keep_freed_memory()
     jax.config.update("jax_platforms", CPU if platform == CPU else f"{CPU},{platform}")
     if platform == CPU:
         tt_plugin.keep_out_of_this_process()

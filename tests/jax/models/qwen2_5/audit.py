@@ -294,9 +294,7 @@ def oracle_of(single: Generator, steps: CompiledSteps | None = None) -> Generato
     """
     if single.mesh is not None:
         raise ValueError("the oracle runs on one device")
-    return dataclasses.replace(
-        single, exact=True, steps=steps, widened_gemm_weights=False
-    )
+    return dataclasses.replace(single, exact=True, steps=steps)
 
 
 def exact_model(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:

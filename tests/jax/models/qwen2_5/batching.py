@@ -85,8 +85,7 @@ class BatchLayout:
         batching): left-padded to a whole tile of SLOT_MULTIPLE only, not to whole chunks (a GSM8K
         prompt would compute far more pads). Its chunks hold as many rows per device as the batch's
         own chunks (a group's rows times their width), so they need the same memory; a GSM8K prompt
-        is then one chunk, and a weight that a bfloat16 GEMM widens (cpu_products) is widened once
-        per prompt, not once per narrower chunk. Its widths take at most chunk / SLOT_MULTIPLE shapes.
+        is then one chunk. Its widths take at most chunk / SLOT_MULTIPLE shapes.
         """
         tiles = -(-length // SLOT_MULTIPLE) * SLOT_MULTIPLE
         prompt_len = min(tiles, self.prompt_len)

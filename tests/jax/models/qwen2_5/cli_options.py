@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tests.jax.models.qwen2_5.cpu_products import AUTO, CHOICES
-
 
 def add_model_options(
     parser: argparse.ArgumentParser, *, max_new_tokens: int, compare_help: str
 ) -> None:
-    """--model-path, --mesh, --dtype, --chat, --max-new-tokens, --compare-single-device, --cpu-products."""
+    """--model-path, --mesh, --dtype, --chat, --max-new-tokens, --compare-single-device, --cpu-kernels."""
     parser.add_argument(
         "--model-path",
         type=Path,
@@ -35,9 +33,8 @@ def add_model_options(
         "--compare-single-device", action="store_true", help=compare_help
     )
     parser.add_argument(
-        "--cpu-products",
-        choices=CHOICES,
-        default=AUTO,
-        help="XLA:CPU's form of the decode steps' weight products (cpu_products.py); auto picks by host; "
-        "never part of a TT program",
+        "--cpu-kernels",
+        action="store_true",
+        help="run with the opt-in CPU acceleration (qwen2_5/cpu_acceleration: bfloat16 decode "
+        "products by a C++ kernel built with the host's compiler); default: the plain golden",
     )

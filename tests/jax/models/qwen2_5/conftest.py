@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.jax.models.qwen2_5 import cpu_products
 from tests.jax.models.qwen2_5.checkpoint_writer import (
     build_tokenizer,
     write_generation_config,
@@ -19,16 +18,14 @@ from tests.jax.models.qwen2_5.config import TINY_PRESETS
 from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
 from tests.jax.models.qwen2_5.smollm2 import smollm2_checkpoint
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    """The weight products' CPU form, chosen once for the session (--cpu-products)."""
-    cpu_products.install(config.getoption("--cpu-products"))
+ACCELERATION = Path(__file__).parent / "cpu_acceleration"
 
 
-@pytest.fixture(autouse=True)
-def _cpu_products_property(record_property) -> None:
-    """Every test records the CPU form its weight products took (a test may force another)."""
-    record_property("cpu_products", cpu_products.installed())
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The opt-in CPU acceleration package is collected (so imported) only with --cpu-kernels."""
+    if collection_path == ACCELERATION and not config.getoption("--cpu-kernels"):
+        return True
+    return None
 
 
 @pytest.fixture(scope="session")

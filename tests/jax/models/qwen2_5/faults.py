@@ -12,6 +12,7 @@ the decode path alone.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +22,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from tests.infra.mesh import MODEL_AXIS
-from tests.jax.models.qwen2_5.model import Attention, Qwen2ForCausalLM, Qwen2Model
+from tests.jax.models.qwen2_5.model import (
+    Qwen2ForCausalLM,
+    Qwen2Model,
+    grouped_attention,
+    write_rows,
+)
 from tests.jax.models.qwen2_5.tensor_parallel import (
     HeadSplit,
     build_model,
@@ -58,34 +64,36 @@ def shard_with_fault(
     _, split = tensor_parallel_config(model.cfg, mesh.shape[MODEL_AXIS])
     dtype = model.model.norm.weight.dtype
     placement = lambda variable: param_sharding(variable, mesh)  # noqa: E731
-    return build_model(
-        model.cfg, dtype, fault(**vars(split)), in_memory_source(model), placement
-    )
+    source, kernels = in_memory_source(model), model.kernels
+    layout = fault(**vars(split))
+    return build_model(model.cfg, dtype, layout, source, placement, kernels=kernels)
 
 
-class LateCacheSlot(Attention):
-    """In decode steps, the first device's KV head is written one slot late (the token at step s
-    lands in slot s + 1): that device attends to an empty slot and never to the token itself.
-    """
-
-    @staticmethod
-    def write(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
-        right = Attention.write(cache, new, start)
-        if new.shape[2] != 1:
-            return right
-        # KV heads (axis 1) are split over `model`: head 0 is the first device's.
-        first_device = (jnp.arange(cache.shape[1]) == 0)[None, :, None, None]
-        return jnp.where(first_device, Attention.write(cache, new, start + 1), right)
+def late_on_the_first_device(
+    cache: jax.Array, new: jax.Array, slots: jax.Array
+) -> jax.Array:
+    """A decode step's per-row write (Kernels.row_write) with the first device's KV head written
+    one slot late (the token at step s lands in slot s + 1): that device attends to an empty slot
+    and never to the token itself."""
+    right, late = write_rows(cache, new, slots), write_rows(cache, new, slots + 1)
+    # KV heads (axis 1) are split over `model`: head 0 is the first device's.
+    first_device = (jnp.arange(cache.shape[1]) == 0)[None, :, None, None]
+    return jnp.where(first_device, late, right)
 
 
-class Bfloat16Softmax(Attention):
+def bfloat16_softmax(scores: jax.Array, bias: jax.Array) -> jax.Array:
     """The attention softmax computed in bfloat16 instead of float32: the sums of exponentials
     round at every step."""
+    low = scores.astype(jnp.bfloat16) + bias.astype(jnp.bfloat16)
+    return jax.nn.softmax(low, axis=-1).astype(scores.dtype)
 
-    @staticmethod
-    def softmax(scores: jax.Array, bias: jax.Array) -> jax.Array:
-        low = scores.astype(jnp.bfloat16) + bias.astype(jnp.bfloat16)
-        return jax.nn.softmax(low, axis=-1).astype(scores.dtype)
+
+def attention_with_bfloat16_softmax(q, k, v, bias, scale, causal=False) -> jax.Array:
+    """Kernels.attention with `bfloat16_softmax`."""
+    softmax = bfloat16_softmax
+    return grouped_attention(
+        q, k, v, bias, scale=scale, is_causal=False, softmax=softmax, causal=causal
+    )
 
 
 class DecodePositionOffByOne(Qwen2Model):
@@ -98,10 +106,9 @@ class DecodePositionOffByOne(Qwen2Model):
         )
 
 
-def _swap_attention(model: Qwen2ForCausalLM, kind: type[Attention]) -> Qwen2ForCausalLM:
-    for layer in model.model.layers:
-        layer.self_attn.__class__ = kind
-    return model
+def _with_kernels(model: Qwen2ForCausalLM, mesh: Mesh, **faulty) -> Qwen2ForCausalLM:
+    """shard_model, computing with the model's kernels but for `faulty` ones."""
+    return shard_model(model, mesh, dataclasses.replace(model.kernels, **faulty))
 
 
 def _drop_q_bias_on_one_device(
@@ -145,14 +152,14 @@ CATALOG: dict[str, Fault] = {
     "decode_position_off_by_one": lambda model, mesh: _decode_position_off_by_one(
         shard_model(model, mesh)
     ),
-    "late_cache_slot_on_one_device": lambda model, mesh: _swap_attention(
-        shard_model(model, mesh), LateCacheSlot
+    "late_cache_slot_on_one_device": lambda model, mesh: _with_kernels(
+        model, mesh, row_write=late_on_the_first_device
     ),
     "q_bias_dropped_on_one_device": lambda model, mesh: _drop_q_bias_on_one_device(
         shard_model(model, mesh)
     ),
-    "bfloat16_softmax": lambda model, mesh: _swap_attention(
-        shard_model(model, mesh), Bfloat16Softmax
+    "bfloat16_softmax": lambda model, mesh: _with_kernels(
+        model, mesh, attention=attention_with_bfloat16_softmax
     ),
     "rms_norm_eps_changed": lambda model, mesh: _change_norm_eps(
         shard_model(model, mesh)

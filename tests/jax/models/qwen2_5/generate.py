@@ -24,7 +24,6 @@ from transformers import PreTrainedTokenizerBase
 from tests.infra.cli import own_stdout
 from tests.infra.distributed import DEFAULT_TIMEOUT
 from tests.infra.mesh import MeshShape
-from tests.jax.models.qwen2_5 import cpu_products
 from tests.jax.models.qwen2_5.audit import Generated, MeshAudit, oracle_of
 from tests.jax.models.qwen2_5.batching import GenerationError
 from tests.jax.models.qwen2_5.cli_options import add_model_options
@@ -34,6 +33,7 @@ from tests.jax.models.qwen2_5.pipeline import (
     Checkpoint,
     configure_for,
     resolve_model_path,
+    run_kernels,
 )
 from tests.jax.models.qwen2_5.sampling import SamplingConfig
 
@@ -104,9 +104,8 @@ class Streamer:
 def report(
     result: GenerationResult,
     tokenizer,
+    args: argparse.Namespace,
     mesh: str,
-    dtype: str,
-    as_json: bool,
     streamed: bool,
     comparison: MeshAudit | None,
 ) -> None:
@@ -114,14 +113,14 @@ def report(
         tokenizer.decode(g, skip_special_tokens=True)
         for g in result.generated_token_ids
     ]
-    if as_json:
+    if args.json:
         record = {
             "mesh": mesh,
-            "dtype": dtype,
+            "dtype": args.dtype,
             "prompt_token_ids": result.prompt_token_ids,
             "generated_token_ids": result.generated_token_ids,
             "text": texts,
-            "cpu_products": cpu_products.installed(),
+            "cpu_kernels": args.cpu_kernels,
             "prefill_tokens_per_second": result.prefill_tokens_per_second,
             "decode_tokens_per_second": result.decode_tokens_per_second,
             "decode_row_utilisation": result.utilisation,
@@ -142,7 +141,7 @@ def report(
     generated = sum(map(len, result.generated_token_ids))
     print(
         f"\n{len(texts)} prompt(s), {prompt_tokens} prompt tokens, {generated} generated tokens, "
-        f"mesh {mesh} ({dtype}, CPU products {cpu_products.installed()}); "
+        f"mesh {mesh} ({args.dtype}{', CPU kernels' if args.cpu_kernels else ''}); "
         f"prefill {result.prefill_tokens_per_second:,.1f} tok/s, decode {result.decode_tokens_per_second:,.1f} tok/s "
         f"(compile {result.compile_seconds:.1f} s, not included); decode rows {result.utilisation:.0%} used"
     )
@@ -210,14 +209,15 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         args.process_id,
         args.cluster_timeout,
     )
-    mesh = configure_for(args.mesh, args.cpu_products, *cluster)
+    mesh = configure_for(args.mesh, *cluster)
+    kernels = run_kernels(args.cpu_kernels)
     if args.compare_single_device and mesh.size == 1:
         raise GenerationError(
             "--compare-single-device compares a mesh with one device: choose a --mesh like 1x8"
         )
     checkpoint = Checkpoint.open(resolve_model_path(args.model_path))
     prompts = [checkpoint.encode(p, args.chat) for p in args.prompt]
-    generator = checkpoint.load(mesh, args.dtype)
+    generator = checkpoint.load(mesh, args.dtype, kernels=kernels)
     speaks = args.process_id == 0
     stream = speaks and not args.json and len(prompts) == 1 and args.rows is None
     streamer = Streamer(checkpoint.tokenizer, out) if stream else None
@@ -232,8 +232,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         audit = audit_against_one_device(checkpoint, *request, generator, result)
     if speaks:
         with redirect_stdout(out):
-            shown = (mesh.name, args.dtype, args.json, stream, audit)
-            report(result, checkpoint.tokenizer, *shown)
+            report(result, checkpoint.tokenizer, args, mesh.name, stream, audit)
     return 0
 
 

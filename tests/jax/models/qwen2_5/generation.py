@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import jax
 import numpy as np
@@ -38,7 +37,6 @@ from tests.jax.models.qwen2_5.steps import (
     PREFILL,
     SCORE,
     CompiledSteps,
-    widen_gemm_weights,
 )
 
 
@@ -105,10 +103,8 @@ class _Rows:
 @dataclass
 class Generator:
     """Generation for a (possibly sharded) model. `mesh` is None for a single device. `exact`: the
-    steps compute in float32 (CompiledSteps); `widened_gemm_weights`: the chunk steps run on a
-    resident float32 copy of the decoder's matrices (steps.widen_gemm_weights; only where
-    cpu_products.widens_gemms); `steps`: compiled steps to reuse, e.g. those of a generator of
-    the same model's shape-only weights."""
+    steps compute in float32 (CompiledSteps); `steps`: compiled steps to reuse, e.g. those of a
+    generator of the same model's shape-only weights."""
 
     model: Qwen2ForCausalLM
     eos_token_ids: Sequence[int]
@@ -117,7 +113,6 @@ class Generator:
     prefill_chunk: int = PREFILL_CHUNK
     exact: bool = False
     steps: CompiledSteps | None = field(default=None, repr=False)
-    widened_gemm_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.prefill_chunk < MIN_PROMPT_BUCKET:
@@ -127,21 +122,11 @@ class Generator:
         self.placement = Placement(self.mesh)
         self.state = nnx.state(self.model)
         if self.steps is None:
-            self.steps = CompiledSteps(
-                self.model, self.placement, self.exact, self.widened_gemm_weights
-            )
-        elif (
-            self.steps.exact,
-            self.steps.placement,
-            self.steps.widened_gemm_weights,
-        ) != (self.exact, self.placement, self.widened_gemm_weights):
+            self.steps = CompiledSteps(self.model, self.placement, self.exact)
+        elif (self.steps.exact, self.steps.placement) != (self.exact, self.placement):
             raise ValueError(
-                "reused steps were compiled for another placement, precision or weight copy"
+                "reused steps were compiled for another placement or precision"
             )
-        # The state the chunk steps (steps.CHUNK_STEPS) run on; the steps refused a useless copy.
-        self.chunk_state: Any = (
-            widen_gemm_weights(self.state) if self.widened_gemm_weights else self.state
-        )
 
     @property
     def weight_bytes(self) -> int:
@@ -280,7 +265,7 @@ class Generator:
                 ids[:, start : start + width], positions[:, start : start + width]
             )
             tokens, record, cache = prefill(
-                self.chunk_state,
+                self.state,
                 *chunk,
                 valid,
                 cache,

@@ -31,7 +31,6 @@ from tests.infra.runs import (
     StopSignals,
     available_host_bytes,
 )
-from tests.jax.models.qwen2_5 import cpu_products
 from tests.jax.models.qwen2_5.audit import MeshAudit, SequenceAudit, oracle_of
 from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK, BatchLayout
 from tests.jax.models.qwen2_5.cli_options import add_model_options
@@ -53,11 +52,13 @@ from tests.jax.models.qwen2_5.gsm8k_task import (
     stops_at_sequences,
     truncate_at_stop,
 )
+from tests.jax.models.qwen2_5.model import Kernels
 from tests.jax.models.qwen2_5.pipeline import (
     EXPECTED_ERRORS,
     Checkpoint,
     configure_for,
     resolve_model_path,
+    run_kernels,
 )
 from tests.jax.models.qwen2_5.steps import (
     DECODE,
@@ -87,7 +88,7 @@ class Settings:
     chat: bool
     max_new_tokens: int
     compare_single_device: bool
-    cpu_products: str
+    cpu_kernels: bool
     limit: int | None
     num_fewshot: int
     data_file: Path | None
@@ -220,6 +221,7 @@ class Job:
     problems: list[Problem]
     prompts: list[str]
     token_ids: list[list[int]]
+    kernels: Kernels
 
     @property
     def meshes(self) -> list[MeshShape]:
@@ -248,7 +250,7 @@ class Job:
             "prefill_chunk": s.prefill_chunk,
             "schedule": s.schedule,
             "compare_single_device": s.compare_single_device,
-            "cpu_products": cpu_products.installed(),
+            "cpu_kernels": s.cpu_kernels,
         }
 
 
@@ -256,8 +258,8 @@ def prepare(settings: Settings) -> Job:
     """Data, mesh, checkpoint and context checked, in that order, before anything heavy."""
     problems, prompts = load_problems(settings)
     ResultStore.check_writable(settings.output)
-    mesh = configure_for(settings.mesh, settings.cpu_products)
-    print(f"CPU weight products: {cpu_products.installed()}", file=sys.stderr)
+    mesh = configure_for(settings.mesh)
+    kernels = run_kernels(settings.cpu_kernels)
     if settings.compare_single_device and mesh.size == 1:
         raise DataError(
             "--compare-single-device compares a mesh with one device: choose a --mesh like 1x8"
@@ -269,7 +271,7 @@ def prepare(settings: Settings) -> Job:
     check_context(
         token_ids, settings.max_new_tokens, checkpoint.cfg.max_position_embeddings
     )
-    return Job(settings, mesh, checkpoint, problems, prompts, token_ids)
+    return Job(settings, mesh, checkpoint, problems, prompts, token_ids, kernels)
 
 
 class MemoryRefused(RunError):
@@ -386,14 +388,13 @@ def lockstep_caches(job: Job, shape_only: dict[str, Generator]) -> dict[str, int
 
 
 def compiled_within(
-    job: Job, todo: list[list[int]], budget: int, widened_copy: bool
+    job: Job, todo: list[list[int]], budget: int
 ) -> tuple[dict[str, Generator], str]:
     """Shape-only generators of every model (with compare mode, also the oracle, ORACLE), every
-    step compiled, within `budget` (check_memory) -> them and the estimate in words.
-    `widened_copy`: the chunk steps run on a float32 copy of the weights (Generator)."""
-    s = job.settings
+    step compiled, within `budget` (check_memory) -> them and the estimate in words."""
+    s, kernels = job.settings, job.kernels
     shape_only = {
-        m.name: job.checkpoint.shape_only(m, s.dtype, s.prefill_chunk, widened_copy)
+        m.name: job.checkpoint.shape_only(m, s.dtype, s.prefill_chunk, kernels)
         for m in job.meshes
     }
     if s.compare_single_device:
@@ -407,28 +408,11 @@ def compiled_within(
 
 
 def shape_only_within_memory(job: Job, todo: list[list[int]]) -> dict[str, Generator]:
-    """compiled_within the run's budget. Where bfloat16 GEMMs widen their weights
-    (cpu_products.widens_gemms), with a resident float32 copy of them when the run fits with it:
-    a prompt's prefill then widens nothing, and computes the same bits. Said on stderr either way.
-    """
+    """compiled_within the run's budget (--memory-budget, else what the kernel reports available),
+    the estimate said on stderr."""
     s = job.settings
     budget = int(s.memory_budget * GIB) if s.memory_budget else available_host_bytes()
-    if cpu_products.widens_gemms(s.dtype):
-        try:
-            shape_only, estimate = compiled_within(job, todo, budget, True)
-            print(f"memory: {estimate}", file=sys.stderr)
-            print(
-                "prefill: on a float32 copy of the decoder's weights (kept resident)",
-                file=sys.stderr,
-            )
-            return shape_only
-        except MemoryRefused as refused:
-            print(
-                "prefill: widens the decoder's weights per prompt: with a float32 copy of them "
-                f"the run would need {refused.need}",
-                file=sys.stderr,
-            )
-    shape_only, estimate = compiled_within(job, todo, budget, False)
+    shape_only, estimate = compiled_within(job, todo, budget)
     print(f"memory: {estimate}", file=sys.stderr)
     return shape_only
 

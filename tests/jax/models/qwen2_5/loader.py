@@ -16,16 +16,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import SafetensorError, safe_open
 
+from tests.infra.devices import golden_device
 from tests.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
+from tests.jax.models.qwen2_5.model import PLAIN, Kernels, Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.tensor_parallel import (
     RegionReader,
     build_model,
@@ -213,13 +213,15 @@ def load_model(
     dtype: jnp.dtype = jnp.float32,
     *,
     mesh: Mesh | None = None,
+    kernels: Kernels = PLAIN,
     progress: bool = False,
 ) -> Qwen2ForCausalLM:
     """The checkpoint's model with every weight converted to `dtype`: on the default device, or,
     with `mesh`, the padded tensor-parallel model (tensor_parallel.py) with each device's shard
     read straight from the files, so memory holds the shards and one tensor's pages at a time.
 
-    `progress` shows a progress bar over the tensors on stderr.
+    `kernels`: how the model computes (model.Kernels; the golden's by default). `progress` shows
+    a progress bar over the tensors on stderr.
     """
     cfg = Qwen2Config.from_pretrained(model_dir)
     _, plan = tensor_parallel_config(cfg, 1 if mesh is None else mesh.shape[MODEL_AXIS])
@@ -230,10 +232,9 @@ def load_model(
         return _open_tensor(files[name], name, dtype)
 
     if mesh is None:
-        device = SingleDeviceSharding(jax.devices()[0])
-        return build_model(
-            cfg, dtype, plan, source, lambda variable: device, progress=progress
-        )
-    return build_model(
-        cfg, dtype, plan, source, lambda v: param_sharding(v, mesh), progress=progress
-    )
+        device = SingleDeviceSharding(golden_device())
+        placement = lambda variable: device  # noqa: E731
+    else:
+        placement = lambda variable: param_sharding(variable, mesh)  # noqa: E731
+    options = {"kernels": kernels, "progress": progress}
+    return build_model(cfg, dtype, plan, source, placement, **options)

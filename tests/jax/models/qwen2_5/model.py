@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -46,23 +47,8 @@ WeightProduct = Callable[[jax.Array, jax.Array, Axes], jax.Array]
 
 
 def weight_product(x: jax.Array, w: jax.Array, axes: Axes) -> jax.Array:
-    """The model's product with a weight, one einsum on every platform (`axes` serve host forms)."""
+    """The model's product with a weight: one einsum (`axes` serve forms that place it per device)."""
     return _matmul(x, w, "...i,oi->...o")  # (..., in) x (out, in) -> (..., out)
-
-
-# The one seam for a host's own form of the weight product: the same products with float32
-# sums, another summation order at most (cpu_products.py installs XLA:CPU's at start-up).
-_weight_product: WeightProduct = weight_product
-
-
-def use_weight_product(product: WeightProduct) -> None:
-    """Every weight product traced from now on goes through `product`."""
-    global _weight_product
-    _weight_product = product
-
-
-def _dense(x: jax.Array, w: jax.Array, axes: Axes) -> jax.Array:
-    return _weight_product(x, w, tuple(axes))
 
 
 # A decode token per row into the cache at each row's own slot: cache (B, K, S, H), new
@@ -86,17 +72,6 @@ def write_rows(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
     return jnp.where(hit[:, None, :, None], new, cache)
 
 
-# The seam for a device's own in-place form of the per-row write (steps.py installs TT's and
-# XLA:CPU's, the latter through cpu_products).
-_write_rows: RowWrite = write_rows
-
-
-def use_row_write(write: RowWrite) -> None:
-    """Every per-row cache write traced from now on goes through `write`."""
-    global _write_rows
-    _write_rows = write
-
-
 class Linear(nnx.Module):
     def __init__(
         self,
@@ -107,8 +82,9 @@ class Linear(nnx.Module):
         use_bias: bool,
         dtype: jnp.dtype,
         rngs: nnx.Rngs,
+        product: WeightProduct = weight_product,
     ):
-        """`axes`: the logical axes of the weight, (out, in)."""
+        """`axes`: the logical axes of the weight, (out, in); `product`: Kernels.weight_product."""
         self.weight = nnx.Param(
             _INIT(rngs.params(), (out_features, in_features), dtype), axes=tuple(axes)
         )
@@ -117,29 +93,34 @@ class Linear(nnx.Module):
             if use_bias
             else None
         )
-        self.axes = tuple(axes)
+        self.axes, self.product = tuple(axes), product
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(..., in) -> (..., out): (N, in) tokens, or (B, T, in) for the lm_head."""
-        y = _dense(x, self.weight[...], self.axes)
+        y = self.product(x, self.weight[...], self.axes)
         # A row-parallel layer's partial sums are all-reduced here, still in float32, so a mesh
         # rounds the full sum once, exactly where the single device does.
         y = constrain(y, ("batch", *[None] * (y.ndim - 2), self.axes[0]))
         if self.bias is not None:
             # The bias joins the float32 accumulator before the single rounding, as addmm does.
             y = y + self.bias[...].astype(jnp.float32)
-        # Rounded to the activations' dtype: a weight may be held widened (steps.py), its values
-        # the model dtype's.
-        return y.astype(x.dtype)
+        return y.astype(x.dtype)  # the single rounding
 
 
 class Embedding(nnx.Module):
     def __init__(
-        self, vocab_size: int, features: int, *, dtype: jnp.dtype, rngs: nnx.Rngs
+        self,
+        vocab_size: int,
+        features: int,
+        *,
+        dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+        product: WeightProduct = weight_product,
     ):
         self.weight = nnx.Param(
             _INIT(rngs.params(), (vocab_size, features), dtype), axes=("vocab", "embed")
         )
+        self.product = product
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.weight[...], ids, axis=0)  # (...) -> (..., D)
@@ -148,7 +129,7 @@ class Embedding(nnx.Module):
         """Logits against the embedding table, for tied lm_heads: (B, T, D) -> (B, T, V)."""
         table = self.weight[...]  # (V, D): already a weight stored (out, in)
         return constrain(
-            _dense(x, table, ("vocab", "embed")).astype(table.dtype),
+            self.product(x, table, ("vocab", "embed")).astype(table.dtype),
             ("batch", None, "vocab"),
         )
 
@@ -234,15 +215,17 @@ def init_cache(
 class Attention(nnx.Module):
     """Grouped-query attention: q/k/v with bias, o_proj without."""
 
-    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: Qwen2Config, kernels: Kernels, *, dtype: jnp.dtype, rngs: nnx.Rngs
+    ):
         self.num_heads, self.num_kv_heads = cfg.num_heads, cfg.num_kv_heads
-        self.head_dim = cfg.head_dim
+        self.head_dim, self.kernels = cfg.head_dim, kernels
         q_width, kv_width = (
             cfg.num_heads * cfg.head_dim,
             cfg.num_kv_heads * cfg.head_dim,
         )
         # Column-parallel q/k/v and row-parallel o_proj: each device computes whole heads.
-        common = {"dtype": dtype, "rngs": rngs}
+        common = {"dtype": dtype, "rngs": rngs, "product": kernels.weight_product}
         column = {"use_bias": True, **common}
         self.q_proj = Linear(
             cfg.hidden_size, q_width, axes=("q_heads", "embed"), **column
@@ -287,18 +270,7 @@ class Attention(nnx.Module):
         if cache is not None:
             # (B, K, S, H)
             k, v = self.write(cache[0], k, start), self.write(cache[1], v, start)
-        scale = self.head_dim**-0.5
-        # Bound outside the composite's attributes: what TT sees is its SDPA on these operands.
-        # The model's own softmax goes through the seam, which a device fills with its attention
-        # kernels (another softmax, faults.py's, stays plain).
-        if self.softmax is Attention.softmax:
-            decomposition = functools.partial(_seam_attention, causal=cache is None)
-        else:
-            decomposition = functools.partial(
-                grouped_attention, softmax=self.softmax, causal=cache is None
-            )
-        attend = jax.lax.composite(decomposition, SDPA)
-        out = attend(q, k, v, bias, scale=scale, is_causal=False)  # (B, Hq, T, H)
+        out = self._attend(q, k, v, bias, causal=cache is None)  # (B, Hq, T, H)
         out = jnp.swapaxes(out, 1, 2).reshape(
             batch * seq, self.num_heads * self.head_dim
         )
@@ -311,14 +283,30 @@ class Attention(nnx.Module):
         x = x.reshape(*rows, heads, self.head_dim)
         return constrain(jnp.swapaxes(x, 1, 2), ("batch", axis, None, None))
 
-    @staticmethod
-    def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-        """RoPE of x (B, heads, T, H). Where a device holds several rows of one token each (a
-        decode step), they are rotated in the (T, B, heads, H) view: the layout in which TT's
-        compiler fuses a batch of decode tokens into its rotary kernel (it fuses one row, and
-        prefill chunks, in this layout). The same elementwise arithmetic either way, and for
-        T = 1 the same memory order."""
-        if x.shape[2] != 1 or x.shape[0] // batch_split() <= 1:
+    def _attend(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, causal: bool
+    ) -> jax.Array:
+        """Kernels.attention, as the named composite TT fuses where the kernels name it."""
+        scale, attention = self.head_dim**-0.5, self.kernels.attention
+        if not self.kernels.named_attention:
+            return attention(q, k, v, bias, scale, causal)
+
+        def decomposition(q, k, v, bias, *, scale: float, is_causal: bool):
+            del is_causal  # always False: the bias holds causality
+            return attention(q, k, v, bias, scale, causal)
+
+        # What TT sees is its SDPA on these operands; other compilers run the decomposition.
+        attend = jax.lax.composite(decomposition, SDPA)
+        return attend(q, k, v, bias, scale=scale, is_causal=False)
+
+    def _rotate(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+        """RoPE of x (B, heads, T, H). Where the kernels ask for it and a device holds several rows
+        of one token each (a decode step), they are rotated in the (T, B, heads, H) view: the
+        layout in which TT's compiler fuses a batch of decode tokens into its rotary kernel (it
+        fuses one row, and prefill chunks, in this layout). The same elementwise arithmetic
+        either way, and for T = 1 the same memory order."""
+        rows_view = x.shape[2] == 1 and x.shape[0] // batch_split() > 1
+        if not (self.kernels.rotary_rows_view and rows_view):
             return apply_rope(x, cos, sin)
         view = (2, 0, 1, 3)
         rotated = apply_rope(
@@ -326,29 +314,34 @@ class Attention(nnx.Module):
         )
         return rotated.transpose(1, 2, 0, 3)
 
-    @staticmethod
-    def write(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
+    def write(
+        self, cache: jax.Array, new: jax.Array, start: int | jax.Array
+    ) -> jax.Array:
         """This call's keys or values (B, K, T, H) into the cache (B, K, S, H) at slots
         start..start+T-1. One token per row (a decode step) goes to each row's own slot, `start`
         (B,) (continuous batching: rows are at different points of their sequences), or one slot
-        for all; it is written through the seam `use_row_write`, which a device fills with its
-        in-place cache update (TT's paged_update_cache). A chunk is written as an update slice:
-        TT's in-place fill (fill_cache) always writes from slot 0 (README "The decode step on
-        TT"), which is right for the first chunk only. The cache is split like the KV heads, so
-        each device writes and reads only its own.
+        for all, by Kernels.row_write (TT's: its in-place paged_update_cache). A chunk is written
+        as an update slice (write_chunk). The cache is split like the KV heads, so each device
+        writes and reads only its own.
         """
-        if new.shape[2] == 1:
-            slots = jnp.broadcast_to(start, (new.shape[0],)).astype(jnp.int32)
-            written = _write_rows(cache, new, slots)
-        else:
-            written = jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=2)
-        return constrain(written, KV_AXES)
+        if new.shape[2] != 1:
+            return write_chunk(cache, new, start)
+        slots = jnp.broadcast_to(start, (new.shape[0],)).astype(jnp.int32)
+        return constrain(self.kernels.row_write(cache, new, slots), KV_AXES)
 
-    @staticmethod
-    def softmax(scores: jax.Array, bias: jax.Array) -> jax.Array:
-        """Attention probabilities of the scores' dtype from a float32 softmax of scores + bias."""
-        logits = scores.astype(jnp.float32) + bias.astype(jnp.float32)
-        return jax.nn.softmax(logits, axis=-1).astype(scores.dtype)
+
+def write_chunk(cache: jax.Array, new: jax.Array, start: int | jax.Array) -> jax.Array:
+    """A chunk's keys or values (B, K, T, H) into the cache (B, K, S, H) at start..start+T-1, as
+    an update slice: TT's in-place fill (fill_cache) always writes from slot 0, right for a
+    prompt's first chunk only (docs/tt_graph.md)."""
+    written = jax.lax.dynamic_update_slice_in_dim(cache, new, start, axis=2)
+    return constrain(written, KV_AXES)
+
+
+def softmax(scores: jax.Array, bias: jax.Array) -> jax.Array:
+    """Attention probabilities of the scores' dtype from a float32 softmax of scores + bias."""
+    logits = scores.astype(jnp.float32) + bias.astype(jnp.float32)
+    return jax.nn.softmax(logits, axis=-1).astype(scores.dtype)
 
 
 def plain_attention(
@@ -362,41 +355,38 @@ def plain_attention(
     """grouped_attention with the model's softmax: q (B, Hq, T, H), k/v (B, K, S, H), bias
     (B, 1, T, S) -> (B, Hq, T, H); `causal` as there."""
     return grouped_attention(
-        q,
-        k,
-        v,
-        bias,
-        scale=scale,
-        is_causal=False,
-        softmax=Attention.softmax,
-        causal=causal,
+        q, k, v, bias, scale=scale, is_causal=False, softmax=softmax, causal=causal
     )
 
 
-# The seam for a device's own attention kernels (cpu_products installs XLA:CPU's).
-_attention: Callable[..., jax.Array] = plain_attention
+# An attention: q (B, Hq, T, H), k/v (B, K, S, H), bias (B, 1, T, S), scale, causal -> (B, Hq, T, H).
+Attend = Callable[..., jax.Array]
 
 
-def use_attention(attention: Callable[..., jax.Array]) -> None:
-    """Every attention with the model's softmax traced from now on is `attention`
-    (plain_attention's contract)."""
-    global _attention
-    _attention = attention
+@dataclass(frozen=True)
+class Kernels:
+    """How the model computes what its mathematics says: one value per model, never a process
+    setting. Frozen and hashable, it is a static attribute of the model, so part of jit's cache
+    key: a model with other kernels compiles programs of its own.
+
+    PLAIN is the golden's: every form the model's own JAX. tt_forms.TT names the forms TT's
+    compiler fuses; an opt-in CPU package (cpu_acceleration) gives XLA:CPU's. Each computes the
+    same products with float32 sums as the plain form, another summation order at most.
+    """
+
+    weight_product: WeightProduct = weight_product
+    row_write: RowWrite = write_rows  # a decode token per row at its own slot
+    attention: Attend = plain_attention
+    named_attention: bool = (
+        False  # attention as the SDPA composite (its decomposition: `attention`)
+    )
+    rotary_rows_view: bool = False  # decode rows rotated in the (T, B, heads, H) view
+    marked_parameters: bool = (
+        False  # weights marked as parameters for TT's const-eval (steps.py)
+    )
 
 
-def _seam_attention(
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    bias: jax.Array,
-    *,
-    scale: float,
-    is_causal: bool,
-    causal: bool,
-) -> jax.Array:
-    """The SDPA composite's decomposition with the model's softmax: the installed attention."""
-    del is_causal  # always False: the bias holds causality
-    return _attention(q, k, v, bias, scale, causal)
+PLAIN = Kernels()
 
 
 # The most bytes of float32 scores (over all devices) one block of queries may hold: attention
@@ -511,9 +501,12 @@ def _query_blocks(x: jax.Array, blocks: int, block: int) -> jax.Array:
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: Qwen2Config, kernels: Kernels, *, dtype: jnp.dtype, rngs: nnx.Rngs
+    ):
         # Column-parallel gate/up and row-parallel down: the MLP width never leaves its device.
         common = {"use_bias": False, "dtype": dtype, "rngs": rngs}
+        common["product"] = kernels.weight_product
         self.gate_proj = Linear(
             cfg.hidden_size, cfg.intermediate_size, axes=("mlp", "embed"), **common
         )
@@ -533,15 +526,17 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: Qwen2Config, kernels: Kernels, *, dtype: jnp.dtype, rngs: nnx.Rngs
+    ):
         self.input_layernorm = RMSNorm(
             cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype
         )
-        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.self_attn = Attention(cfg, kernels, dtype=dtype, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(
             cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype
         )
-        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(cfg, kernels, dtype=dtype, rngs=rngs)
 
     def __call__(
         self,
@@ -563,13 +558,20 @@ class DecoderLayer(nnx.Module):
 class Qwen2Model(nnx.Module):
     """Embedding, decoder stack and final norm: token ids -> final hidden states."""
 
-    def __init__(self, cfg: Qwen2Config, *, dtype: jnp.dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: Qwen2Config, kernels: Kernels, *, dtype: jnp.dtype, rngs: nnx.Rngs
+    ):
         self.cfg = cfg
         self.embed_tokens = Embedding(
-            cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=dtype,
+            rngs=rngs,
+            product=kernels.weight_product,
         )
+        layers = range(cfg.num_layers)
         self.layers = nnx.List(
-            [DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)]
+            [DecoderLayer(cfg, kernels, dtype=dtype, rngs=rngs) for _ in layers]
         )
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
@@ -612,19 +614,26 @@ class Qwen2Model(nnx.Module):
             reads = None if cache is None or fills else cache[i]
             x, kv = layer(x, cos, sin, bias, reads, start)
             if fills:  # (B, K, T, H) each -> the cache (B, K, S, H) from slot 0
-                kv = tuple(Attention.write(c, new, 0) for c, new in zip(cache[i], kv))
+                pairs = zip(cache[i], kv, strict=True)
+                kv = tuple(write_chunk(c, new, 0) for c, new in pairs)
             layers_kv.append(kv)
         return self.norm(x).reshape(batch, seq, -1), tuple(layers_kv)
 
 
 class Qwen2ForCausalLM(nnx.Module):
-    """The causal LM: token ids -> logits (B, T, V), with an untied or a tied lm_head."""
+    """The causal LM: token ids -> logits (B, T, V), with an untied or a tied lm_head; `kernels`
+    how it computes (Kernels)."""
 
     def __init__(
-        self, cfg: Qwen2Config, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs
+        self,
+        cfg: Qwen2Config,
+        *,
+        kernels: Kernels = PLAIN,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
     ):
-        self.cfg = cfg
-        self.model = Qwen2Model(cfg, dtype=dtype, rngs=rngs)
+        self.cfg, self.kernels = cfg, kernels
+        self.model = Qwen2Model(cfg, kernels, dtype=dtype, rngs=rngs)
         self.lm_head = (
             None
             if cfg.tie_word_embeddings
@@ -635,6 +644,7 @@ class Qwen2ForCausalLM(nnx.Module):
                 use_bias=False,
                 dtype=dtype,
                 rngs=rngs,
+                product=kernels.weight_product,
             )
         )
 

@@ -28,16 +28,15 @@ from tests.infra.distributed import (
     join_cluster,
 )
 from tests.infra.mesh import MeshError, MeshShape, make_mesh
-from tests.infra.native_build import KernelBuildError
 from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK, GenerationError
 from tests.jax.models.qwen2_5.config import ConfigError, Qwen2Config
-from tests.jax.models.qwen2_5.cpu_products import AUTO, CpuProductsError, install
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.loader import (
     CheckpointError,
     check_checkpoint,
     load_model,
 )
+from tests.jax.models.qwen2_5.model import PLAIN, Kernels
 from tests.jax.models.qwen2_5.smollm2 import NAME as SMOLLM2
 from tests.jax.models.qwen2_5.smollm2 import smollm2_checkpoint
 from tests.jax.models.qwen2_5.tensor_parallel import TensorParallelError, abstract_model
@@ -50,8 +49,6 @@ EXPECTED_ERRORS = (
     TensorParallelError,
     GenerationError,
     ClusterError,
-    KernelBuildError,
-    CpuProductsError,
 )
 
 
@@ -135,16 +132,14 @@ def resolve_model_path(model_path: Path | None) -> Path:
 
 def configure_for(
     mesh: str,
-    cpu_products: str = AUTO,
     coordinator: str | None = None,
     num_processes: int = 1,
     process_id: int = 0,
     cluster_timeout: float = DEFAULT_TIMEOUT,
 ) -> MeshShape:
     """Parse a mesh and, before JAX starts, ask for the simulated CPU devices it needs; with a
-    coordinator, join a multi-process run in which each process holds its share of them. Installs
-    the weight products' CPU form (cpu_products), building the CPU decode kernel when that is
-    chosen, so a missing compiler is reported before any work."""
+    coordinator, join a multi-process run in which each process holds its share of them.
+    """
     shape = MeshShape.parse(mesh)
     check_cluster(coordinator, num_processes, process_id, cluster_timeout)
     if coordinator is None:
@@ -161,8 +156,21 @@ def configure_for(
             shape.size // num_processes,
             cluster_timeout,
         )
-    install(cpu_products)
     return shape
+
+
+def run_kernels(cpu_kernels: bool) -> Kernels:
+    """The kernels of a run: the golden's (PLAIN), or with `cpu_kernels` the opt-in CPU
+    acceleration's, imported (and its kernel built) only then, so a missing compiler or a CPU they
+    do not speed up is named before any work."""
+    if not cpu_kernels:
+        return PLAIN
+    from tests.jax.models.qwen2_5.cpu_acceleration import kernels, native_build
+
+    try:
+        return kernels.cpu_kernels()
+    except (kernels.CpuAccelerationError, native_build.KernelBuildError) as err:
+        raise GenerationError(str(err)) from err
 
 
 @dataclass(frozen=True)
@@ -209,39 +217,33 @@ class Checkpoint:
         shape: MeshShape,
         dtype: str,
         prefill_chunk: int = PREFILL_CHUNK,
-        widened_gemm_weights: bool = False,
+        kernels: Kernels = PLAIN,
     ) -> Generator:
-        """A generator with shape-only weights (Generator's options): it compiles its steps and
-        reports their memory before anything is loaded; `load` reuses what it compiled.
+        """A generator with shape-only weights: it compiles its steps and reports their memory
+        before anything is loaded; `load` reuses what it compiled.
         """
         mesh = self._mesh(shape)
-        model = abstract_model(self.cfg, getattr(jnp, dtype), mesh)
-        return Generator(
-            model,
-            self.eos_token_ids,
-            self.pad_token_id,
-            mesh,
-            prefill_chunk,
-            widened_gemm_weights=widened_gemm_weights,
-        )
+        model = abstract_model(self.cfg, getattr(jnp, dtype), mesh, kernels)
+        ids = (self.eos_token_ids, self.pad_token_id)
+        return Generator(model, *ids, mesh, prefill_chunk)
 
     def load(
-        self, shape: MeshShape, dtype: str, shape_only: Generator | None = None
+        self,
+        shape: MeshShape,
+        dtype: str,
+        shape_only: Generator | None = None,
+        kernels: Kernels = PLAIN,
     ) -> Generator:
-        """The weights in `dtype` on `shape` (1x1: one device), with the options and the compiled
-        steps of `shape_only` (a generator of the same shapes), or the defaults.
+        """The weights in `dtype` on `shape` (1x1: one device), computing with `kernels`; with
+        `shape_only` (a generator of the same shapes) its kernels, chunk and compiled steps.
         """
         mesh = self._mesh(shape)
-        model = load_model(self.path, getattr(jnp, dtype), mesh=mesh, progress=True)
+        if shape_only is not None:
+            kernels = shape_only.model.kernels
+        options = {"mesh": mesh, "kernels": kernels, "progress": True}
+        model = load_model(self.path, getattr(jnp, dtype), **options)
+        ids = (self.eos_token_ids, self.pad_token_id)
         if shape_only is None:
-            return Generator(model, self.eos_token_ids, self.pad_token_id, mesh)
-        chunk = shape_only.prefill_chunk
-        return Generator(
-            model,
-            self.eos_token_ids,
-            self.pad_token_id,
-            mesh,
-            chunk,
-            steps=shape_only.steps,
-            widened_gemm_weights=shape_only.widened_gemm_weights,
-        )
+            return Generator(model, *ids, mesh)
+        steps = {"steps": shape_only.steps}
+        return Generator(model, *ids, mesh, shape_only.prefill_chunk, **steps)

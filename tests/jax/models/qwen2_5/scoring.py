@@ -45,9 +45,9 @@ def teacher_forced_logits(
             np.int32(start),
         )
         if start + width <= wanted_from:
-            cache = fill(generator.chunk_state, *chunk)
+            cache = fill(generator.state, *chunk)
         else:
-            logits, cache = score(generator.chunk_state, *chunk)
+            logits, cache = score(generator.state, *chunk)
             columns.append((start, np.asarray(logits)))
     stacked = np.concatenate([logits for _, logits in columns], axis=1)
     base = columns[0][0]

@@ -5,8 +5,8 @@
 """One speed measurement in a fresh process: ours or Hugging Face, decode, prefill or GSM8K.
 
     python -m tests.jax.models.qwen2_5.speed --side ours|hf --phase decode|prefill|gsm8k
-        --model-path DIR --dtype float32|bfloat16 --batch B [--cpu-class native|avx2]
-        [--data-file GSM8K/test.jsonl] [--problems N] [--cpu-products FORM]
+        --model-path DIR --dtype float32|bfloat16 --batch B
+        [--data-file GSM8K/test.jsonl] [--problems N] [--cpu-kernels]
 
 Prints {"tokens_per_second": ...} (gsm8k: {"problems_per_minute": ..., "utilisation": ...}). One process per
 measurement: PyTorch's OpenMP threads keep spinning after its work and XLA's pool does the
@@ -37,10 +37,11 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from tests.infra.cpu_class import emulate_avx2_only
+from tests.infra.cli import run_cli
 
 SHORT, LONG, PROMPT_LEN, PREFILL_LEN = 8, 40, 32, 512
 PREFILL_RUNS = 3  # each side's prefill figure is the median of these
@@ -128,25 +129,19 @@ class Request(NamedTuple):
     problems: int  # gsm8k: how many
 
 
-def ours(request: Request, cpu_form: str = "auto") -> float | dict[str, float]:
+def ours(request: Request, cpu_kernels: bool = False) -> float | dict[str, float]:
     model_path, dtype, batch, phase, data_file, problems = request
     from tests.infra.devices import configure_jax
 
     configure_jax(cpu_devices=1)
     import jax.numpy as jnp
 
-    from tests.jax.models.qwen2_5 import cpu_products
-
-    cpu_products.install(cpu_form)
-
     from tests.jax.models.qwen2_5.generation import Generator
     from tests.jax.models.qwen2_5.loader import load_model
+    from tests.jax.models.qwen2_5.pipeline import run_kernels
 
-    # As the GSM8K run keeps it where it fits: a float32 copy of the weights bfloat16 GEMMs widen.
-    copy = cpu_products.widens_gemms(dtype)
-    gen = Generator(
-        load_model(model_path, getattr(jnp, dtype)), (), 0, widened_gemm_weights=copy
-    )
+    kernels = run_kernels(cpu_kernels)
+    gen = Generator(load_model(model_path, getattr(jnp, dtype), kernels=kernels), (), 0)
     if phase == "gsm8k":
         return _ours_gsm8k(gen, batch, data_file, problems)
     if phase == "prefill":
@@ -231,6 +226,44 @@ def hugging_face(request: Request) -> float | dict[str, float]:
     return batch * (LONG - SHORT) / (long - short)
 
 
+# Measurements per side of every comparison, alternating sides in fresh processes so that a drift
+# of the host hits both; each side's figure is the median.
+ROUNDS = 3
+
+
+def measured(side: str, extra: Sequence[str], *request: Any) -> dict:
+    """One measurement in a fresh process (`request`: phase, model path, dtype, batch; `extra`
+    more flags): its JSON line."""
+    phase, path, dtype, batch = request
+    args = ["--side", side, "--phase", phase, "--model-path", str(path)]
+    args += ["--dtype", dtype, "--batch", str(batch), *extra]
+    done = run_cli("tests.jax.models.qwen2_5.speed", *args, timeout=3600)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def alternating(
+    key: str, sides: dict[str, Sequence[str]], *request: Any
+) -> tuple[dict[str, float], dict[str, list[dict]]]:
+    """ROUNDS alternating measurements of `request` per side ({label: flags}, a label starting
+    with "hf" Hugging Face's, any other ours) -> each side's median of `key`, and every run.
+    """
+    runs: dict[str, list[dict]] = {label: [] for label in sides}
+    for _ in range(ROUNDS):
+        for label, flags in sides.items():
+            side = "hf" if label.startswith("hf") else "ours"
+            runs[label].append(measured(side, flags, *request))
+    median = {
+        label: statistics.median(r[key] for r in rs) for label, rs in runs.items()
+    }
+    return median, runs
+
+
+def each(runs: list[dict], key: str, digits: int = 1) -> str:
+    """One side's runs as "a / b / c" (a note shows every run behind a median)."""
+    return " / ".join(f"{r[key]:.{digits}f}" for r in runs)
+
+
 def _lines(path: Path) -> int:
     with path.open() as f:
         return sum(1 for line in f if line.strip())
@@ -246,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], required=True)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument(
-        "--cpu-products",
-        default="auto",
-        help="ours: the XLA:CPU product form (cpu_products.py; default auto)",
+        "--cpu-kernels",
+        action="store_true",
+        help="ours: with the opt-in CPU acceleration (qwen2_5/cpu_acceleration)",
     )
     parser.add_argument(
         "--data-file",
@@ -260,12 +293,6 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=GSM8K_PROBLEMS,
         help=f"gsm8k: the first N test problems' lengths (default {GSM8K_PROBLEMS})",
-    )
-    parser.add_argument(
-        "--cpu-class",
-        choices=["native", "avx2"],
-        default="native",
-        help="avx2: pick kernels as an AVX2-only CPU would (tests/infra/cpu_class.py)",
     )
     args = parser.parse_args(argv)
     if args.phase == "gsm8k" and (
@@ -284,8 +311,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.cpu_class == "avx2":
-        emulate_avx2_only()
     request = Request(
         args.model_path,
         args.dtype,
@@ -295,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         args.problems,
     )
     if args.side == "ours":
-        value = ours(request, cpu_form=args.cpu_products)
+        value = ours(request, cpu_kernels=args.cpu_kernels)
     else:
         value = hugging_face(request)
     print(

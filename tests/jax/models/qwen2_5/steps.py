@@ -26,18 +26,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS
-from tests.infra.tt_cache import update_rows
 from tests.infra.tt_parameters import mark_parameters
 from tests.jax.models.qwen2_5.batching import BatchLayout
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.cpu_products import installed, row_write, widens_gemms
-from tests.jax.models.qwen2_5.model import (
-    KV,
-    KV_AXES,
-    Qwen2ForCausalLM,
-    init_cache,
-    use_row_write,
-)
+from tests.jax.models.qwen2_5.model import KV, KV_AXES, Qwen2ForCausalLM, init_cache
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.placement import Placement
 from tests.jax.models.qwen2_5.sampling import SamplingParams, next_token, row_keys
@@ -51,10 +43,6 @@ DECODE_ROWS, ONE_ROW_PREFILL = "decode_rows", "one_row_prefill"
 NEXT_PREFILL = "next_prefill"
 Cache = tuple[KV, ...]  # per layer, keys and values (B, K, S, H)
 
-# Rows at their own slots are written in place on TT by its cache kernel (tt_cache.py), on
-# XLA:CPU by cpu_cache's (cpu_products.row_write).
-use_row_write(update_rows(row_write, logical_to_spec(KV_AXES)))
-
 
 def widened(state: Any) -> Any:
     """Model state with its floating-point arrays in float32 (exactly: bfloat16 widens without rounding)."""
@@ -64,30 +52,12 @@ def widened(state: Any) -> Any:
     )
 
 
-# The steps whose weight products are GEMMs: a chunk of tokens per row.
-CHUNK_STEPS = (PREFILL, FILL, SCORE)
-
-
-def widen_gemm_weights(state: Any) -> Any:
-    """`state` with the decoder layers' matrices in float32 (exactly), every other array as it is:
-    the state of the chunk steps where a bfloat16 GEMM runs on float32 operands (cpu_products), so
-    a prompt's prefill widens no weight. The lm_head and the embedding stay: a chunk multiplies
-    them with its last column only. Shape-only states widen to shape-only arrays."""
-
-    def widen(path: tuple, x: Any) -> Any:
-        if x.ndim != 2 or jax.tree_util.DictKey("layers") not in path:
-            return x
-        if isinstance(x, jax.ShapeDtypeStruct):
-            return jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding)
-        return x.astype(jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(widen, state)
-
-
 def _model(graphdef: nnx.GraphDef, state: Any, exact: bool) -> Qwen2ForCausalLM:
-    # The weights are the same at every step: the TT compiler converts their layout once.
-    state = mark_parameters(state)
-    return nnx.merge(graphdef, widened(state) if exact else state)
+    model = nnx.merge(graphdef, widened(state) if exact else state)
+    if model.kernels.marked_parameters:
+        # The weights are the same at every step: the TT compiler converts their layout once.
+        model = nnx.merge(graphdef, mark_parameters(nnx.state(model)))
+    return model
 
 
 def _keys(greedy: bool, key: jax.Array, draws: jax.Array) -> jax.Array | None:
@@ -261,31 +231,14 @@ class CompiledSteps:
     """The steps of one model on one placement, compiled once per shapes (`programs`).
 
     `exact`: every step computes in float32 on the model's own weights (cast inside the compiled
-    step, so no float32 copy stays resident): the audit's oracle of a bfloat16 run.
-    `widened_gemm_weights`: the chunk steps run on `widen_gemm_weights` of the state, a float32
-    copy resident beside the weights."""
+    step, so no float32 copy stays resident): the audit's oracle of a bfloat16 run."""
 
     def __init__(
-        self,
-        model: Qwen2ForCausalLM,
-        placement: Placement,
-        exact: bool = False,
-        widened_gemm_weights: bool = False,
+        self, model: Qwen2ForCausalLM, placement: Placement, exact: bool = False
     ) -> None:
         dtype = jnp.dtype(model.model.norm.weight.dtype)
-        if widened_gemm_weights and (exact or not widens_gemms(dtype.name)):
-            raise ValueError(
-                f"a float32 copy of {dtype.name} weights would save no widening "
-                f"with CPU products {installed()}"
-            )
         self.graphdef, state = nnx.split(model)
         self.abstract_state = jax.tree.map(_abstract, state)
-        self.widened_gemm_weights = widened_gemm_weights
-        self.abstract_chunk_state = (
-            widen_gemm_weights(self.abstract_state)
-            if widened_gemm_weights
-            else self.abstract_state
-        )
         self.cfg, self.placement, self.exact = model.cfg, placement, exact
         self.cache_dtype = jnp.float32 if exact else dtype
         self.programs: dict[StepKey, jax.stages.Compiled] = {}
@@ -323,7 +276,7 @@ class CompiledSteps:
             return (cache, key_valid, row_cache, row_valid, _SCALAR)
         ids = place.row_spec((layout.batch, layout.chunk), jnp.int32)
         if kind in (FILL, SCORE):
-            return (self.abstract_chunk_state, ids, ids, key_valid, cache, _SCALAR)
+            return (self.abstract_state, ids, ids, key_valid, cache, _SCALAR)
         sampling = (
             jax.ShapeDtypeStruct((), jax.random.key(0).dtype),
             jax.ShapeDtypeStruct(
@@ -333,7 +286,7 @@ class CompiledSteps:
         )
         if kind == PREFILL:
             return (
-                self.abstract_chunk_state,
+                self.abstract_state,
                 ids,
                 ids,
                 key_valid,
@@ -423,26 +376,8 @@ class CompiledSteps:
 
     @property
     def weight_bytes(self) -> int:
-        """The weights over all devices (padding and replicas included), with the chunk steps'
-        float32 copies when they are kept."""
-        weights = jax.tree.leaves(self.abstract_state)
-        copies = [
-            copy
-            for copy, weight in zip(
-                jax.tree.leaves(self.abstract_chunk_state), weights, strict=True
-            )
-            if copy is not weight
-        ]
-        return self._bytes(weights + copies)
-
-    def _state_bytes(self, kind: str) -> int:
-        """The weights step `kind` takes as arguments (the memory analysis counts them)."""
-        if kind == INSERT:
-            return 0
-        chunk = kind in (*CHUNK_STEPS, NEXT_PREFILL, ONE_ROW_PREFILL)
-        return self._bytes(
-            jax.tree.leaves(self.abstract_chunk_state if chunk else self.abstract_state)
-        )
+        """The weights over all devices (padding and replicas included)."""
+        return self._bytes(jax.tree.leaves(self.abstract_state))
 
     def _bytes(self, arrays: list) -> int:
         per_device = sum(
@@ -484,7 +419,8 @@ class CompiledSteps:
                     - memory.alias_size_in_bytes
                 )
                 held = (held + memory.temp_size_in_bytes) * self.placement.devices
-                held += self.weight_bytes - self._state_bytes(kind)
+                # An insert takes no weights as arguments; they stay resident beside it.
+                held += self.weight_bytes if kind == INSERT else 0
                 if kind == ONE_ROW_PREFILL:
                     held += self.cache_bytes(layout)
                 peak = max(peak, held)

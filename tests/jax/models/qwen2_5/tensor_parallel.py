@@ -42,9 +42,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from tests.infra.devices import golden_device
 from tests.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
-from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
+from tests.jax.models.qwen2_5.model import PLAIN, Kernels, Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 
 
@@ -220,6 +221,7 @@ def build_model(
     source: ParamSource,
     placement: Callable[[nnx.Variable], jax.sharding.Sharding],
     *,
+    kernels: Kernels = PLAIN,
     progress: bool = False,
 ) -> Qwen2ForCausalLM:
     """The model of `cfg` laid out by `split`, each weight built shard by shard where `placement`
@@ -232,9 +234,7 @@ def build_model(
     tp_cfg = cfg.replace(
         num_heads=split.padded_heads, num_kv_heads=split.stored_kv_heads
     )
-    graphdef, abstract = nnx.split(
-        nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-    )
+    graphdef, abstract = nnx.split(_shapes(tp_cfg, kernels, dtype))
     flat = list(nnx.to_flat_state(abstract))
     built = []
     for path, variable in tqdm(
@@ -259,17 +259,28 @@ def in_memory_source(model: Qwen2ForCausalLM) -> ParamSource:
     return lambda path: nullcontext(lambda index: np.asarray(values[path][...][index]))
 
 
-def pad_model(model: Qwen2ForCausalLM, split: HeadSplit) -> Qwen2ForCausalLM:
-    """`model` with its heads laid out by `split` (padded queries, replicated KV heads), on one device."""
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    dtype = model.model.norm.weight.dtype
-    return build_model(
-        model.cfg, dtype, split, in_memory_source(model), lambda variable: device
+def _shapes(cfg: Qwen2Config, kernels: Kernels, dtype: jnp.dtype) -> Qwen2ForCausalLM:
+    """The model of `cfg` with shape-only weights, nowhere yet."""
+    return nnx.eval_shape(
+        lambda: Qwen2ForCausalLM(cfg, kernels=kernels, dtype=dtype, rngs=nnx.Rngs(0))
     )
 
 
-def shard_model(model: Qwen2ForCausalLM, mesh: Mesh) -> Qwen2ForCausalLM:
-    """The padded, tensor-parallel copy of an in-memory `model`, every weight placed on `mesh`."""
+def pad_model(model: Qwen2ForCausalLM, split: HeadSplit) -> Qwen2ForCausalLM:
+    """`model` with its heads laid out by `split` (padded queries, replicated KV heads), on one device."""
+    device = jax.sharding.SingleDeviceSharding(golden_device())
+    dtype = model.model.norm.weight.dtype
+    source, kernels = in_memory_source(model), model.kernels
+    return build_model(
+        model.cfg, dtype, split, source, lambda variable: device, kernels=kernels
+    )
+
+
+def shard_model(
+    model: Qwen2ForCausalLM, mesh: Mesh, kernels: Kernels | None = None
+) -> Qwen2ForCausalLM:
+    """The padded, tensor-parallel copy of an in-memory `model`, every weight placed on `mesh`,
+    computing with `kernels` (default: the model's own)."""
     _, split = tensor_parallel_config(model.cfg, mesh.shape[MODEL_AXIS])
     dtype = model.model.norm.weight.dtype
     return build_model(
@@ -278,22 +289,21 @@ def shard_model(model: Qwen2ForCausalLM, mesh: Mesh) -> Qwen2ForCausalLM:
         split,
         in_memory_source(model),
         lambda v: param_sharding(v, mesh),
+        kernels=model.kernels if kernels is None else kernels,
     )
 
 
 def abstract_model(
-    cfg: Qwen2Config, dtype: jnp.dtype, mesh: Mesh | None
+    cfg: Qwen2Config, dtype: jnp.dtype, mesh: Mesh | None, kernels: Kernels = PLAIN
 ) -> Qwen2ForCausalLM:
     """The model of `cfg` with shape-only weights (ShapeDtypeStructs) placed where loading it would
-    put them: padded and sharded over `mesh`, or on the default device. Enough to lower and compile
+    put them: padded and sharded over `mesh`, or on the golden device. Enough to lower and compile
     (and to read a compiled step's memory) before any weight is read."""
     tp_cfg, _ = tensor_parallel_config(
         cfg, 1 if mesh is None else mesh.shape[MODEL_AXIS]
     )
-    graphdef, abstract = nnx.split(
-        nnx.eval_shape(lambda: Qwen2ForCausalLM(tp_cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-    )
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    graphdef, abstract = nnx.split(_shapes(tp_cfg, kernels, dtype))
+    device = jax.sharding.SingleDeviceSharding(golden_device())
     shaped = [
         (
             path,

@@ -20,7 +20,6 @@ import pytest
 from jax.sharding import Mesh
 
 from tests.infra.mesh import make_mesh
-from tests.jax.models.qwen2_5 import cpu_products, streaming_matmul
 from tests.jax.models.qwen2_5.audit import (
     DIFFERENT,
     EQUIVALENT,
@@ -37,7 +36,6 @@ from tests.jax.models.qwen2_5.audit import (
     ulp,
 )
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.cpu_products import FEW_ROWS_FORM, STREAMED
 from tests.jax.models.qwen2_5.faults import CATALOG, WEIGHTS_ONLY
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
@@ -210,31 +208,6 @@ def test_correct_mesh_is_identical_in_float32_and_equivalent_in_bfloat16(
     if dut.compile_only:
         pytest.skip(NEEDS_DATA)
     check_correct(audited, make_mesh("1x8", dut.devices), dtype, record_property)
-
-
-@pytest.mark.tensor_parallel
-@pytest.mark.parametrize("kernel", [True, False], ids=["streamed", "xla"])
-def test_correct_mesh_audit_with_and_without_the_streaming_kernel(
-    kernel, dut, audited, record_property
-):
-    """The bfloat16 audit of a correct 2x4 mesh with its bfloat16 decode products on the AVX2
-    kernel (streaming_matmul) and on XLA's own: other summation orders, the same verdict.
-    """
-    if dut.compile_only:
-        pytest.skip(NEEDS_DATA)
-    if kernel and not streaming_matmul.runs_here():
-        pytest.skip("the kernel needs an x86-64 CPU with AVX2 and FMA")
-    mesh = make_mesh("2x4", dut.devices)
-    generator = Generator(
-        load_model(audited.path, jnp.bfloat16, mesh=mesh), (), 0, mesh
-    )
-    with cpu_products.forced(STREAMED if kernel else FEW_ROWS_FORM):
-        audit = audited.audit(generator, "bfloat16")
-    record_property("audit", audit.describe())
-    assert (
-        audit.verdict in (IDENTICAL, EQUIVALENT)
-        and audit.summary()["real_divergences"] == 0
-    ), audit.describe()
 
 
 @pytest.mark.nightly_unless(

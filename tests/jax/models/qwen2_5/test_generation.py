@@ -18,21 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 from jax.sharding import NamedSharding
 
-from tests.infra import cpu_attention
 from tests.infra.cli import run_cli, run_cli_calls
 from tests.infra.collectives import check_collectives
 from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
-from tests.jax.models.qwen2_5 import streaming_matmul
 from tests.jax.models.qwen2_5.batching import GenerationError, layout_for
 from tests.jax.models.qwen2_5.checkpoint_writer import tiny_random_checkpoint
 from tests.jax.models.qwen2_5.continuous import ContinuousRun
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.hf_golden import hf_greedy, load_hf
 from tests.jax.models.qwen2_5.loader import load_model
-from tests.jax.models.qwen2_5.model import KV_AXES, init_cache
+from tests.jax.models.qwen2_5.model import KV_AXES, PLAIN, Kernels, init_cache
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 from tests.jax.models.qwen2_5.sampling import SamplingConfig, SamplingParams, sample
 from tests.jax.models.qwen2_5.smollm2 import NAME as SMOLLM2
@@ -42,6 +39,7 @@ from tests.jax.models.qwen2_5.tensor_parallel import (
     forward_all_reduces,
     shard_model,
 )
+from tests.jax.models.qwen2_5.tt_forms import kernels_for
 from tests.jax.models.qwen2_5.workloads import left_padded_batch
 
 pytestmark = [pytest.mark.model_test]
@@ -76,10 +74,10 @@ def hf_tokens(tiny_checkpoint):
     return hf_greedy(hf, PROMPTS, NEW_TOKENS, list(EOS), 0)
 
 
-def generator(model, mesh=None) -> Generator:
-    return Generator(
-        shard_model(model, mesh) if mesh is not None else model, EOS, 0, mesh
-    )
+def generator(model, mesh=None, kernels: Kernels = PLAIN) -> Generator:
+    """On `mesh` (a sharded copy with `kernels`), or on one device."""
+    sharded = model if mesh is None else shard_model(model, mesh, kernels)
+    return Generator(sharded, EOS, 0, mesh)
 
 
 @pytest.mark.push
@@ -97,7 +95,7 @@ def test_greedy_matches_hugging_face_single_device(model_for, hf_tokens):
 def test_greedy_on_mesh_matches_single_device_and_hugging_face(
     mesh, dut, model_for, hf_tokens, record_property
 ):
-    gen = generator(model_for(), mesh)
+    gen = generator(model_for(), mesh, kernels_for(dut.platform))
     if compiles_as_planned(
         gen, PROMPTS, NEW_TOKENS, SamplingConfig(), mesh, dut, record_property
     ):
@@ -128,7 +126,8 @@ def test_continuous_batching_gives_the_static_batches_tokens(
     takes a narrow chunk then whole ones of 32 times a batch group's rows (96 on one group of 3
     rows, 64 on 2x4, 32 on 8x4), the others one chunk.
     """
-    gen = Generator(shard_model(model_for(), mesh), EOS, 0, mesh, prefill_chunk=32)
+    sharded = shard_model(model_for(), mesh, kernels_for(dut.platform))
+    gen = Generator(sharded, EOS, 0, mesh, prefill_chunk=32)
     if dut.compile_only:
         record_property(*COMPILE_ONLY_PROPERTY)
         return
@@ -184,7 +183,7 @@ def test_sampling_on_mesh_matches_single_device(mesh, dut, model_for, record_pro
     same tokens on a mesh as on one device (float32: no logit is near enough to flip a draw).
     """
     config = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=7)
-    gen = generator(model_for(), mesh)
+    gen = generator(model_for(), mesh, kernels_for(dut.platform))
     if compiles_as_planned(
         gen, PROMPTS, NEW_TOKENS, config, mesh, dut, record_property
     ):
@@ -204,7 +203,7 @@ def test_cached_decode_equals_full_recompute(
     logits must equal a full forward over the whole sequence so far. The cached step compiles to
     the forward's all-reduces and nothing else."""
     model = model_for(preset)
-    sharded = shard_model(model, mesh)
+    sharded = shard_model(model, mesh, kernels_for(dut.platform))
     prompt_len, steps = 10, 6
     full = left_padded_batch(
         model.cfg.vocab_size,
@@ -251,47 +250,6 @@ def test_cached_decode_equals_full_recompute(
         np.testing.assert_allclose(
             logits, recomputed[:, prompt_len - 1 + i], atol=1e-5, rtol=0
         )
-
-
-@pytest.mark.parametrize("platform", ["tpu", "cuda"])
-def test_cpu_decode_path_stays_on_the_cpu(model_for, platform):
-    """A one-token bfloat16 forward (a decode step's products and attention) exported for another
-    platform carries none of the CPU forms (cpu_products.few_rows, cpu_products.streamed, the
-    attention kernels): no zero second row, no optimization barrier, no custom call, every product
-    on the single real row. (Exported without that platform's hardware; the TT compile-only suite
-    checks the TTNN graph itself.)
-    """
-    model = model_for(dtype="bfloat16")
-    graph, state = nnx.split(model)
-
-    def forward(state, ids, positions, mask):
-        return nnx.merge(graph, state)(ids, positions, mask)
-
-    args = (
-        state,
-        jnp.ones((1, 1), jnp.int32),
-        jnp.zeros((1, 1), jnp.int32),
-        jnp.ones((1, 1), bool),
-    )
-    # The kernels' custom calls have no serialization guarantee; exported here only to be read.
-    kernels = (streaming_matmul.TARGET, cpu_attention.TARGET)
-    allowed = [jax.export.DisabledSafetyCheck.custom_call(k) for k in kernels]
-    texts = {
-        p: jax.export.export(jax.jit(forward), platforms=[p], disabled_checks=allowed)(
-            *args
-        ).mlir_module()
-        for p in ("cpu", platform)
-    }
-    cpu_only = ("optimization_barrier", *kernels)
-    # a CPU path is really taken on the CPU
-    assert any(mark in texts["cpu"] for mark in cpu_only)
-    assert not any(mark in texts[platform] for mark in cpu_only)
-    dots = [
-        line for line in texts[platform].splitlines() if "stablehlo.dot_general" in line
-    ]
-    assert dots and not any(
-        "tensor<1x2x" in line or "tensor<2x" in line for line in dots
-    )
 
 
 def test_compiles_once_per_shape_bucket(model_for):

@@ -14,7 +14,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +24,7 @@ from flax import nnx
 from tests.infra.cli import run_cli, run_cli_calls, start_cli
 from tests.infra.mesh import MeshShape
 from tests.infra.runs import progress_path
-from tests.jax.models.qwen2_5 import cpu_products, gsm8k
+from tests.jax.models.qwen2_5 import gsm8k
 from tests.jax.models.qwen2_5.audit import TIE_FACTOR, errors, first_difference, top_of
 from tests.jax.models.qwen2_5.checkpoint_writer import (
     build_tokenizer,
@@ -33,7 +32,7 @@ from tests.jax.models.qwen2_5.checkpoint_writer import (
     write_checkpoint,
 )
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.gsm8k import MemoryRefused, complete
+from tests.jax.models.qwen2_5.gsm8k import complete
 from tests.jax.models.qwen2_5.gsm8k_task import (
     INVALID,
     DataError,
@@ -494,7 +493,6 @@ def run_compare_mode(model: Path, mesh_arg: str, dtype: str, data: Path, out: Pa
     args = ["--model-path", str(model), "--data-file", str(data), "--dtype", dtype]
     args += ["--mesh", mesh_arg, "--compare-single-device", "--output", str(out)]
     args += ["--limit", os.environ.get("QWEN2_5_GSM8K_LIMIT", "64")]
-    args += ["--cpu-products", cpu_products.installed()]
     args += ["--chat"] if os.environ.get("QWEN2_5_GSM8K_CHAT") == "1" else []
     done = run_cli("tests.jax.models.qwen2_5.gsm8k", *args, timeout=7 * 24 * 3600)
     if done.returncode == 2 and "GiB of host memory" in done.stderr:
@@ -587,36 +585,3 @@ def float32_tie(model: Path, hf, prompt: list[int], ours: list[int], theirs: lis
     margin = float(exact[0, ours[at]] - exact[0, theirs[at]])
     tie = abs(margin) <= TIE_FACTOR * scale
     return {"position": at, "margin": margin, "scale": scale, "rounding_tie": tie}
-
-
-@pytest.mark.parametrize("fits", [(True, True), (False, True), (False, False)])
-def test_the_float32_copy_is_kept_only_where_the_run_fits_with_it(
-    monkeypatch, capsys, fits
-):
-    """Where bfloat16 GEMMs widen their weights, the run compiles with the resident float32 copy
-    first; if it does not fit, without it (saying so); if neither fits, it is refused.
-    """
-    with_copy, without = fits
-    tried = []
-
-    def compiled_within(job, todo, budget, widened_copy):
-        tried.append(widened_copy)
-        if not (with_copy if widened_copy else without):
-            raise MemoryRefused(f"{budget + 1} bytes", "lower --batch-size")
-        return {"1x1": widened_copy}, f"{budget} bytes"
-
-    monkeypatch.setattr(gsm8k, "compiled_within", compiled_within)
-    monkeypatch.setattr(gsm8k.cpu_products, "widens_gemms", lambda dtype: True)
-    job = SimpleNamespace(settings=SimpleNamespace(memory_budget=1.0, dtype="bfloat16"))
-    if not without:
-        with pytest.raises(MemoryRefused, match="lower --batch-size"):
-            gsm8k.shape_only_within_memory(job, [[0]])
-        assert tried == [True, False]
-        return
-    shape_only = gsm8k.shape_only_within_memory(job, [[0]])
-    stderr = capsys.readouterr().err
-    assert shape_only == {"1x1": with_copy} and tried == (
-        [True] if with_copy else [True, False]
-    )
-    assert ("on a float32 copy" in stderr) == with_copy
-    assert (f"would need {2**30 + 1} bytes" in stderr) == (not with_copy)

@@ -50,6 +50,7 @@ from tests.jax.models.qwen2_5.tensor_parallel import (
     forward_all_reduces,
     shard_model,
 )
+from tests.jax.models.qwen2_5.tt_forms import TT_FORMS, kernels_for
 from tests.jax.models.qwen2_5.workloads import Batch, module_workload, placed_like
 
 pytestmark = [pytest.mark.model_test]
@@ -201,7 +202,7 @@ def test_logits_on_mesh(batch, ours, exact, dtype, mesh, dut, record_property):
     """Every mesh against one device: the same top-1 token up to rounding ties, as accurate (the
     audit's factor), and the forward's planned all-reduces only."""
     golden = ours(dtype)
-    sharded = shard_model(golden, mesh)
+    sharded = shard_model(golden, mesh, kernels_for(dut.platform))
     result = EquivalenceTester(against(exact(dtype), dtype, ACCURACY_FACTOR), dut).test(
         module_workload(golden, *inputs(batch)),
         module_workload(sharded, *inputs(batch)),
@@ -255,7 +256,7 @@ def test_steps_compile_for_tt_on_every_mesh(
     """
     if dut.platform != TT:
         pytest.skip(TT_ONLY)
-    model = abstract_model(checkpoint.cfg, jnp.float32, mesh)
+    model = abstract_model(checkpoint.cfg, jnp.float32, mesh, TT_FORMS)
     request = (prompts, NEW_TOKENS, SamplingConfig())
     gen = generator(checkpoint, model, mesh)
     compiles_as_planned(gen, *request, mesh, dut, record_property)

@@ -37,12 +37,12 @@ from tests.jax.models.qwen2_5.config import QWEN2_5_7B, QWEN2_5_FAMILY, TINY_PRE
 from tests.jax.models.qwen2_5.faults import AppendedPadding
 from tests.jax.models.qwen2_5.loader import load_model
 from tests.jax.models.qwen2_5.model import (
-    Attention,
     Qwen2ForCausalLM,
     attention_bias,
     attention_mask,
     grouped_attention,
 )
+from tests.jax.models.qwen2_5.model import softmax as model_softmax
 from tests.jax.models.qwen2_5.plan import (
     CHIP_DRAM,
     build_report,
@@ -58,6 +58,7 @@ from tests.jax.models.qwen2_5.tensor_parallel import (
     split_heads,
     tensor_parallel_config,
 )
+from tests.jax.models.qwen2_5.tt_forms import kernels_for
 from tests.jax.models.qwen2_5.workloads import (
     hidden_rows,
     layer_inputs,
@@ -172,7 +173,7 @@ def test_parallel_projection(
     projection, input_spec, mesh, golden_model, dut, record_property
 ):
     golden = golden_model("gqa28x4")
-    sharded = shard_model(golden, mesh)
+    sharded = shard_model(golden, mesh, kernels_for(dut.platform))
     module, sharded_module = (
         getattr(m.model.layers[0].mlp, projection) for m in (golden, sharded)
     )
@@ -194,7 +195,7 @@ def test_parallel_projection(
 @pytest.mark.push
 def test_vocab_parallel_embedding(mesh, golden_model, dut, record_property):
     golden = golden_model("gqa28x4")
-    sharded = shard_model(golden, mesh)
+    sharded = shard_model(golden, mesh, kernels_for(dut.platform))
     batch = left_padded_batch(golden.cfg.vocab_size, LENGTHS, SEQ_LEN)
     # A lookup plus zeros from the other devices: exact (atol 0).
     run_equivalence(
@@ -229,7 +230,7 @@ def _attention_inputs(cfg):
 )
 def test_layer(module, kind, preset, mesh, golden_model, dut, record_property):
     golden = golden_model(preset)
-    sharded = shard_model(golden, mesh)
+    sharded = shard_model(golden, mesh, kernels_for(dut.platform))
     batch, inputs, specs = _attention_inputs(golden.cfg)
     run_equivalence(
         module(golden),
@@ -251,7 +252,7 @@ def test_layer(module, kind, preset, mesh, golden_model, dut, record_property):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_logits(preset, dtype, mesh, golden_model, dut, record_property):
     golden = golden_model(preset, dtype)
-    sharded = shard_model(golden, mesh)
+    sharded = shard_model(golden, mesh, kernels_for(dut.platform))
     batch = left_padded_batch(golden.cfg.vocab_size, LENGTHS, SEQ_LEN)
     inputs = (batch.input_ids, batch.positions, batch.attention_mask)
     run_equivalence(
@@ -419,7 +420,7 @@ def test_query_blocks_change_no_result(dtype, monkeypatch):
             grouped_attention,
             scale=hd**-0.5,
             is_causal=False,
-            softmax=Attention.softmax,
+            softmax=model_softmax,
         )
         return np.asarray(jax.jit(attention)(q, k, v, bias).astype(jnp.float32))
 
@@ -454,7 +455,7 @@ def test_causal_blocks_skip_only_hidden_keys(dtype):
             grouped_attention,
             scale=hd**-0.5,
             is_causal=False,
-            softmax=Attention.softmax,
+            softmax=model_softmax,
             causal=causal,
         )
         bias = attention_bias(visible, q.dtype)
@@ -612,7 +613,7 @@ def test_7b_width_logits(mesh, wide_golden, dut, record_property):
     inputs = (batch.input_ids, batch.positions, batch.attention_mask)
     run_equivalence(
         wide_golden,
-        shard_model(wide_golden, mesh),
+        shard_model(wide_golden, mesh, kernels_for(dut.platform)),
         inputs,
         (P("batch", None),) * 3,
         mesh,

@@ -25,6 +25,7 @@ from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.steps import DECODE, PREFILL
 from tests.jax.models.qwen2_5.tensor_parallel import abstract_model
+from tests.jax.models.qwen2_5.tt_forms import TT_FORMS
 
 GOAL_OPS_PER_LAYER = 40
 GOAL_DATA_MOVEMENT_PER_LAYER = 15
@@ -104,7 +105,7 @@ def _inventories(
     cfg: Qwen2Config, mesh: Mesh, dtype: jnp.dtype, rows: int, kinds: Sequence[str]
 ) -> dict[str, Inventory]:
     """Each step of `kinds` for `rows` prompts of 20 tokens and 16 new ones, compiled for TT."""
-    generator = Generator(abstract_model(cfg, dtype, mesh), (), 0, mesh)
+    generator = Generator(abstract_model(cfg, dtype, mesh, TT_FORMS), (), 0, mesh)
     lowered = generator.lower([[1] * 20] * rows, 16)
     return {kind: inventory(compile_to_ttnn(lowered[kind])[1]) for kind in kinds}
 

@@ -7,8 +7,8 @@
 // may all be busy with other devices' work on a simulated mesh): it takes chunks itself until none
 // are left and then waits only for chunks already being computed.
 
-#ifndef TESTS_INFRA_FFI_CHUNKS_H_
-#define TESTS_INFRA_FFI_CHUNKS_H_
+#ifndef CPU_ACCELERATION_FFI_CHUNKS_H_
+#define CPU_ACCELERATION_FFI_CHUNKS_H_
 
 #include <algorithm>
 #include <atomic>
@@ -53,4 +53,4 @@ void run(xla::ffi::ThreadPool& pool, int64_t count, F work) {
 
 }  // namespace ffi_chunks
 
-#endif  // TESTS_INFRA_FFI_CHUNKS_H_
+#endif  // CPU_ACCELERATION_FFI_CHUNKS_H_
