@@ -8,20 +8,24 @@ The TT compiler recognizes an in-place cache update in a scatter only when every
 same slot (a 1-element index). Rows at their own slots (continuous batching) reach TTNN's
 `paged_update_cache`, which takes one index per row, through the plugin's `tt.update_cache`
 custom call: the cache (B, K, S, H) aliased to the result, the tokens in the kernel's
-(1, K, B, H) layout, and the (B,) slots. row_write.py places it per device under a mesh and keeps
-it off other platforms.
+(1, K, B, H) layout, and the (B,) slots. The call has no sharding rule of its own: under a mesh each
+device writes the rows and KV heads it holds (`shard_map`). On every other platform the write is the
+caller's default (`jax.lax.platform_dependent`), so a program lowered for another platform holds
+no TT call.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.experimental.xla_metadata import set_xla_metadata
 from jax.sharding import PartitionSpec as P
 
-from tests.infra.row_write import RowWrite, on_platform, per_device
-
 UPDATE = "tt.update_cache"
+# cache (B, K, S, H), new (B, K, 1, H), slots (B,) -> the cache, each row's token at its slot.
+RowWrite = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def _update(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
@@ -34,7 +38,28 @@ def _update(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
         )
 
 
+def _per_device(cache_spec: P) -> RowWrite:
+    """The update on the arrays each device holds; `cache_spec` is how a mesh splits the cache,
+    its first entry the rows (and so the slots)."""
+
+    def write(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
+        if jax.sharding.get_abstract_mesh().empty:
+            return _update(cache, new, slots)
+        specs = {
+            "in_specs": (cache_spec, cache_spec, P(cache_spec[0])),
+            "out_specs": cache_spec,
+        }
+        return jax.shard_map(_update, **specs)(cache, new, slots)
+
+    return write
+
+
 def update_rows(default: RowWrite, cache_spec: P) -> RowWrite:
-    """A per-row write: TT's in-place update on TT, `default` elsewhere. The first entry of
-    `cache_spec` (how a mesh splits the cache) splits the rows and so the slots."""
-    return on_platform("tt", per_device(_update, cache_spec), default)
+    """A per-row write: TT's in-place update on TT, `default` everywhere else."""
+    tt = _per_device(cache_spec)
+
+    def write(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
+        branches = {"tt": tt, "default": default}
+        return jax.lax.platform_dependent(cache, new, slots, **branches)
+
+    return write

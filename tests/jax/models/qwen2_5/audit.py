@@ -11,7 +11,7 @@ divergence is a rounding tie or a fault is decided against the exact answer, nev
 number measured on some host:
 
 - **The oracle**: one device, the run's own weights (as loaded, in the run's dtype), every
-  activation, norm, softmax and accumulation in float32 (`Generator(exact=True)`), teacher-forced
+  activation, norm, softmax and accumulation in float32 (`Engine(exact=True)`), teacher-forced
   over the single device's sequence: L*.
 - **The single device's error scale** on a generation: E_s, the largest |Ls - L*| over the top-k
   tokens the single device recorded at the steps that chose (`generation.TOP_K`), over all its
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from flax import nnx
 
-from tests.jax.models.qwen2_5.generation import Generator
+from tests.jax.models.qwen2_5.engine import Engine
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.sampling import TOP_K
 from tests.jax.models.qwen2_5.scoring import teacher_forced_logits
@@ -255,8 +255,8 @@ def judge(
 
 
 def audit_sequences(
-    oracle: Generator,
-    mesh: Generator,
+    oracle: Engine,
+    mesh: Engine,
     prompts: Sequence[Sequence[int]],
     single_runs: Sequence[Generated],
     mesh_runs: Sequence[Generated],
@@ -288,7 +288,7 @@ def audit_sequences(
     ]
 
 
-def oracle_of(single: Generator, steps: CompiledSteps | None = None) -> Generator:
+def oracle_of(single: Engine, steps: CompiledSteps | None = None) -> Engine:
     """The float32 oracle of a single-device generator: its model and weights (no copy), computed
     exactly; with `steps`, an earlier oracle's of the same shapes (e.g. one of shape-only weights).
     """
@@ -299,7 +299,7 @@ def oracle_of(single: Generator, steps: CompiledSteps | None = None) -> Generato
 
 def exact_model(model: Qwen2ForCausalLM) -> Qwen2ForCausalLM:
     """The oracle of a (small) in-memory model: a copy with its own weights in float32, so every
-    activation is float32 (Generator(exact=True) does the same inside its compiled steps).
+    activation is float32 (Engine(exact=True) does the same inside its compiled steps).
     """
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, widened(state))
@@ -367,8 +367,8 @@ class MeshAudit:
 
     def audit(
         self,
-        oracle: Generator,
-        mesh: Generator,
+        oracle: Engine,
+        mesh: Engine,
         prompts: dict[int, Sequence[int]],
         single_runs: dict[int, Generated],
         mesh_runs: dict[int, Generated],

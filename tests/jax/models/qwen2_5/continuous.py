@@ -22,17 +22,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
 from tests.jax.models.qwen2_5.batching import BatchLayout, GenerationError
+from tests.jax.models.qwen2_5.engine import Engine, utilisation
 from tests.jax.models.qwen2_5.sampling import GREEDY, SamplingConfig, draws
 from tests.jax.models.qwen2_5.steps import DECODE, INSERT
-
-if TYPE_CHECKING:  # generation.py builds runs of this module
-    from tests.jax.models.qwen2_5.generation import Generator
 
 
 @dataclass
@@ -60,13 +57,11 @@ class ContinuousRun:
     (one for all, or one per prompt). `layout`: the batch's layout when it must not depend on
     which prompts this run holds (a resumed job keeps the shapes, and so the arithmetic, of the
     whole job's); by default the prompts' own. `warm`: run every program once before the first
-    prompt (`_warm`), for a long job.
-
-    `generator` is a generation.Generator (its model, placement and compiled steps)."""
+    prompt (`_warm`), for a long job. `generator`: the engine (engine.py) it runs on."""
 
     def __init__(
         self,
-        generator: Generator,
+        generator: Engine,
         prompts: Sequence[Sequence[int]],
         max_new_tokens: int | Sequence[int],
         rows: int,
@@ -91,8 +86,8 @@ class ContinuousRun:
                 f"the layout {layout} cannot hold these prompts ({own})"
             )
         self.layout = own if layout is None else layout
-        self.sampling, self.stop = sampling, stop
-        self.eos = set(generator.eos_token_ids)
+        self.sampling = sampling
+        self.ends = generator.row_end(max(limits), stop)
         self.key, self.params = jax.random.key(sampling.seed), sampling.params()
         self.prefill_seconds = self.decode_seconds = 0.0
         self.steps = 0  # decode steps run, each computing layout.batch rows
@@ -173,11 +168,7 @@ class ContinuousRun:
         """`token` onto the row's completion; True (and the prompt finished) when it ends there."""
         state.tokens.append(token)
         state.records.append(record)
-        ended = (
-            token in self.eos
-            or len(state.tokens) >= self.limits[state.index]
-            or (self.stop is not None and self.stop(state.tokens))
-        )
+        ended = self.ends(state.tokens, self.limits[state.index])
         if ended:
             self.done.append(
                 Finished(state.index, state.tokens, np.stack(state.records))
@@ -240,5 +231,6 @@ class ContinuousRun:
     @property
     def utilisation(self) -> float:
         """Tokens kept from decode steps over the row-steps they computed."""
-        decoded = sum(len(f.tokens) - 1 for f in self.done)
-        return decoded / (self.steps * self.layout.batch) if self.steps else 1.0
+        return utilisation(
+            [f.tokens for f in self.done], self.steps * self.layout.batch
+        )

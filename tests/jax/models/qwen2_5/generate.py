@@ -27,7 +27,8 @@ from tests.infra.mesh import MeshShape
 from tests.jax.models.qwen2_5.audit import Generated, MeshAudit, oracle_of
 from tests.jax.models.qwen2_5.batching import GenerationError
 from tests.jax.models.qwen2_5.cli_options import add_model_options
-from tests.jax.models.qwen2_5.generation import GenerationResult, Generator
+from tests.jax.models.qwen2_5.engine import GenerationResult
+from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.pipeline import (
     EXPECTED_ERRORS,
     Checkpoint,

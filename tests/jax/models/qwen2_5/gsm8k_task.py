@@ -193,12 +193,17 @@ def stops_at_sequences(tokenizer) -> Callable[[list[int]], bool]:
     return hit_stop
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Problem indices in batches of similar prompt length, longest first, as lm-evaluation-harness
-    orders its requests: a long prompt pads only its neighbours, and the largest batch runs first.
-    Results are keyed by problem index, so their order is restored whatever the batches.
+def harness_order(lengths: Sequence[int]) -> list[int]:
+    """Problem indices longest prompt first (ties in problem order), as lm-evaluation-harness
+    orders its requests. Results are keyed by problem index, so their order is restored.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Problem indices in batches of `batch_size` in the harness's order: a long prompt pads only
+    its neighbours, and the largest batch runs first."""
+    order = harness_order(lengths)
     return [
         order[start : start + batch_size] for start in range(0, len(order), batch_size)
     ]

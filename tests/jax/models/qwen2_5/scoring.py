@@ -11,12 +11,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from tests.jax.models.qwen2_5.batching import GenerationError
-from tests.jax.models.qwen2_5.generation import Generator
+from tests.jax.models.qwen2_5.engine import Engine
 from tests.jax.models.qwen2_5.steps import FILL, SCORE
 
 
 def teacher_forced_logits(
-    generator: Generator, sequences: Sequence[Sequence[int]], first: Sequence[int]
+    generator: Engine, sequences: Sequence[Sequence[int]], first: Sequence[int]
 ) -> list[np.ndarray]:
     """Each whole sequence through the model at once (a chunked prefill), and for row i the logits
     that predict its tokens first[i] .. len-1, as (len - first[i], V) arrays of the model dtype

@@ -24,7 +24,7 @@ from flax import nnx
 from tests.infra.cli import run_cli, run_cli_calls, start_cli
 from tests.infra.mesh import MeshShape
 from tests.infra.runs import progress_path
-from tests.jax.models.qwen2_5 import gsm8k
+from tests.jax.models.qwen2_5 import gsm8k_run
 from tests.jax.models.qwen2_5.audit import TIE_FACTOR, errors, first_difference, top_of
 from tests.jax.models.qwen2_5.checkpoint_writer import (
     build_tokenizer,
@@ -32,7 +32,6 @@ from tests.jax.models.qwen2_5.checkpoint_writer import (
     write_checkpoint,
 )
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.gsm8k import complete
 from tests.jax.models.qwen2_5.gsm8k_task import (
     INVALID,
     DataError,
@@ -192,25 +191,15 @@ def test_mesh_completions_equal_single_device(test_set, gsm8k_dir, demo_cache):
     ]
     checkpoint = Checkpoint.open(tiny_random_checkpoint(demo_cache))
     token_ids = [checkpoint.encode(p, chat=False) for p in prompts]
-    batch = [0, 1, 2, 3]
-    single = complete(
-        checkpoint.load(MeshShape(1, 1), "float32"),
-        checkpoint,
-        problems,
-        token_ids,
-        batch,
-        24,
+    stop = stops_at_sequences(checkpoint.tokenizer)
+    single, sharded = (
+        checkpoint.load(mesh, "float32").generate_continuous(
+            token_ids, 24, 2, stop=stop
+        )
+        for mesh in (MeshShape(1, 1), MeshShape(1, 8))
     )
-    sharded = complete(
-        checkpoint.load(MeshShape(1, 8), "float32"),
-        checkpoint,
-        problems,
-        token_ids,
-        batch,
-        24,
-    )
-    assert [g.tokens for g in sharded] == [g.tokens for g in single]
-    assert all(g.generated for g in single)
+    assert sharded.generated_token_ids == single.generated_token_ids
+    assert all(single.generated_token_ids)
 
 
 @pytest.mark.push
@@ -328,9 +317,6 @@ def cli(gsm8k_dir, demo_cache, tiny_checkpoint, context_checkpoint, tmp_path_fac
     ]
     outputs["whole"] = tmp / "whole.json"
     calls["whole"] = [*test_file, *RESUMABLE, "--output", str(outputs["whole"])]
-    outputs["static"] = tmp / "static.json"
-    calls["static"] = [*test_file, *RESUMABLE, "--schedule", "static"]
-    calls["static"] += ["--output", str(outputs["static"])]
     # After it, the same output with other settings: refused, the finished run kept.
     calls["changed"] = [*calls["whole"], "--max-new-tokens", "8"]
     tiny = ["--model-path", str(tiny_random_checkpoint(demo_cache))]
@@ -448,24 +434,6 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     )
 
 
-@pytest.mark.tensor_parallel
-def test_the_schedule_changes_no_completion(cli):
-    """Continuous batching (the default: 2 rows taking 6 problems in turn) and static batches of 2
-    give every problem the same float32 completion and grades on 1x8."""
-    (whole_done, whole), (static_done, static) = cli["whole"], cli["static"]
-    assert (
-        whole_done.returncode == 0 and static_done.returncode == 0
-    ), static_done.stderr
-    continuous, batched = json.loads(whole.read_text()), json.loads(static.read_text())
-    assert [continuous["settings"]["schedule"], batched["settings"]["schedule"]] == [
-        "continuous",
-        "static",
-    ]
-    assert continuous["problems"] == batched["problems"]
-    lengths = {len(p["1x8"]["tokens"]) for p in continuous["problems"]}
-    assert len(lengths) > 1  # the completions end at different steps
-
-
 def test_a_run_with_other_settings_is_refused(cli):
     done, _ = cli["changed"]
     assert done.returncode == 2
@@ -550,7 +518,7 @@ def hugging_face_on_the_same_problems(model: Path, result: dict, record_property
             hf, prompt, settings["max_new_tokens"], checkpoint.eos_token_ids, stop
         )
         problem = Problem("", f"#### {ours['gold']}")
-        theirs = gsm8k.graded(checkpoint, problem, entry["prompt_id"], tokens, None)
+        theirs = gsm8k_run.graded(checkpoint, problem, entry["prompt_id"], tokens, None)
         problems.append(theirs)
         if tokens != ours["tokens"]:
             tie = float32_tie(model, hf, prompt, ours["tokens"], tokens)
