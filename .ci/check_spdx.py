@@ -25,14 +25,10 @@ COMMENT = {
     ".h": "//",
 }
 SCRIPTS = {".ci/run": "#"}  # shell scripts without an extension
-# files kept under their own project's notice
-THIRD_PARTY = ("tests/infra/tt_cluster/",)
 
 
 def expected(path: str) -> str | None:
     """The comment marker the notice takes in `path`, or None for a file that carries none."""
-    if path.startswith(THIRD_PARTY):
-        return None
     return SCRIPTS.get(path, COMMENT.get(Path(path).suffix))
 
 

@@ -115,7 +115,7 @@ def write_tensors(
 def write_weights(model: Qwen2ForCausalLM, out_dir: Path, max_shard_bytes: int) -> None:
     """The model's weights under Hugging Face names (write_tensors)."""
     tensors = {
-        hf_name(path): np.asarray(jax.device_get(variable[...]))
+        hf_name(path): np.asarray(jax.device_get(variable.value))
         for path, variable in nnx.to_flat_state(nnx.state(model))
     }
     write_tensors(tensors, out_dir, max_shard_bytes)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.jax.infra.pytest_plugin import register_tests
 from tests.jax.models.qwen2_5.checkpoint_writer import (
     build_tokenizer,
     write_generation_config,
@@ -19,6 +20,36 @@ from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
 from tests.jax.models.qwen2_5.smollm2 import smollm2_checkpoint
 
 ACCELERATION = Path(__file__).parent / "cpu_acceleration"
+
+
+# tt-xla's test properties (its tests/conftest.py validates and reports them): a model test
+# names its model (module attribute MODEL_NAME), group, run mode and bring-up status.
+TINY_MODELS = "Qwen2.5 architecture (random test checkpoints)"
+PROPERTIES = {"model_group": "generality", "run_mode": "inference"}
+PROPERTIES["bringup_status"] = "PASSED"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """This folder's tests are the package plugin's (tests/jax/infra/pytest_plugin.py)."""
+    register_tests(config, Path(__file__).parent)
+
+
+@pytest.hookimpl(tryfirst=True)  # before tt-xla's conftest reads the properties
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """This folder's model tests carry tt-xla's properties and parallelism marker: tensor
+    parallel where a mesh is under test, else single device."""
+    here = Path(__file__).parent
+    for item in items:
+        if not item.path.is_relative_to(here) or not item.get_closest_marker(
+            "model_test"
+        ):
+            continue
+        mesh = "mesh" in item.fixturenames or item.get_closest_marker("tensor_parallel")
+        parallelism = "tensor_parallel" if mesh else "single_device"
+        name = getattr(item.module, "MODEL_NAME", TINY_MODELS)
+        properties = {"model_name": name, **PROPERTIES, "parallelism": parallelism}
+        item.add_marker(pytest.mark.record_test_properties(**properties))
+        item.add_marker(getattr(pytest.mark, parallelism))
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from tests.infra.mesh import MODEL_AXIS
+from tests.jax.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.model import (
     Qwen2ForCausalLM,
     Qwen2Model,

@@ -21,9 +21,9 @@ from typing import TextIO
 
 from transformers import PreTrainedTokenizerBase
 
-from tests.infra.cli import own_stdout
-from tests.infra.distributed import DEFAULT_TIMEOUT
-from tests.infra.mesh import MeshShape
+from tests.jax.infra.cli import own_stdout
+from tests.jax.infra.distributed import DEFAULT_TIMEOUT
+from tests.jax.infra.mesh import MeshShape
 from tests.jax.models.qwen2_5.audit import Generated, MeshAudit, oracle_of
 from tests.jax.models.qwen2_5.batching import GenerationError
 from tests.jax.models.qwen2_5.cli_options import add_model_options

@@ -9,7 +9,7 @@
 
 The command line builds one `Settings` (gsm8k_job.py); `run` checks everything up front (data,
 checkpoint, mesh, context, output files, memory), then streams the problems (gsm8k_run.py), each
-problem's results on disk as soon as it finishes (tests/infra/runs.ResultStore), so a stopped run
+problem's results on disk as soon as it finishes (tests/jax/infra/runs.ResultStore), so a stopped run
 resumes.
 """
 
@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tests.infra.runs import ResultStore, RunError
+from tests.jax.infra.runs import ResultStore, RunError
 from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK
 from tests.jax.models.qwen2_5.cli_options import add_model_options
 from tests.jax.models.qwen2_5.gsm8k_job import Settings, prepare

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.infra.mesh import MeshShape
-from tests.infra.runs import ResultStore
+from tests.jax.infra.mesh import MeshShape
+from tests.jax.infra.runs import ResultStore
 from tests.jax.models.qwen2_5.gsm8k_task import (
     FEWSHOT_SEED,
     STOP_SEQUENCES,

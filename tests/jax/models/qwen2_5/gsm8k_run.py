@@ -4,7 +4,7 @@
 
 """A GSM8K run's loop: the models compiled within the memory budget, then loaded; the problems
 streamed through --batch-size rows of every mesh (continuous.py), meshes in lockstep; each problem
-graded, audited when compared, and stored as it finishes (tests/infra/runs.ResultStore).
+graded, audited when compared, and stored as it finishes (tests/jax/infra/runs.ResultStore).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
 
-from tests.infra.runs import ResultStore, Stopped, StopSignals, available_host_bytes
+from tests.jax.infra.runs import ResultStore, Stopped, StopSignals, available_host_bytes
 from tests.jax.models.qwen2_5.audit import MeshAudit, SequenceAudit, oracle_of
 from tests.jax.models.qwen2_5.batching import BatchLayout
 from tests.jax.models.qwen2_5.continuous import ContinuousRun

@@ -26,7 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from tests.infra.mesh import make_mesh
+from tests.jax.infra.mesh import make_mesh
 from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.loader import load_model, tensor_files

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tests.jax.infra.compat import ModuleList
 from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.partitioning import Axes, batch_of, batch_split, constrain
 
@@ -570,7 +571,7 @@ class Qwen2Model(nnx.Module):
             product=kernels.weight_product,
         )
         layers = range(cfg.num_layers)
-        self.layers = nnx.List(
+        self.layers = ModuleList(
             [DecoderLayer(cfg, kernels, dtype=dtype, rngs=rngs) for _ in layers]
         )
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)

@@ -20,14 +20,14 @@ import jax.numpy as jnp
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers import Qwen2Config as HFQwen2Config
 
-from tests.infra.devices import configure_jax
-from tests.infra.distributed import (
+from tests.jax.infra.devices import configure_jax
+from tests.jax.infra.distributed import (
     DEFAULT_TIMEOUT,
     ClusterError,
     check_cluster,
     join_cluster,
 )
-from tests.infra.mesh import MeshError, MeshShape, make_mesh
+from tests.jax.infra.mesh import MeshError, MeshShape, make_mesh
 from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK, GenerationError
 from tests.jax.models.qwen2_5.config import ConfigError, Qwen2Config
 from tests.jax.models.qwen2_5.generation import Generator

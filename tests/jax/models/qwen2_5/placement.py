@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tests.infra.mesh import BATCH_AXIS
+from tests.jax.infra.mesh import BATCH_AXIS
 
 
 @dataclass(frozen=True)

@@ -29,17 +29,17 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from tests.infra.cli import own_stdout
-from tests.infra.collectives import compile_and_count
-from tests.infra.devices import (
+from tests.jax.infra.cli import own_stdout
+from tests.jax.infra.collectives import compile_and_count
+from tests.jax.infra.devices import (
     CPU,
     TT,
     DeviceUnavailableError,
     configure_jax,
     platform_devices,
 )
-from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS, MeshError, MeshShape, make_mesh
-from tests.infra.tt_plugin import TTPluginError, enable_compile_only, has_card
+from tests.jax.infra.mesh import BATCH_AXIS, MODEL_AXIS, MeshError, MeshShape, make_mesh
+from tests.jax.infra.tt_plugin import TTPluginError, enable_compile_only, has_card
 from tests.jax.models.qwen2_5.config import QWEN2_5_FAMILY, Qwen2Config
 from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.tensor_parallel import (
@@ -204,7 +204,9 @@ def build_report(
         nnx.state(abstract_model(cfg, dtype, mesh))
     ):
         sharding = variable.get_value().sharding
-        local = int(np.prod(sharding.shard_shape(variable.shape))) * dtype.itemsize
+        local = (
+            int(np.prod(sharding.shard_shape(variable.value.shape))) * dtype.itemsize
+        )
         full = int(np.prod(original[path].shape)) * dtype.itemsize
         split = MODEL_AXIS in [a for a in sharding.spec if a]
         module = str(path[-2])

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tests.infra.cli import run_cli
+from tests.jax.infra.cli import run_cli
 
 SHORT, LONG, PROMPT_LEN, PREFILL_LEN = 8, 40, 32, 512
 PREFILL_RUNS = 3  # each side's prefill figure is the median of these
@@ -131,7 +131,7 @@ class Request(NamedTuple):
 
 def ours(request: Request, cpu_kernels: bool = False) -> float | dict[str, float]:
     model_path, dtype, batch, phase, data_file, problems = request
-    from tests.infra.devices import configure_jax
+    from tests.jax.infra.devices import configure_jax
 
     configure_jax(cpu_devices=1)
     import jax.numpy as jnp

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tests.infra.collectives import check_collectives
-from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
-from tests.infra.ttnn_ops import Inventory
+from tests.jax.infra.collectives import check_collectives
+from tests.jax.infra.equivalence import COMPILE_ONLY_PROPERTY
+from tests.jax.infra.ttnn_ops import Inventory
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.sampling import SamplingConfig
 from tests.jax.models.qwen2_5.steps import DECODE, DECODE_ROWS, step_collectives

@@ -7,7 +7,7 @@ a budget: refused up front, with the fixes named, rather than killed half-way.""
 
 from __future__ import annotations
 
-from tests.infra.runs import RunError
+from tests.jax.infra.runs import RunError
 from tests.jax.models.qwen2_5.engine import Engine
 
 GIB = 2**30

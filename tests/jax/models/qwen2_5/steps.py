@@ -25,8 +25,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tests.infra.mesh import BATCH_AXIS, MODEL_AXIS
-from tests.infra.tt_parameters import mark_parameters
+from tests.jax.infra.mesh import BATCH_AXIS, MODEL_AXIS
+from tests.jax.infra.tt_parameters import mark_parameters
 from tests.jax.models.qwen2_5.batching import BatchLayout
 from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.model import KV, KV_AXES, Qwen2ForCausalLM, init_cache

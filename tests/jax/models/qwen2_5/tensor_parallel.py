@@ -42,8 +42,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tests.infra.devices import golden_device
-from tests.infra.mesh import MODEL_AXIS
+from tests.jax.infra.devices import golden_device
+from tests.jax.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.model import PLAIN, Kernels, Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
@@ -240,7 +240,7 @@ def build_model(
     for path, variable in tqdm(
         flat, desc="loading weights", unit="tensor", disable=not progress
     ):
-        shape, heads = tuple(variable.shape), head_axis(path, split)
+        shape, heads = tuple(variable.value.shape), head_axis(path, split)
         with source(path) as read:
 
             def region(
@@ -256,7 +256,7 @@ def build_model(
 def in_memory_source(model: Qwen2ForCausalLM) -> ParamSource:
     """Region reads of an in-memory model's (unpadded) parameters."""
     values = dict(nnx.to_flat_state(nnx.state(model)))
-    return lambda path: nullcontext(lambda index: np.asarray(values[path][...][index]))
+    return lambda path: nullcontext(lambda index: np.asarray(values[path].value[index]))
 
 
 def _shapes(cfg: Qwen2Config, kernels: Kernels, dtype: jnp.dtype) -> Qwen2ForCausalLM:
@@ -309,7 +309,7 @@ def abstract_model(
             path,
             variable.replace(
                 jax.ShapeDtypeStruct(
-                    variable.shape,
+                    variable.value.shape,
                     dtype,
                     sharding=device if mesh is None else param_sharding(variable, mesh),
                 )

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from tests.infra.mesh import make_mesh
+from tests.jax.infra.mesh import make_mesh
 from tests.jax.models.qwen2_5.audit import (
     DIFFERENT,
     EQUIVALENT,

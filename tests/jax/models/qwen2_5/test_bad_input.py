@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from tests.infra.cli import run_cli, run_cli_calls
+from tests.jax.infra.cli import run_cli, run_cli_calls
 from tests.jax.models.qwen2_5 import smollm2, speed
 from tests.jax.models.qwen2_5.checkpoint_writer import (
     cached_checkpoint,

@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.infra.cli import run_cli
-from tests.infra.cpu_class import host_class
-from tests.infra.mesh import MeshShape
+from tests.jax.infra.cli import run_cli
+from tests.jax.infra.cpu_class import host_class
+from tests.jax.infra.mesh import MeshShape
 from tests.jax.models.qwen2_5.checkpoint_writer import write_weights
 from tests.jax.models.qwen2_5.config import QWEN2_5_0_5B, Qwen2Config
 from tests.jax.models.qwen2_5.generation import Generator
@@ -253,7 +253,7 @@ def test_prefill_memory_of_4096_tokens_at_batch_8(bench_checkpoint, benchmark, r
 def test_mesh_compile_and_step_time(mesh_arg, bench_checkpoint, benchmark, report):
     """Compile time of prefill + decode and decode step time on the simulated mesh (all devices
     share two cores: a report, not a speed claim)."""
-    from tests.infra.mesh import make_mesh
+    from tests.jax.infra.mesh import make_mesh
 
     mesh = make_mesh(MeshShape.parse(mesh_arg), jax.devices())
     gen = Generator(load_model(bench_checkpoint, jnp.bfloat16, mesh=mesh), (), 0, mesh)

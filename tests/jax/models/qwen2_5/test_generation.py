@@ -20,9 +20,9 @@ import pytest
 import torch
 from jax.sharding import NamedSharding
 
-from tests.infra.cli import run_cli, run_cli_calls
-from tests.infra.collectives import check_collectives
-from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
+from tests.jax.infra.cli import run_cli, run_cli_calls
+from tests.jax.infra.collectives import check_collectives
+from tests.jax.infra.equivalence import COMPILE_ONLY_PROPERTY
 from tests.jax.models.qwen2_5.batching import GenerationError, layout_for
 from tests.jax.models.qwen2_5.checkpoint_writer import tiny_random_checkpoint
 from tests.jax.models.qwen2_5.continuous import ContinuousRun

@@ -21,9 +21,9 @@ import pytest
 import torch
 from flax import nnx
 
-from tests.infra.cli import run_cli, run_cli_calls, start_cli
-from tests.infra.mesh import MeshShape
-from tests.infra.runs import progress_path
+from tests.jax.infra.cli import run_cli, run_cli_calls, start_cli
+from tests.jax.infra.mesh import MeshShape
+from tests.jax.infra.runs import progress_path
 from tests.jax.models.qwen2_5 import gsm8k_run
 from tests.jax.models.qwen2_5.audit import TIE_FACTOR, errors, first_difference, top_of
 from tests.jax.models.qwen2_5.checkpoint_writer import (

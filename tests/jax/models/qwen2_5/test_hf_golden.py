@@ -19,8 +19,8 @@ import torch
 from flax import nnx
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from tests.infra.equivalence import EquivalenceTester
-from tests.infra.golden_check import Thresholds, assert_equivalent
+from tests.jax.infra.equivalence import EquivalenceTester
+from tests.jax.infra.golden_check import Thresholds, assert_equivalent
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
 from tests.jax.models.qwen2_5.hf_golden import (
     additive_mask,

@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from tests.infra.cli import start_cli
+from tests.jax.infra.cli import start_cli
 from tests.jax.models.qwen2_5.checkpoint_writer import tiny_random_checkpoint
 
 pytestmark = [pytest.mark.multihost, pytest.mark.tensor_parallel, pytest.mark.nightly]

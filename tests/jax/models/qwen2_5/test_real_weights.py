@@ -27,9 +27,9 @@ from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file
 from transformers import AutoTokenizer
 
-from tests.infra.devices import TT
-from tests.infra.equivalence import EquivalenceTester
-from tests.infra.golden_check import Oracle, Thresholds
+from tests.jax.infra.devices import TT
+from tests.jax.infra.equivalence import EquivalenceTester
+from tests.jax.infra.golden_check import Oracle, Thresholds
 from tests.jax.models.qwen2_5.audit import ACCURACY_FACTOR, exact_model, oracle_tie_rule
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.hf_golden import (
@@ -43,6 +43,7 @@ from tests.jax.models.qwen2_5.hf_golden import (
 from tests.jax.models.qwen2_5.loader import SINGLE_FILE, load_model
 from tests.jax.models.qwen2_5.pipeline import Checkpoint
 from tests.jax.models.qwen2_5.sampling import SamplingConfig
+from tests.jax.models.qwen2_5.smollm2 import NAME as SMOLLM2
 from tests.jax.models.qwen2_5.smollm2 import gguf_path
 from tests.jax.models.qwen2_5.step_checks import compiles_as_planned
 from tests.jax.models.qwen2_5.tensor_parallel import (
@@ -54,6 +55,7 @@ from tests.jax.models.qwen2_5.tt_forms import TT_FORMS, kernels_for
 from tests.jax.models.qwen2_5.workloads import Batch, module_workload, placed_like
 
 pytestmark = [pytest.mark.model_test]
+MODEL_NAME = SMOLLM2
 
 # Eight rows, so every batch axis (1, 2, 8) divides them: prose, code, digits, a chat turn.
 TEXTS = [

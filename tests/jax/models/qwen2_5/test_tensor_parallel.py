@@ -22,17 +22,17 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from tests.infra.cli import run_cli, run_cli_calls
-from tests.infra.devices import CPU, TT, platform_devices
-from tests.infra.equivalence import (
+from tests.jax.infra.cli import run_cli, run_cli_calls
+from tests.jax.infra.devices import CPU, TT, platform_devices
+from tests.jax.infra.equivalence import (
     COMPILE_ONLY_PROPERTY,
     HOST_SIDE_PROPERTY,
     EquivalenceTester,
 )
-from tests.infra.golden_check import Thresholds
-from tests.infra.mesh import MODEL_AXIS, MeshShape, make_mesh
+from tests.jax.infra.golden_check import Thresholds
+from tests.jax.infra.mesh import MODEL_AXIS, MeshShape, make_mesh
 from tests.jax.models.qwen2_5 import model as model_module
-from tests.jax.models.qwen2_5.audit import exact_model, oracle_tie_rule
+from tests.jax.models.qwen2_5.audit import exact_model, oracle_tie_rule, ulp
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, QWEN2_5_FAMILY, TINY_PRESETS
 from tests.jax.models.qwen2_5.faults import AppendedPadding
 from tests.jax.models.qwen2_5.loader import load_model
@@ -398,10 +398,13 @@ def test_empty_kv_groups_are_exact(model_axis):
 @pytest.mark.push
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_query_blocks_change_no_result(dtype, monkeypatch):
-    """Attention over blocks of queries gives every query exactly the output it gets among all of
-    them, at a size where the matrix library runs the products (200 queries over 1,024 slots):
-    blocks of 32 and of 128 (the last padded: 7 x 32 = 224, 2 x 128 = 256) against one block.
-    A block that mixed queries or kept a padded row would change outputs."""
+    """Attention over blocks of queries gives every query the output it gets among all of them, at
+    a size where the matrix library runs the products (200 queries over 1,024 slots): blocks of
+    32 and of 128 (the last padded: 7 x 32 = 224, 2 x 128 = 256) against one block. Bit for bit
+    with current XLA; where XLA sums a block's products in another order (jax 0.7.1, tt-xla's
+    pin), within the bound on float32 recursive summation of the S probability-weighted values
+    (S u max|v|, the weights summing to one) and one rounding to the dtype. A block that mixed
+    queries or kept a padded row would move outputs by far more."""
     batch, kv, groups, seq, slots, hd = 2, 2, 7, 200, 1024, 64
     keys = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(keys[0], (batch, kv * groups, seq, hd), getattr(jnp, dtype))
@@ -425,8 +428,9 @@ def test_query_blocks_change_no_result(dtype, monkeypatch):
         return np.asarray(jax.jit(attention)(q, k, v, bias).astype(jnp.float32))
 
     whole = attend(seq)
-    np.testing.assert_array_equal(attend(32), whole)
-    np.testing.assert_array_equal(attend(128), whole)
+    bound = slots * 2.0**-24 * float(jnp.abs(v).max()) + ulp(np.abs(whole), dtype)
+    for block in (32, 128):
+        assert np.all(np.abs(attend(block) - whole) <= bound)
 
 
 @pytest.mark.push

@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 
-from tests.infra.devices import TT
-from tests.infra.equivalence import COMPILE_ONLY_PROPERTY
-from tests.infra.ttnn_ops import DATA_MOVEMENT, Inventory
+from tests.jax.infra.devices import TT
+from tests.jax.infra.equivalence import COMPILE_ONLY_PROPERTY
+from tests.jax.infra.ttnn_ops import DATA_MOVEMENT, Inventory
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B
 from tests.jax.models.qwen2_5.steps import DECODE
 from tests.jax.models.qwen2_5.tt_graph import (

@@ -17,8 +17,8 @@ docs/tt_graph.md has the op inventory these forms reach (36 TTNN ops per 7B deco
 
 from __future__ import annotations
 
-from tests.infra.devices import TT
-from tests.infra.tt_cache import update_rows
+from tests.jax.infra.devices import TT
+from tests.jax.infra.tt_cache import update_rows
 from tests.jax.models.qwen2_5.model import KV_AXES, PLAIN, Kernels, write_rows
 from tests.jax.models.qwen2_5.partitioning import logical_to_spec
 

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from tests.infra.ttnn_ops import DATA_MOVEMENT, Inventory, compile_to_ttnn, inventory
+from tests.jax.infra.ttnn_ops import (
+    DATA_MOVEMENT,
+    Inventory,
+    compile_to_ttnn,
+    inventory,
+)
 from tests.jax.models.qwen2_5.config import Qwen2Config
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.steps import DECODE, PREFILL

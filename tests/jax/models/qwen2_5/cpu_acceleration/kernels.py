@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from tests.infra.cpu_class import class_of, x86_flags
+from tests.jax.infra.cpu_class import class_of, x86_flags
 from tests.jax.models.qwen2_5.cpu_acceleration import streaming_matmul
 from tests.jax.models.qwen2_5.model import Kernels, weight_product
 from tests.jax.models.qwen2_5.partitioning import (

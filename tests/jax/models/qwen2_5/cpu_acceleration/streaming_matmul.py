@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from tests.infra.cpu_class import x86_flags
+from tests.jax.infra.cpu_class import x86_flags
 from tests.jax.models.qwen2_5.cpu_acceleration.native_build import build
 
 _SOURCE = Path(__file__).with_suffix(".cc")

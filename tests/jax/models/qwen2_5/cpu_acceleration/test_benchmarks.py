@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.infra.cpu_class import host_class
+from tests.jax.infra.cpu_class import host_class
 from tests.jax.models.qwen2_5.cpu_acceleration.streaming_matmul import runs_faster_here
 from tests.jax.models.qwen2_5.speed import alternating, each
 

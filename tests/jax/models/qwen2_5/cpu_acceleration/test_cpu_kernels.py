@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.infra.mesh import make_mesh
+from tests.jax.infra.mesh import make_mesh
 from tests.jax.models.qwen2_5.audit import (
     EQUIVALENT,
     IDENTICAL,

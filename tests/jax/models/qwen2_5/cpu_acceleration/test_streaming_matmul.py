@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from tests.infra.cli import run_cli
-from tests.infra.devices import CPU
+from tests.jax.infra.cli import run_cli
+from tests.jax.infra.devices import CPU
 from tests.jax.models.qwen2_5.checkpoint_writer import tiny_random_checkpoint
 from tests.jax.models.qwen2_5.cpu_acceleration import kernels, streaming_matmul
 from tests.jax.models.qwen2_5.cpu_acceleration.streaming_matmul import (

@@ -21,9 +21,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from tests.infra.collectives import CollectivesCheck, check_collectives
-from tests.infra.devices import DeviceUnderTest, golden_device
-from tests.infra.golden_check import CheckResult, Thresholds, assert_equivalent
+from tests.jax.infra.collectives import CollectivesCheck, check_collectives
+from tests.jax.infra.devices import DeviceUnderTest, golden_device
+from tests.jax.infra.golden_check import CheckResult, Thresholds, assert_equivalent
 
 # Recorded (pytest record_property) by every test whose DUT only compiled: numerics not compared.
 COMPILE_ONLY_PROPERTY = ("numerics", "not compared: compile-only")

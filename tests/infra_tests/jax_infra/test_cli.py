@@ -4,7 +4,7 @@
 
 import pytest
 
-from tests.infra.cli import run_cli, start_cli
+from tests.jax.infra.cli import run_cli, start_cli
 
 pytestmark = pytest.mark.push
 

@@ -18,7 +18,7 @@ import threading
 
 import jax
 
-from tests.infra.devices import configure_jax
+from tests.jax.infra.devices import configure_jax
 
 DEFAULT_TIMEOUT = 300.0  # seconds to wait for every process to join
 

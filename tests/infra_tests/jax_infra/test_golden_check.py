@@ -5,7 +5,7 @@
 import numpy as np
 import pytest
 
-from tests.infra.golden_check import (
+from tests.jax.infra.golden_check import (
     GoldenMismatch,
     Oracle,
     Thresholds,

@@ -2,7 +2,8 @@
 #
 # SPDX-License-Identifier: Apache-2.0
 
-"""The Tenstorrent PJRT plugin (PyPI `jax-tt-plugin`) and compiling for it without a card.
+"""The Tenstorrent PJRT plugin and compiling for it without a card: the registry's
+(`jax-tt-plugin`) or the one a tt-xla checkout builds and installs (`pjrt-plugin-tt`).
 
 The plugin registers the JAX platform `tt` and compiles StableHLO -> TTIR -> TTNN for the chips a
 system descriptor (.ttsys) describes. With TT_COMPILE_ONLY_SYSTEM_DESC naming one, it needs no
@@ -10,9 +11,11 @@ card: every program goes through the whole TT-MLIR pipeline and executing return
 buffers. A descriptor is made by opening the plugin against a mock cluster
 (TT_METAL_MOCK_CLUSTER_DESC_PATH): while that process lives the plugin keeps the descriptor at
 $TMPDIR/tt_pjrt_system_descriptor and deletes it at exit, so the process copies it out itself.
-It embeds the plugin's schema hash, so it is made once per plugin version and cached.
+It embeds the plugin's schema hash, so it is made once per plugin version and cached. The mock
+cluster, `tt_cluster/blackhole_galaxy.yaml`, is an unmodified copy of tt-umd's
+`tests/cluster_descriptor_examples/blackhole_galaxy.yaml` (Apache-2.0): 32 Blackhole chips.
 
-    python -m tests.infra.tt_plugin OUT   # (internal) open the mock cluster, copy the descriptor to OUT
+    python -m tests.jax.infra.tt_plugin OUT   # (internal) open the mock cluster, copy the descriptor to OUT
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-PACKAGE = "jax-tt-plugin"
+# The plugin's distributions: the registry's, and the one a tt-xla checkout builds.
+PACKAGES = ("jax-tt-plugin", "pjrt-plugin-tt")
 MODULE = "jax_plugins.libtt"  # what JAX's plugin discovery imports, and whose initialize() loads libtt.so
+INSTALL = "pip install -r requirements-tt.txt (or build tt-xla's pjrt-plugin-tt)"
 COMPILE_ONLY_ENV = "TT_COMPILE_ONLY_SYSTEM_DESC"
 MOCK_CLUSTER_ENV = "TT_METAL_MOCK_CLUSTER_DESC_PATH"
 # 32 Blackhole chips: every mesh of the suite (1x32 and 8x4 use all of them, 2x4 and 1x8 eight).
@@ -49,12 +54,14 @@ class TTPluginError(RuntimeError):
     """The TT plugin cannot be used as asked; the message says what to install or set."""
 
 
-def plugin_version() -> str | None:
-    """The installed jax-tt-plugin's version, or None."""
-    try:
-        return metadata.version(PACKAGE)
-    except metadata.PackageNotFoundError:
-        return None
+def installed_plugin() -> str | None:
+    """The installed plugin as NAME-VERSION (the first of PACKAGES found), or None."""
+    for package in PACKAGES:
+        try:
+            return f"{package}-{metadata.version(package)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def has_card() -> bool:
@@ -100,7 +107,7 @@ def cache_dir() -> Path:
 
 
 def _write_descriptor(
-    target: Path, version: str, progress: Callable[[str], None]
+    target: Path, plugin: str, progress: Callable[[str], None]
 ) -> None:
     """Open the plugin against the mock cluster in a child process that copies the descriptor to
     `target`; the child runs in a scratch directory (the runtime unpacks ~417 MB into $TMPDIR and
@@ -114,14 +121,14 @@ def _write_descriptor(
         }
         env.pop(COMPILE_ONLY_ENV, None)
         env["PYTHONPATH"] = os.pathsep.join(
-            [str(Path(__file__).parents[2]), env.get("PYTHONPATH", "")]
+            [str(Path(__file__).parents[3]), env.get("PYTHONPATH", "")]
         ).strip(os.pathsep)
         staging = Path(scratch) / "descriptor.ttsys"
         log_path = Path(scratch) / "plugin.log"
         started = time.monotonic()
         with open(log_path, "w") as log:
             child = subprocess.Popen(
-                [sys.executable, "-m", "tests.infra.tt_plugin", str(staging)],
+                [sys.executable, "-m", "tests.jax.infra.tt_plugin", str(staging)],
                 cwd=scratch,
                 env=env,
                 stdout=log,
@@ -139,7 +146,7 @@ def _write_descriptor(
                 log_path.read_text(errors="replace").splitlines(keepends=True)[-15:]
             )
             raise TTPluginError(
-                f"making a mock system descriptor with {PACKAGE} {version} failed (exit {child.returncode}); "
+                f"making a mock system descriptor with {plugin} failed (exit {child.returncode}); "
                 f"the plugin's last output:\n{tail}"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -154,12 +161,10 @@ def system_descriptor(progress: Callable[[str], None]) -> Path:
 
     Concurrent callers (pytest-xdist workers) wait for the one that makes it.
     """
-    version = plugin_version()
-    if version is None:
-        raise TTPluginError(
-            f"the TT PJRT plugin is not installed: pip install {PACKAGE}"
-        )
-    target = cache_dir() / f"{PACKAGE}-{version}" / f"{MOCK_CLUSTER.stem}.ttsys"
+    plugin = installed_plugin()
+    if plugin is None:
+        raise TTPluginError(f"the TT PJRT plugin is not installed: {INSTALL}")
+    target = cache_dir() / plugin / f"{MOCK_CLUSTER.stem}.ttsys"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -167,10 +172,10 @@ def system_descriptor(progress: Callable[[str], None]) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.is_file():
             progress(
-                f"making a mock TT system descriptor for {PACKAGE} {version} ({MOCK_CLUSTER.name}, 32 chips): "
+                f"making a mock TT system descriptor for {plugin} ({MOCK_CLUSTER.name}, 32 chips): "
                 f"once per plugin version, cached at {target}; ~2-5 minutes on 2 cores"
             )
-            _write_descriptor(target, version, progress)
+            _write_descriptor(target, plugin, progress)
     return target
 
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tests.infra.runs import (
+from tests.jax.infra.runs import (
     ResultLog,
     RunError,
     Stopped,

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import jax
 
-from tests.infra.devices import TT
-from tests.infra.ttnn_ops import Inventory, compile_to_ttnn, inventory
+from tests.jax.infra.devices import TT
+from tests.jax.infra.ttnn_ops import Inventory, compile_to_ttnn, inventory
 
 # `%name = TYPE op(`, where TYPE is one token or, for async starts, a parenthesized tuple.
 _HLO = re.compile(

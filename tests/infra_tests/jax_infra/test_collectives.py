@@ -9,15 +9,15 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tests.infra.collectives import (
+from tests.jax.infra.collectives import (
     CollectivesError,
     check_collectives,
     compile_and_count,
     hlo_collectives,
     ttnn_collectives,
 )
-from tests.infra.devices import CPU, platform_devices
-from tests.infra.mesh import make_mesh
+from tests.jax.infra.devices import CPU, platform_devices
+from tests.jax.infra.mesh import make_mesh
 
 pytestmark = pytest.mark.push
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import pytest
 import yaml
 
-from tests.infra import tt_plugin
-from tests.infra.devices import CPU, DeviceUnderTest
-from tests.infra.equivalence import HOST_SIDE_PROPERTY
+from tests.jax.infra import tt_plugin
+from tests.jax.infra.devices import CPU, DeviceUnderTest
+from tests.jax.infra.equivalence import HOST_SIDE_PROPERTY
 
 pytestmark = pytest.mark.push
 
@@ -42,21 +42,41 @@ def test_a_cpu_only_process_does_not_load_the_tt_plugin(
 
 
 def test_missing_plugin_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(tt_plugin, "plugin_version", lambda: None)
-    with pytest.raises(tt_plugin.TTPluginError, match="pip install jax-tt-plugin"):
+    monkeypatch.setattr(tt_plugin, "installed_plugin", lambda: None)
+    with pytest.raises(
+        tt_plugin.TTPluginError, match="pip install -r requirements-tt.txt"
+    ):
         tt_plugin.system_descriptor(print)
+
+
+@pytest.mark.parametrize(
+    ("installed", "found"),
+    [
+        ({"jax-tt-plugin": "0.1.3"}, "jax-tt-plugin-0.1.3"),
+        ({"pjrt-plugin-tt": "0.8.0"}, "pjrt-plugin-tt-0.8.0"),  # tt-xla's own build
+        ({}, None),
+    ],
+)
+def test_the_registry_plugin_and_tt_xla_s_own_are_found(monkeypatch, installed, found):
+    def version(name: str) -> str:
+        if name not in installed:
+            raise tt_plugin.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(tt_plugin.metadata, "version", version)
+    assert tt_plugin.installed_plugin() == found
 
 
 def test_descriptor_is_cached_per_plugin_version(monkeypatch, tmp_path):
     monkeypatch.setenv("TT_XLA_TESTS_CACHE", str(tmp_path))
-    monkeypatch.setattr(tt_plugin, "plugin_version", lambda: "9.9.9")
+    monkeypatch.setattr(tt_plugin, "installed_plugin", lambda: "jax-tt-plugin-9.9.9")
     cached = tmp_path / "jax-tt-plugin-9.9.9" / "blackhole_galaxy.ttsys"
     cached.parent.mkdir()
     cached.write_bytes(b"descriptor")
     made = []
     monkeypatch.setattr(tt_plugin, "_write_descriptor", lambda *args: made.append(args))
     assert tt_plugin.system_descriptor(print) == cached and made == []
-    monkeypatch.setattr(tt_plugin, "plugin_version", lambda: "10.0.0")
+    monkeypatch.setattr(tt_plugin, "installed_plugin", lambda: "jax-tt-plugin-10.0.0")
     with pytest.raises(
         FileNotFoundError
     ):  # a new version makes its own (here: the stub writes nothing)

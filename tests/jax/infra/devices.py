@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
 
-from tests.infra import tt_plugin
+from tests.jax.infra import tt_plugin
 
 CPU = "cpu"
 TT = "tt"
@@ -35,9 +36,22 @@ class DeviceUnderTest:
     compile_only: bool = False
 
 
+def _query(devices: Callable[[], list], platform: str) -> list:
+    """`devices()` of `platform`. A session that lists a platform it cannot start (tt-xla's lists
+    `cpu,tt`, whether or not a card or plugin is there) fails JAX's first backend query about
+    *that* platform; JAX keeps the backends that did start, so a query for another is asked again.
+    """
+    try:
+        return devices()
+    except RuntimeError as err:
+        if f"backend '{platform}'" in str(err):
+            raise
+        return devices()
+
+
 def golden_device() -> jax.Device:
     """The device goldens run on: always the first CPU device, whatever is under test."""
-    return jax.local_devices(backend=CPU)[0]
+    return _query(lambda: jax.local_devices(backend=CPU), CPU)[0]
 
 
 def platform_devices(platform: str) -> list[jax.Device]:
@@ -47,7 +61,7 @@ def platform_devices(platform: str) -> list[jax.Device]:
             f"unknown platform {platform!r}: choose one of {', '.join(PLATFORMS)}"
         )
     try:
-        return list(jax.devices(platform))
+        return list(_query(lambda: jax.devices(platform), platform))
     except RuntimeError as err:
         hint = (
             "install the Tenstorrent PJRT plugin (pip install jax-tt-plugin); without a Tenstorrent card, "

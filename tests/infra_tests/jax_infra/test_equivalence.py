@@ -9,15 +9,15 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tests.infra.collectives import CollectivesError
-from tests.infra.devices import CPU, DeviceUnderTest, platform_devices
-from tests.infra.equivalence import (
+from tests.jax.infra.collectives import CollectivesError
+from tests.jax.infra.devices import CPU, DeviceUnderTest, platform_devices
+from tests.jax.infra.equivalence import (
     COMPILE_ONLY_PROPERTY,
     EquivalenceTester,
     JitWorkload,
 )
-from tests.infra.golden_check import GoldenMismatch, Thresholds
-from tests.infra.mesh import make_mesh
+from tests.jax.infra.golden_check import GoldenMismatch, Thresholds
+from tests.jax.infra.mesh import make_mesh
 
 pytestmark = pytest.mark.push
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import jax
 
-from tests.infra.tt_plugin import COMPILE_OPTIONS
+from tests.jax.infra.tt_plugin import COMPILE_OPTIONS
 
 _TTNN_FILE = re.compile(r"ttnn_\d+\.mlir")
 _OP = re.compile(r'"(ttnn\.[a-z_0-9]+)"\(')

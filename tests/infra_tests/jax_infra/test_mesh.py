@@ -6,8 +6,8 @@ import jax
 import pytest
 from jax.sharding import AxisType
 
-from tests.infra.devices import DeviceUnavailableError, platform_devices
-from tests.infra.mesh import MESH_AXES, MeshError, MeshShape, make_mesh
+from tests.jax.infra.devices import DeviceUnavailableError, platform_devices
+from tests.jax.infra.mesh import MESH_AXES, MeshError, MeshShape, make_mesh
 
 pytestmark = pytest.mark.push
 
