@@ -12,3 +12,11 @@ from flax import nnx
 
 # A list of submodules: flax >= 0.11 wants nnx.List; 0.10 takes a plain list as a pytree of them.
 ModuleList = getattr(nnx, "List", list)
+
+
+def value_of(variable) -> object:
+    """The array (or shape) an entry of nnx.to_flat_state holds: a Variable read with get_value()
+    from flax 0.11 (where `.value` is deprecated), a VariableState's `.value` in flax 0.10.
+    """
+    get = getattr(variable, "get_value", None)
+    return get() if get is not None else variable.value

@@ -26,6 +26,7 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from tests.jax.infra.compat import value_of
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
 from tests.jax.models.qwen2_5.loader import (
     INDEX_FILE,
@@ -115,7 +116,7 @@ def write_tensors(
 def write_weights(model: Qwen2ForCausalLM, out_dir: Path, max_shard_bytes: int) -> None:
     """The model's weights under Hugging Face names (write_tensors)."""
     tensors = {
-        hf_name(path): np.asarray(jax.device_get(variable.value))
+        hf_name(path): np.asarray(jax.device_get(value_of(variable)))
         for path, variable in nnx.to_flat_state(nnx.state(model))
     }
     write_tensors(tensors, out_dir, max_shard_bytes)

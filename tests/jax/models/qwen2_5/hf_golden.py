@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 from transformers import Qwen2Config as HFQwen2Config
 from transformers import Qwen2ForCausalLM as HFQwen2ForCausalLM
 from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
 from tests.jax.models.qwen2_5.config import Qwen2Config
 
@@ -82,14 +83,17 @@ def additive_mask(mask: np.ndarray, dtype: str) -> torch.Tensor:
 
 
 def load_hf_gguf(gguf: Path, dtype: str):
-    """transformers' own reading of a llama.cpp GGUF file (dequantized), with eager attention."""
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent,
-        gguf_file=gguf.name,
-        dtype=TORCH_DTYPES[dtype],
-        attn_implementation="eager",
-    )
-    return model.eval()
+    """transformers' own reading of a llama.cpp GGUF file (its dequantization, its q/k row order)
+    as its Llama model, with eager attention. Built as from_pretrained(gguf_file=...) builds it but
+    without accelerate, which that call wants and which imports torch_xla's data loader wherever
+    torch_xla is installed (tt-xla's venv)."""
+    config = load_gguf_checkpoint(str(gguf))["config"]
+    model = LlamaForCausalLM(LlamaConfig(**config, attn_implementation="eager"))
+    read = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)
+    missing, unexpected = model.load_state_dict(read["tensors"], strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    return model.to(TORCH_DTYPES[dtype]).eval()
 
 
 def exact_logits(model_dir: Path, prompts: list[list[int]]) -> list[np.ndarray]:

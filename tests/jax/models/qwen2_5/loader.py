@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import SafetensorError, safe_open
 
+from tests.jax.infra.compat import value_of
 from tests.jax.infra.devices import golden_device
 from tests.jax.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
@@ -173,7 +174,7 @@ def check_checkpoint(model_dir: str | Path, cfg: Qwen2Config) -> dict[str, Path]
     )
     wanted: dict[str, tuple[int, ...]] = {}
     for path, variable in nnx.to_flat_state(nnx.state(abstract)):
-        wanted[hf_name(path)] = tuple(variable.value.shape)
+        wanted[hf_name(path)] = tuple(value_of(variable).shape)
     missing = sorted(set(wanted) - set(files))
     unexpected = sorted(set(files) - set(wanted))
     if missing:

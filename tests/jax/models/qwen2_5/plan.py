@@ -31,6 +31,7 @@ from jax.sharding import Mesh
 
 from tests.jax.infra.cli import own_stdout
 from tests.jax.infra.collectives import compile_and_count
+from tests.jax.infra.compat import value_of
 from tests.jax.infra.devices import (
     CPU,
     TT,
@@ -205,7 +206,8 @@ def build_report(
     ):
         sharding = variable.get_value().sharding
         local = (
-            int(np.prod(sharding.shard_shape(variable.value.shape))) * dtype.itemsize
+            int(np.prod(sharding.shard_shape(value_of(variable).shape)))
+            * dtype.itemsize
         )
         full = int(np.prod(original[path].shape)) * dtype.itemsize
         split = MODEL_AXIS in [a for a in sharding.spec if a]

@@ -42,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from tests.jax.infra.compat import value_of
 from tests.jax.infra.devices import golden_device
 from tests.jax.infra.mesh import MODEL_AXIS
 from tests.jax.models.qwen2_5.config import Qwen2Config
@@ -240,7 +241,7 @@ def build_model(
     for path, variable in tqdm(
         flat, desc="loading weights", unit="tensor", disable=not progress
     ):
-        shape, heads = tuple(variable.value.shape), head_axis(path, split)
+        shape, heads = tuple(value_of(variable).shape), head_axis(path, split)
         with source(path) as read:
 
             def region(
@@ -256,7 +257,9 @@ def build_model(
 def in_memory_source(model: Qwen2ForCausalLM) -> ParamSource:
     """Region reads of an in-memory model's (unpadded) parameters."""
     values = dict(nnx.to_flat_state(nnx.state(model)))
-    return lambda path: nullcontext(lambda index: np.asarray(values[path].value[index]))
+    return lambda path: nullcontext(
+        lambda index: np.asarray(value_of(values[path])[index])
+    )
 
 
 def _shapes(cfg: Qwen2Config, kernels: Kernels, dtype: jnp.dtype) -> Qwen2ForCausalLM:
@@ -309,7 +312,7 @@ def abstract_model(
             path,
             variable.replace(
                 jax.ShapeDtypeStruct(
-                    variable.value.shape,
+                    value_of(variable).shape,
                     dtype,
                     sharding=device if mesh is None else param_sharding(variable, mesh),
                 )
