@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-# A fresh process collects the default tier (importing every test module and conftest) and runs
+# A fresh process collects the package's tests (importing every test module and conftest) and runs
 # a generation through the command line's own entry point, then lists what it imported.
 _PROBE = """
 import json, sys
 import pytest
-collected = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests"])
+folders = ["tests/jax/models/qwen2_5", "tests/infra_tests/jax_infra"]
+collected = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", *folders])
 from tests.jax.models.qwen2_5 import generate
 ran = generate.main(["--model-path", sys.argv[1], "--prompt", "Hello", "--max-new-tokens", "2"])
 names = sorted(m for m in sys.modules if "cpu_acceleration" in m)
