@@ -30,6 +30,7 @@ from tests.jax.models.qwen2_5.model import PLAIN, Kernels, Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.tensor_parallel import (
     RegionReader,
     build_model,
+    model_shapes,
     param_sharding,
     tensor_parallel_config,
 )
@@ -169,9 +170,7 @@ def check_checkpoint(model_dir: str | Path, cfg: Qwen2Config) -> dict[str, Path]
     with its shape and a floating dtype, and nothing it does not use; else an error naming them.
     """
     files = tensor_files(model_dir)
-    abstract = nnx.eval_shape(
-        lambda: Qwen2ForCausalLM(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0))
-    )
+    abstract = model_shapes(cfg)
     wanted: dict[str, tuple[int, ...]] = {}
     for path, variable in nnx.to_flat_state(nnx.state(abstract)):
         wanted[hf_name(path)] = tuple(value_of(variable).shape)

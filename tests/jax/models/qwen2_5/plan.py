@@ -42,11 +42,11 @@ from tests.jax.infra.devices import (
 from tests.jax.infra.mesh import BATCH_AXIS, MODEL_AXIS, MeshError, MeshShape, make_mesh
 from tests.jax.infra.tt_plugin import TTPluginError, enable_compile_only, has_card
 from tests.jax.models.qwen2_5.config import QWEN2_5_FAMILY, Qwen2Config
-from tests.jax.models.qwen2_5.model import Qwen2ForCausalLM
 from tests.jax.models.qwen2_5.tensor_parallel import (
     TensorParallelError,
     abstract_model,
     batch_sharding,
+    model_shapes,
     tensor_parallel_config,
 )
 from tests.jax.models.qwen2_5.tt_graph import step_graphs
@@ -188,15 +188,7 @@ def build_report(
     dtype = jnp.dtype(dtype_name)
     model_axis, batch = mesh.shape[MODEL_AXIS], mesh.shape[BATCH_AXIS]
     _, heads = tensor_parallel_config(cfg, model_axis)
-    original = dict(
-        nnx.to_flat_state(
-            nnx.state(
-                nnx.eval_shape(
-                    lambda: Qwen2ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0))
-                )
-            )
-        )
-    )
+    original = dict(nnx.to_flat_state(nnx.state(model_shapes(cfg, dtype=dtype))))
 
     rows: dict[str, list[int]] = {}
     strict_ideal = 0

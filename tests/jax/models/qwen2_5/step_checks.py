@@ -27,10 +27,14 @@ def compiles_as_planned(
     mesh,
     dut,
     record_property,
+    kinds: Sequence[str] | None = None,
 ) -> bool:
-    """The request's steps (Generator.lower) compile on the device under test with exactly the
-    planned collectives; True when there is also data to compare (not compile-only)."""
+    """The request's steps (Generator.lower; `kinds` of them, by default all) compile on the
+    device under test with exactly the planned collectives; True when there is also data to
+    compare (not compile-only)."""
     for kind, lowered in gen.lower(prompts, new_tokens, sampling).items():
+        if kinds is not None and kind not in kinds:
+            continue
         planned = step_collectives(gen.model.cfg, mesh, kind, sampling.greedy)
         _, check = check_collectives(lowered, dut.platform, planned)
         record_property(f"{kind}_collectives", str(check))

@@ -30,6 +30,7 @@ the wrong KV head (test_tensor_parallel shows it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -235,7 +236,7 @@ def build_model(
     tp_cfg = cfg.replace(
         num_heads=split.padded_heads, num_kv_heads=split.stored_kv_heads
     )
-    graphdef, abstract = nnx.split(_shapes(tp_cfg, kernels, dtype))
+    graphdef, abstract = nnx.split(model_shapes(tp_cfg, kernels, dtype))
     flat = list(nnx.to_flat_state(abstract))
     built = []
     for path, variable in tqdm(
@@ -262,8 +263,13 @@ def in_memory_source(model: Qwen2ForCausalLM) -> ParamSource:
     )
 
 
-def _shapes(cfg: Qwen2Config, kernels: Kernels, dtype: jnp.dtype) -> Qwen2ForCausalLM:
-    """The model of `cfg` with shape-only weights, nowhere yet."""
+@functools.lru_cache(maxsize=32)
+def model_shapes(
+    cfg: Qwen2Config, kernels: Kernels = PLAIN, dtype: jnp.dtype = jnp.float32
+) -> Qwen2ForCausalLM:
+    """The model of `cfg` with shape-only weights, nowhere yet. Tracing a model's construction
+    takes seconds at 30 layers, and every load and shard needs one; none is mutated (split and
+    merge build new modules), so one per config, kernels and dtype serves them all."""
     return nnx.eval_shape(
         lambda: Qwen2ForCausalLM(cfg, kernels=kernels, dtype=dtype, rngs=nnx.Rngs(0))
     )
@@ -305,7 +311,7 @@ def abstract_model(
     tp_cfg, _ = tensor_parallel_config(
         cfg, 1 if mesh is None else mesh.shape[MODEL_AXIS]
     )
-    graphdef, abstract = nnx.split(_shapes(tp_cfg, kernels, dtype))
+    graphdef, abstract = nnx.split(model_shapes(tp_cfg, kernels, dtype))
     device = jax.sharding.SingleDeviceSharding(golden_device())
     shaped = [
         (

@@ -210,10 +210,7 @@ def test_correct_mesh_is_identical_in_float32_and_equivalent_in_bfloat16(
     check_correct(audited, make_mesh("1x8", dut.devices), dtype, record_property)
 
 
-@pytest.mark.nightly_unless(
-    dtype="float32",
-    fault=("decode_position_off_by_one", "late_cache_slot_on_one_device"),
-)
+@pytest.mark.nightly_unless(fault=("appended_padding", "late_cache_slot_on_one_device"))
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize(
     ("dtype", "fault"),

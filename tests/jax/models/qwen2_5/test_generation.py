@@ -115,6 +115,7 @@ def ends_unevenly(tokens: list[int]) -> bool:
     return tokens[-1] % 5 == 0
 
 
+@pytest.mark.nightly_unless(mesh=("1x8", "2x4"))
 @pytest.mark.tensor_parallel
 def test_continuous_batching_gives_the_static_batches_tokens(
     mesh, dut, model_for, record_property

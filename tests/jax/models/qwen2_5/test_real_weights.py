@@ -27,8 +27,8 @@ from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file
 from transformers import AutoTokenizer
 
-from tests.jax.infra.devices import TT
-from tests.jax.infra.equivalence import EquivalenceTester
+from tests.jax.infra.devices import TT, golden_device
+from tests.jax.infra.equivalence import EquivalenceTester, run_on_device
 from tests.jax.infra.golden_check import Oracle, Thresholds
 from tests.jax.models.qwen2_5.audit import ACCURACY_FACTOR, exact_model, oracle_tie_rule
 from tests.jax.models.qwen2_5.generation import Generator
@@ -46,6 +46,7 @@ from tests.jax.models.qwen2_5.sampling import SamplingConfig
 from tests.jax.models.qwen2_5.smollm2 import NAME as SMOLLM2
 from tests.jax.models.qwen2_5.smollm2 import gguf_path
 from tests.jax.models.qwen2_5.step_checks import compiles_as_planned
+from tests.jax.models.qwen2_5.steps import DECODE, DECODE_ROWS, PREFILL
 from tests.jax.models.qwen2_5.tensor_parallel import (
     abstract_model,
     forward_all_reduces,
@@ -124,6 +125,19 @@ def exact(smollm2, prompts, batch, ours):
     return get
 
 
+@pytest.fixture(scope="module")
+def golden_logits(batch, ours):
+    """dtype -> one device's logits of the batch (the golden of every mesh), computed once."""
+
+    @functools.cache
+    def get(dtype: str) -> np.ndarray:
+        return run_on_device(
+            module_workload(ours(dtype), *inputs(batch)), golden_device()
+        )
+
+    return get
+
+
 def inputs(batch: Batch) -> tuple[np.ndarray, ...]:
     return batch.input_ids, batch.positions, batch.attention_mask
 
@@ -134,6 +148,26 @@ def against(exact_rows: np.ndarray, dtype: str, factor: float) -> Thresholds:
     return Thresholds(top1=1.0, top1_tie=tie, oracle=Oracle(exact_rows, factor))
 
 
+@pytest.mark.push
+def test_numbers_tokenize_digit_by_digit_and_biases_are_zero(checkpoint, smollm2):
+    """The GGUF's `smollm` pre-tokenizer kept (each digit its own piece), the q/k/v biases zero;
+    the whole conversion against transformers' own reading is nightly (below)."""
+    assert checkpoint.tokenizer.tokenize("48/2 = 24") == [
+        "4",
+        "8",
+        "/",
+        "2",
+        "Ġ=",
+        "Ġ",
+        "2",
+        "4",
+    ]
+    converted = load_file(smollm2 / SINGLE_FILE)
+    biases = [k for k in converted if k.endswith("_proj.bias")]
+    assert len(biases) == 3 * 30 and not any(converted[k].any() for k in biases)
+
+
+@pytest.mark.nightly
 def test_the_conversion_is_transformers_own_reading_of_the_gguf(smollm2, prompts):
     """Every weight bit-equal to transformers' dequantization of the GGUF (q/k rows in its order),
     the q/k/v biases zero, and the tokenizer's ids equal on every text; numbers go digit by digit
@@ -155,7 +189,7 @@ def test_the_conversion_is_transformers_own_reading_of_the_gguf(smollm2, prompts
     assert tokenizer.tokenize("2024") == ["2", "0", "2", "4"]
 
 
-@pytest.mark.nightly_unless(dtype="float32")
+@pytest.mark.nightly
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_qwen2_with_zero_biases_is_llama(smollm2, batch, dtype):
     """Hugging Face's Qwen2 on the converted checkpoint and its Llama on the GGUF: the same logits,
@@ -197,20 +231,22 @@ def test_logits_against_hugging_face(
 
 
 @pytest.mark.push_where(dtype="float32")
-@pytest.mark.nightly_unless(dtype="float32", mesh="1x8")
+@pytest.mark.nightly_unless(dtype="float32")
 @pytest.mark.tensor_parallel
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_logits_on_mesh(batch, ours, exact, dtype, mesh, dut, record_property):
+def test_logits_on_mesh(
+    batch, ours, golden_logits, exact, dtype, mesh, dut, record_property
+):
     """Every mesh against one device: the same top-1 token up to rounding ties, as accurate (the
     audit's factor), and the forward's planned all-reduces only."""
-    golden = ours(dtype)
-    sharded = shard_model(golden, mesh, kernels_for(dut.platform))
-    result = EquivalenceTester(against(exact(dtype), dtype, ACCURACY_FACTOR), dut).test(
-        module_workload(golden, *inputs(batch)),
+    sharded = shard_model(ours(dtype), mesh, kernels_for(dut.platform))
+    tester = EquivalenceTester(against(exact(dtype), dtype, ACCURACY_FACTOR), dut)
+    result = tester.test_against(
+        lambda: golden_logits(dtype),
         module_workload(sharded, *inputs(batch)),
         arg_shardings=placed_like(sharded, mesh, *[P("batch", None)] * 3),
         mask=batch.valid,
-        collectives={"all_reduce": forward_all_reduces(golden.cfg)},
+        collectives={"all_reduce": forward_all_reduces(sharded.cfg)},
     )
     for key, value in result.metrics().items():
         record_property(key, value)
@@ -237,8 +273,7 @@ def test_greedy_against_hugging_face(checkpoint, prompts, ours, hf_tokens):
     assert max(map(len, hf_tokens)) == NEW_TOKENS
 
 
-@pytest.mark.push_where(mesh="1x8")
-@pytest.mark.nightly_unless(mesh="1x8")
+@pytest.mark.nightly  # the default tier's demo generates on 1x8 (test_generation.py)
 @pytest.mark.tensor_parallel
 def test_greedy_on_mesh(checkpoint, prompts, mesh, dut, request):
     """float32 on every mesh: one device's tokens, which are Hugging Face's."""
@@ -253,12 +288,15 @@ def test_greedy_on_mesh(checkpoint, prompts, mesh, dut, request):
 def test_steps_compile_for_tt_on_every_mesh(
     checkpoint, prompts, smollm2, mesh, dut, record_property
 ):
-    """The TT compiler takes every step of a request on every mesh: the planned collectives, two
-    `paged_update_cache` per layer in a decode step, nothing on the host (step_checks).
-    """
+    """The TT compiler takes a request's steps on every mesh (a prompt's first prefill chunk and
+    the decode step, its rows at one slot or at their own): the planned collectives, two
+    `paged_update_cache` per layer in a decode step, nothing on the host (step_checks). The other
+    steps are checked on the tiny presets (test_generation): all seven at 30 layers on four
+    meshes would double the TT run."""
     if dut.platform != TT:
         pytest.skip(TT_ONLY)
     model = abstract_model(checkpoint.cfg, jnp.float32, mesh, TT_FORMS)
     request = (prompts, NEW_TOKENS, SamplingConfig())
     gen = generator(checkpoint, model, mesh)
-    compiles_as_planned(gen, *request, mesh, dut, record_property)
+    kinds = (PREFILL, DECODE, DECODE_ROWS)
+    compiles_as_planned(gen, *request, mesh, dut, record_property, kinds)

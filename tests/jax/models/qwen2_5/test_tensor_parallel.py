@@ -218,7 +218,10 @@ def _attention_inputs(cfg):
     return batch, inputs, specs
 
 
-@pytest.mark.push
+# Every mesh for 7B's heads; the other presets on 1x8 (every mesh nightly).
+@pytest.mark.push_where(preset="gqa28x4")
+@pytest.mark.push_where(mesh="1x8")
+@pytest.mark.nightly_unless(preset="gqa28x4", mesh="1x8")
 @PRESETS
 @pytest.mark.parametrize(
     ("module", "kind"),
@@ -247,7 +250,10 @@ def test_layer(module, kind, preset, mesh, golden_model, dut, record_property):
     )
 
 
-@pytest.mark.push
+# float32 on every mesh, bfloat16 on 1x8 (the trained model's logits: test_real_weights.py).
+@pytest.mark.push_where(dtype="float32")
+@pytest.mark.push_where(mesh="1x8")
+@pytest.mark.nightly_unless(dtype="float32", mesh="1x8")
 @PRESETS
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_logits(preset, dtype, mesh, golden_model, dut, record_property):
@@ -657,6 +663,7 @@ def test_kv_cache_bytes_per_device(name, mesh_name, rows, mib):
     )
 
 
+@pytest.mark.nightly
 def test_plan_cli_for_another_size():
     done = _plan_cli("--mesh", "1x8", "--model", "0.5B", "--json", "--seq-len", "64")
     assert done.returncode == 0, done.stderr
