@@ -11,6 +11,7 @@ test's recorded properties) show all the numbers, not only the one that was chec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -131,13 +132,10 @@ def accuracy_ratio(golden: np.ndarray, actual: np.ndarray, exact: np.ndarray) ->
     return rms(actual) / max(rms(golden), float(np.finfo(np.float32).tiny))
 
 
-def compare(
-    golden: np.ndarray,
-    actual: np.ndarray,
-    config: Thresholds,
-    mask: np.ndarray | None = None,
-) -> CheckResult:
-    """All metrics of `actual` against `golden`; `mask` (over leading axes) keeps the rows that count."""
+def _rows(
+    golden: np.ndarray, actual: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both outputs in float64, the rows that count (`mask` over leading axes)."""
     golden = np.asarray(golden, np.float64)
     actual = np.asarray(actual, np.float64)
     if golden.shape != actual.shape:
@@ -151,51 +149,91 @@ def compare(
         raise GoldenMismatch(
             "nothing to compare: the tensors (after masking) are empty"
         )
+    return golden, actual
 
-    failures = []
-    finite = np.isfinite(actual)
-    if not finite.all():
-        failures.append(
-            f"{int((~finite).sum())} non-finite values in the output under test"
-        )
-    max_abs_diff = float(np.max(np.abs(golden - actual)))
-    pcc = pearson(golden, actual)
-    rtol, allclose_atol = config.allclose or (1e-5, 1e-8)
-    allclose = bool(np.allclose(actual, golden, rtol=rtol, atol=allclose_atol))
+
+def _top1(
+    golden: np.ndarray, actual: np.ndarray, tie: TieRule | None
+) -> tuple[float, float]:
+    """Top-1 agreement over rows (last axis the classes): within ties, and strict."""
     rows_g = golden.reshape(-1, golden.shape[-1])
     rows_a = actual.reshape(-1, actual.shape[-1])
     expected, picked = rows_g.argmax(-1), rows_a.argmax(-1)
     agree = expected == picked
-    top1_strict = float(np.mean(agree))
+    strict = float(np.mean(agree))
     agree |= rows_g.max(-1) == np.take_along_axis(rows_g, picked[:, None], -1)[:, 0]
-    if config.top1_tie is not None:
-        agree |= config.top1_tie(rows_g, rows_a, expected, picked)
-    top1 = float(np.mean(agree))
-    log_p, log_q = _log_softmax(rows_g), _log_softmax(rows_a)
-    kl = float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
-    oracle = config.oracle
-    ratio = (
-        None
-        if oracle is None
-        else accuracy_ratio(golden, actual, np.asarray(oracle.values, np.float64))
-    )
+    if tie is not None:
+        agree |= tie(rows_g, rows_a, expected, picked)
+    return float(np.mean(agree)), strict
 
-    if config.atol is not None and not max_abs_diff <= config.atol:
-        failures.append(f"max_abs_diff {max_abs_diff:.3e} > atol {config.atol:.1e}")
-    if config.pcc is not None and not pcc >= config.pcc:
-        failures.append(f"pcc {pcc:.7f} < {config.pcc}")
-    if config.allclose is not None and not allclose:
-        failures.append(f"not allclose(rtol={rtol}, atol={allclose_atol})")
-    if config.top1 is not None and not top1 >= config.top1:
-        failures.append(f"top1 agreement {top1:.4f} < {config.top1}")
-    if config.kl is not None and not kl <= config.kl:
-        failures.append(f"kl {kl:.3e} > {config.kl:.1e}")
-    if ratio is not None and not ratio <= oracle.factor:
-        failures.append(
-            f"error against the exact answer {ratio:.3f}x the golden's > {oracle.factor:g}x"
+
+def _kl(golden: np.ndarray, actual: np.ndarray) -> float:
+    log_p = _log_softmax(golden.reshape(-1, golden.shape[-1]))
+    log_q = _log_softmax(actual.reshape(-1, actual.shape[-1]))
+    return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)))
+
+
+def _failures(result: CheckResult, config: Thresholds, non_finite: int) -> list[str]:
+    """What `result` misses of `config`'s thresholds, in words."""
+    rtol, atol = config.allclose or (1e-5, 1e-8)
+    checks = [
+        (non_finite == 0, f"{non_finite} non-finite values in the output under test"),
+        (
+            config.atol is None or result.max_abs_diff <= config.atol,
+            f"max_abs_diff {result.max_abs_diff:.3e} > atol {config.atol or 0:.1e}",
+        ),
+        (
+            config.pcc is None or result.pcc >= config.pcc,
+            f"pcc {result.pcc:.7f} < {config.pcc}",
+        ),
+        (
+            config.allclose is None or result.allclose,
+            f"not allclose(rtol={rtol}, atol={atol})",
+        ),
+        (
+            config.top1 is None or result.top1 >= config.top1,
+            f"top1 agreement {result.top1:.4f} < {config.top1}",
+        ),
+        (
+            config.kl is None or result.kl <= config.kl,
+            f"kl {result.kl:.3e} > {config.kl or 0:.1e}",
+        ),
+    ]
+    if config.oracle is not None:
+        ratio, factor = result.accuracy_ratio, config.oracle.factor
+        message = (
+            f"error against the exact answer {ratio:.3f}x the golden's > {factor:g}x"
         )
-    result = (max_abs_diff, pcc, allclose, top1, top1_strict, kl, ratio)
-    return CheckResult(*result, tuple(failures))
+        checks.append((ratio <= factor, message))
+    return [message for ok, message in checks if not ok]
+
+
+def compare(
+    golden: np.ndarray,
+    actual: np.ndarray,
+    config: Thresholds,
+    mask: np.ndarray | None = None,
+) -> CheckResult:
+    """All metrics of `actual` against `golden`; `mask` (over leading axes) keeps the rows that count."""
+    golden, actual = _rows(golden, actual, mask)
+    rtol, atol = config.allclose or (1e-5, 1e-8)
+    top1, strict = _top1(golden, actual, config.top1_tie)
+    ratio = None
+    if config.oracle is not None:
+        exact = np.asarray(config.oracle.values, np.float64)
+        ratio = accuracy_ratio(golden, actual, exact)
+    result = CheckResult(
+        float(np.max(np.abs(golden - actual))),
+        pearson(golden, actual),
+        bool(np.allclose(actual, golden, rtol=rtol, atol=atol)),
+        top1,
+        strict,
+        _kl(golden, actual),
+        ratio,
+    )
+    non_finite = int((~np.isfinite(actual)).sum())
+    failures = tuple(_failures(result, config, non_finite))
+    return dataclasses.replace(result, failures=failures)
 
 
 def assert_equivalent(

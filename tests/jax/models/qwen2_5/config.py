@@ -56,6 +56,51 @@ def _boolean(hf: dict, name: str, default: Any = _MISSING) -> bool:
     return value
 
 
+def _refuse_what_would_be_ignored(hf: dict) -> dict:
+    """Refuse another model type or activation, sliding windows, RoPE scaling and layer kinds other
+    than full attention; returns the RoPE parameters (rope_theta may be there)."""
+    if hf.get("model_type") != "qwen2":
+        raise ConfigError(
+            f"model_type is {hf.get('model_type')!r}, not 'qwen2': this is not a Qwen2/Qwen2.5 checkpoint"
+        )
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(
+            f"hidden_act {hf['hidden_act']!r} is not supported (Qwen2 uses silu)"
+        )
+    if _boolean(hf, "use_sliding_window", False):
+        raise ConfigError(
+            "use_sliding_window=true is not supported: Qwen2.5 checkpoints use full attention"
+        )
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"rope_scaling must be a JSON object or null, got {rope!r}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise ConfigError(
+            f"RoPE scaling {rope_type!r} is not supported; remove rope_scaling to use plain RoPE"
+        )
+    # transformers' bookkeeping of each layer's attention; only its kinds matter here (its length
+    # is transformers' concern: the weights decide how many layers there are).
+    layer_types = hf.get("layer_types") or []
+    if not isinstance(layer_types, list) or set(layer_types) - {"full_attention"}:
+        raise ConfigError(
+            f"layer_types other than 'full_attention' are not supported, got {layer_types!r}"
+        )
+    return rope
+
+
+def _head_dim(hf: dict, hidden: int, heads: int) -> int:
+    """head_dim, or (null is Hugging Face's "not set") hidden / heads."""
+    head_dim = hf.get("head_dim")
+    if head_dim is None:
+        if hidden % heads:
+            raise ConfigError(
+                f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}: set head_dim"
+            )
+        head_dim = hidden // heads
+    return _integer({"head_dim": head_dim}, "head_dim")
+
+
 @dataclass(frozen=True)
 class Qwen2Config:
     vocab_size: int
@@ -105,53 +150,16 @@ class Qwen2Config:
             raise ConfigError(
                 f"must hold a JSON object of fields, not a JSON {type(hf).__name__}"
             )
-        if hf.get("model_type") != "qwen2":
-            raise ConfigError(
-                f"model_type is {hf.get('model_type')!r}, not 'qwen2': this is not a Qwen2/Qwen2.5 checkpoint"
-            )
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ConfigError(
-                f"hidden_act {hf['hidden_act']!r} is not supported (Qwen2 uses silu)"
-            )
-        if _boolean(hf, "use_sliding_window", False):
-            raise ConfigError(
-                "use_sliding_window=true is not supported: Qwen2.5 checkpoints use full attention"
-            )
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        if not isinstance(rope, dict):
-            raise ConfigError(
-                f"rope_scaling must be a JSON object or null, got {rope!r}"
-            )
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ConfigError(
-                f"RoPE scaling {rope_type!r} is not supported; remove rope_scaling to use plain RoPE"
-            )
-        num_layers = _integer(hf, "num_hidden_layers")
-        # transformers' bookkeeping of each layer's attention; only its kinds matter here (its length
-        # is transformers' concern: the weights decide how many layers there are).
-        layer_types = hf.get("layer_types") or []
-        if not isinstance(layer_types, list) or set(layer_types) - {"full_attention"}:
-            raise ConfigError(
-                f"layer_types other than 'full_attention' are not supported, got {layer_types!r}"
-            )
+        rope = _refuse_what_would_be_ignored(hf)
         hidden, heads = _integer(hf, "hidden_size"), _integer(hf, "num_attention_heads")
-        # null is Hugging Face's "not set": KV heads default to the query heads, head_dim to hidden / heads.
-        head_dim = hf.get("head_dim")
-        if head_dim is None:
-            if hidden % heads:
-                raise ConfigError(
-                    f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}: set head_dim"
-                )
-            head_dim = hidden // heads
         return cls(
             vocab_size=_integer(hf, "vocab_size"),
             hidden_size=hidden,
             intermediate_size=_integer(hf, "intermediate_size"),
-            num_layers=num_layers,
+            num_layers=_integer(hf, "num_hidden_layers"),
             num_heads=heads,
             num_kv_heads=_integer(hf, "num_key_value_heads", heads),
-            head_dim=_integer({"head_dim": head_dim}, "head_dim"),
+            head_dim=_head_dim(hf, hidden, heads),
             rope_theta=_positive_number(
                 rope, "rope_theta", _positive_number(hf, "rope_theta", 10000.0)
             ),

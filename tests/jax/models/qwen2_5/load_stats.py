@@ -25,6 +25,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from tests.jax.infra.mesh import make_mesh
 from tests.jax.models.qwen2_5.batching import PREFILL_CHUNK
@@ -46,7 +47,7 @@ def _reset_peak() -> int:
     return _status_kib("VmRSS")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.jax.models.qwen2_5.load_stats"
     )
@@ -65,52 +66,62 @@ def main(argv: list[str] | None = None) -> int:
         "--batch", type=int, default=8, help="prompts in the prefill batch"
     )
     parser.add_argument("--prefill-chunk", type=int, default=PREFILL_CHUNK)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def measure_load(args: argparse.Namespace, mesh, checkpoint_bytes: int) -> tuple:
+    """The model loaded (or, --naive, loaded whole and sharded) -> it, and its time and peak RSS."""
+    # the backend is up and counted in the baseline
+    jax.block_until_ready(jnp.zeros(1) + 1)
+    baseline = _reset_peak()
+    started = time.perf_counter()
+    dtype = getattr(jnp, args.dtype)
+    if args.naive:
+        model = shard_model(load_model(args.model_path, dtype), mesh)
+    else:
+        model = load_model(args.model_path, dtype, mesh=mesh)
+    jax.block_until_ready(jax.tree.leaves(nnx.state(model)))
+    seconds = time.perf_counter() - started
+    peak = (_status_kib("VmHWM") - baseline) * 1024
+    stats = {"naive": args.naive, "checkpoint_bytes": checkpoint_bytes}
+    stats |= {"load_seconds": seconds, "peak_rss_growth_bytes": peak}
+    return model, {**stats, "peak_over_checkpoint": peak / checkpoint_bytes}
+
+
+def measure_prefill(
+    args: argparse.Namespace, model, mesh, checkpoint_bytes: int
+) -> dict:
+    """Prefill --batch prompts of --prefill-tokens: peak RSS growth against the compiled steps'
+    own estimate."""
+    generator = Generator(model, (), 0, mesh, args.prefill_chunk)
+    prompts = [[100 + i % 1000 for i in range(args.prefill_tokens)]] * args.batch
+    layout = generator.layout([args.prefill_tokens] * args.batch, 1)
+    # compiles the steps
+    estimate = generator.steps.peak_bytes(layout) - generator.weight_bytes
+    baseline = _reset_peak()
+    generator.generate(prompts, 1)
+    grown = (_status_kib("VmHWM") - baseline) * 1024
+    return {
+        "tokens": args.prefill_tokens,
+        "batch": args.batch,
+        "chunk": args.prefill_chunk,
+        "peak_rss_growth_bytes": grown,
+        "over_checkpoint": grown / checkpoint_bytes,
+        "estimated_bytes": estimate,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         shape = configure_for(args.mesh)
         mesh = make_mesh(shape, jax.devices())
-        checkpoint_bytes = sum(
-            f.stat().st_size for f in set(tensor_files(args.model_path).values())
-        )
-        # the backend is up and counted in the baseline
-        jax.block_until_ready(jnp.zeros(1) + 1)
-        baseline = _reset_peak()
-        started = time.perf_counter()
-        dtype = getattr(jnp, args.dtype)
-        if args.naive:
-            model = shard_model(load_model(args.model_path, dtype), mesh)
-        else:
-            model = load_model(args.model_path, dtype, mesh=mesh)
-        jax.block_until_ready(jax.tree.leaves(model))
-        seconds = time.perf_counter() - started
-        peak = _status_kib("VmHWM") - baseline
-        stats = {
-            "mesh": shape.name,
-            "naive": args.naive,
-            "checkpoint_bytes": checkpoint_bytes,
-            "load_seconds": seconds,
-            "peak_rss_growth_bytes": peak * 1024,
-            "peak_over_checkpoint": peak * 1024 / checkpoint_bytes,
-        }
+        files = set(tensor_files(args.model_path).values())
+        checkpoint_bytes = sum(f.stat().st_size for f in files)
+        model, stats = measure_load(args, mesh, checkpoint_bytes)
+        stats["mesh"] = shape.name
         if args.prefill_tokens:
-            generator = Generator(model, (), 0, mesh, args.prefill_chunk)
-            prompts = [
-                [100 + i % 1000 for i in range(args.prefill_tokens)]
-            ] * args.batch
-            layout = generator.layout([args.prefill_tokens] * args.batch, 1)
-            # compiles the steps
-            estimate = generator.steps.peak_bytes(layout) - generator.weight_bytes
-            baseline = _reset_peak()
-            generator.generate(prompts, 1)
-            grown = (_status_kib("VmHWM") - baseline) * 1024
-            stats["prefill"] = {
-                "tokens": args.prefill_tokens,
-                "batch": args.batch,
-                "chunk": args.prefill_chunk,
-                "peak_rss_growth_bytes": grown,
-                "over_checkpoint": grown / checkpoint_bytes,
-                "estimated_bytes": estimate,
-            }
+            stats["prefill"] = measure_prefill(args, model, mesh, checkpoint_bytes)
     except EXPECTED_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -43,6 +43,7 @@ from tests.jax.infra.mesh import BATCH_AXIS, MODEL_AXIS, MeshError, MeshShape, m
 from tests.jax.infra.tt_plugin import TTPluginError, enable_compile_only, has_card
 from tests.jax.models.qwen2_5.config import QWEN2_5_FAMILY, Qwen2Config
 from tests.jax.models.qwen2_5.tensor_parallel import (
+    HeadSplit,
     TensorParallelError,
     abstract_model,
     batch_sharding,
@@ -178,6 +179,48 @@ def lower_forward(
         return jax.jit(forward).lower(state, tokens, tokens, tokens)
 
 
+def _layout(
+    module: str, split: bool, heads: HeadSplit, full: int, model_axis: int
+) -> tuple[int, str]:
+    """A parameter's ideal bytes per device and its layout in words."""
+    if module in ("k_proj", "v_proj") and heads.kv_replicas > 1:
+        # GQA forces it: a device needs the whole KV head its queries read.
+        layout = f"split by KV head, each replicated {heads.kv_replicas}x"
+        return full // heads.num_kv_heads, layout
+    if split:
+        pads = module in ("q_proj", "o_proj") and heads.pad_heads
+        return full // model_axis, "split over model" + (
+            f", {heads.pad_heads} zero pad heads" if pads else ""
+        )
+    return full, "replicated"
+
+
+def _param_rows(
+    cfg: Qwen2Config, mesh: Mesh, dtype: jnp.dtype, heads: HeadSplit
+) -> tuple[list[ParamRow], int]:
+    """One row per kind of parameter (bytes per device against ideal), and the strict ideal:
+    every split parameter over the axis, the rest whole."""
+    model_axis = mesh.shape[MODEL_AXIS]
+    original = dict(nnx.to_flat_state(nnx.state(model_shapes(cfg, dtype=dtype))))
+    rows: dict[str, list[int]] = {}
+    layouts: dict[str, str] = {}
+    strict_ideal = 0
+    for path, variable in nnx.to_flat_state(
+        nnx.state(abstract_model(cfg, dtype, mesh))
+    ):
+        value = value_of(variable)
+        local = int(np.prod(value.sharding.shard_shape(value.shape))) * dtype.itemsize
+        full = int(np.prod(value_of(original[path]).shape)) * dtype.itemsize
+        split = MODEL_AXIS in [a for a in value.sharding.spec if a]
+        ideal, layout = _layout(str(path[-2]), split, heads, full, model_axis)
+        strict_ideal += full // model_axis if split else full
+        role = _role(path)
+        acc = rows.setdefault(role, [0, 0])
+        acc[0], acc[1], layouts[role] = acc[0] + local, acc[1] + ideal, layout
+    params = [ParamRow(r, layouts[r], *rows[r]) for r in sorted(rows, key=_role_key)]
+    return params, strict_ideal
+
+
 def build_report(
     cfg: Qwen2Config,
     mesh: Mesh,
@@ -185,63 +228,21 @@ def build_report(
     seq_len: int = DEFAULT_SEQ_LEN,
 ) -> PlanReport:
     """Lay `cfg` out on `mesh`, compile its forward for `seq_len` tokens per row with XLA:CPU, and report."""
-    dtype = jnp.dtype(dtype_name)
     model_axis, batch = mesh.shape[MODEL_AXIS], mesh.shape[BATCH_AXIS]
     _, heads = tensor_parallel_config(cfg, model_axis)
-    original = dict(nnx.to_flat_state(nnx.state(model_shapes(cfg, dtype=dtype))))
-
-    rows: dict[str, list[int]] = {}
-    strict_ideal = 0
-    layouts: dict[str, str] = {}
-    for path, variable in nnx.to_flat_state(
-        nnx.state(abstract_model(cfg, dtype, mesh))
-    ):
-        sharding = variable.get_value().sharding
-        local = (
-            int(np.prod(sharding.shard_shape(value_of(variable).shape)))
-            * dtype.itemsize
-        )
-        full = int(np.prod(original[path].shape)) * dtype.itemsize
-        split = MODEL_AXIS in [a for a in sharding.spec if a]
-        module = str(path[-2])
-        if module in ("k_proj", "v_proj") and heads.kv_replicas > 1:
-            # GQA forces it: a device needs the whole KV head its queries read.
-            ideal = full // heads.num_kv_heads
-            layout = f"split by KV head, each replicated {heads.kv_replicas}x"
-        elif split:
-            ideal = full // model_axis
-            layout = "split over model" + (
-                f", {heads.pad_heads} zero pad heads"
-                if module in ("q_proj", "o_proj") and heads.pad_heads
-                else ""
-            )
-        else:
-            ideal, layout = full, "replicated"
-        strict_ideal += full // model_axis if split else full
-        role = _role(path)
-        acc = rows.setdefault(role, [0, 0])
-        acc[0] += local
-        acc[1] += ideal
-        layouts[role] = layout
-
-    params = [
-        ParamRow(role, layouts[role], *rows[role])
-        for role in sorted(rows, key=_role_key)
-    ]
-    compiled, collectives, _ = compile_and_count(
-        lower_forward(cfg, mesh, dtype_name, seq_len), CPU
-    )
+    params, strict_ideal = _param_rows(cfg, mesh, jnp.dtype(dtype_name), heads)
+    lowered = lower_forward(cfg, mesh, dtype_name, seq_len)
+    compiled, collectives, _ = compile_and_count(lowered, CPU)
     memory = compiled.memory_analysis()
     per_device = sum(r.per_device_bytes for r in params)
     ideal = sum(r.ideal_per_device_bytes for r in params)
     all_reduces = collectives.pop("all_reduce", 0)
-    all_gathers = collectives.pop("all_gather", 0)
     return PlanReport(
         mesh=f"{batch}x{model_axis}",
         dtype=dtype_name,
         num_layers=cfg.num_layers,
         query_heads=f"{cfg.num_heads} -> {heads.padded_heads} ({heads.query_heads_per_device} per device)",
-        kv_heads=f"{cfg.num_kv_heads} -> {heads.stored_kv_heads} ({heads.stored_kv_heads // model_axis} per device)",
+        kv_heads=f"{cfg.num_kv_heads} -> {heads.stored_kv_heads} ({heads.kv_heads_per_device} per device)",
         params=params,
         per_device_param_bytes=per_device,
         ideal_per_device_param_bytes=ideal,
@@ -249,7 +250,7 @@ def build_report(
         param_bytes_ratio_strict=per_device / strict_ideal,
         all_reduces=all_reduces,
         all_reduces_per_layer=(all_reduces - 1) / cfg.num_layers,
-        all_gathers=all_gathers,
+        all_gathers=collectives.pop("all_gather", 0),
         other_collectives=dict(collectives),
         temp_bytes_per_device=int(memory.temp_size_in_bytes) if memory else -1,
         seq_len=seq_len,

@@ -269,7 +269,7 @@ def _lines(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.jax.models.qwen2_5.speed")
     parser.add_argument("--side", choices=["ours", "hf"], required=True)
     parser.add_argument(
@@ -294,22 +294,29 @@ def main(argv: list[str] | None = None) -> int:
         default=GSM8K_PROBLEMS,
         help=f"gsm8k: the first N test problems' lengths (default {GSM8K_PROBLEMS})",
     )
-    args = parser.parse_args(argv)
-    if args.phase == "gsm8k" and (
-        args.data_file is None or not args.data_file.is_file()
-    ):
-        print(
-            f"error: --phase gsm8k needs --data-file GSM8K/test.jsonl, got {args.data_file}",
-            file=sys.stderr,
+    return parser.parse_args(argv)
+
+
+def refusal(args: argparse.Namespace) -> str | None:
+    """What is wrong with a GSM8K request, before any model is loaded (None: nothing)."""
+    if args.phase != "gsm8k":
+        return None
+    if args.data_file is None or not args.data_file.is_file():
+        return f"--phase gsm8k needs --data-file GSM8K/test.jsonl, got {args.data_file}"
+    held = _lines(args.data_file)
+    if not 1 <= args.problems <= held:
+        return (
+            f"--problems must be between 1 and the {held} problems of "
+            f"{args.data_file}, got {args.problems}"
         )
-        return 2
-    held = _lines(args.data_file) if args.phase == "gsm8k" else 0
-    if args.phase == "gsm8k" and not 1 <= args.problems <= held:
-        print(
-            f"error: --problems must be between 1 and the {held} problems of "
-            f"{args.data_file}, got {args.problems}",
-            file=sys.stderr,
-        )
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    refused = refusal(args)
+    if refused is not None:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     request = Request(
         args.model_path,
