@@ -63,12 +63,12 @@ class Audited:
     """A checkpoint, its single-device generations, oracle and correct mesh generators per dtype,
     each made once."""
 
-    def __init__(self, path, cfg):
+    def __init__(self, path, cfg, prompts: list[list[int]] | None = None):
+        """`prompts` default to random token ids of PROMPT_LENGTHS (a random checkpoint's)."""
         self.path, self.cfg = path, cfg
         rng = np.random.default_rng(1)
-        self.prompts = [
-            rng.integers(3, cfg.vocab_size, n).tolist() for n in PROMPT_LENGTHS
-        ]
+        random = [rng.integers(3, cfg.vocab_size, n).tolist() for n in PROMPT_LENGTHS]
+        self.prompts = random if prompts is None else prompts
         self._made: dict = {}
 
     def _once(self, key: tuple, make):

@@ -31,6 +31,7 @@ from tests.jax.infra.devices import TT, golden_device
 from tests.jax.infra.equivalence import EquivalenceTester, run_on_device
 from tests.jax.infra.golden_check import Oracle, Thresholds
 from tests.jax.models.qwen2_5.audit import ACCURACY_FACTOR, exact_model, oracle_tie_rule
+from tests.jax.models.qwen2_5.faults import CATALOG
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.hf_golden import (
     exact_logits,
@@ -52,6 +53,7 @@ from tests.jax.models.qwen2_5.tensor_parallel import (
     forward_all_reduces,
     shard_model,
 )
+from tests.jax.models.qwen2_5.test_audit import Audited, check_fault
 from tests.jax.models.qwen2_5.tt_forms import TT_FORMS, kernels_for
 from tests.jax.models.qwen2_5.workloads import Batch, module_workload, placed_like
 
@@ -300,3 +302,27 @@ def test_steps_compile_for_tt_on_every_mesh(
     gen = generator(checkpoint, model, mesh)
     kinds = (PREFILL, DECODE, DECODE_ROWS)
     compiles_as_planned(gen, *request, mesh, dut, record_property, kinds)
+
+
+# Dropping a q_proj bias changes nothing where the biases are zero, as they are in a Llama model.
+VACUOUS_HERE = ("q_bias_dropped_on_one_device",)
+
+
+@pytest.fixture(scope="module")
+def audited_smollm2(smollm2, checkpoint, prompts) -> Audited:
+    return Audited(smollm2, checkpoint.cfg, prompts)
+
+
+@pytest.mark.nightly
+@pytest.mark.tensor_parallel
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("fault", [f for f in CATALOG if f not in VACUOUS_HERE])
+def test_a_catalog_fault_is_different_on_the_trained_model(
+    dtype, fault, dut, audited_smollm2, record_property
+):
+    """The fault catalog (faults.py) injected into the trained model's 1x8 mesh, greedy on
+    TEXTS: the audit's verdict `different` in float32 and bfloat16, each fault's effect on the
+    logits recorded."""
+    if dut.compile_only:
+        pytest.skip(NEEDS_DATA)
+    check_fault(audited_smollm2, dut, dtype, fault, record_property, with_effect=True)
