@@ -31,6 +31,7 @@ from tests.jax.infra.equivalence import (
 )
 from tests.jax.infra.golden_check import Thresholds
 from tests.jax.infra.mesh import MODEL_AXIS, MeshShape, make_mesh
+from tests.jax.infra.runs import available_host_bytes
 from tests.jax.models.qwen2_5 import model as model_module
 from tests.jax.models.qwen2_5.audit import exact_model, oracle_tie_rule, ulp
 from tests.jax.models.qwen2_5.config import QWEN2_5_7B, QWEN2_5_FAMILY, TINY_PRESETS
@@ -596,22 +597,13 @@ def wide_golden():
     return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(randomize, state))
 
 
-def _host_bytes_available() -> int:
-    with open("/proc/meminfo") as f:
-        return next(
-            int(line.split()[1]) * 1024
-            for line in f
-            if line.startswith("MemAvailable:")
-        )
-
-
 @pytest.mark.nightly
 def test_7b_width_logits(mesh, wide_golden, dut, record_property):
     """Full 7B widths (3584 hidden, 18944 MLP, 28:4 heads of 128, 152064 vocab), 2 layers, bfloat16."""
     if dut.platform == CPU:
         # Simulated devices share host memory: every `batch` row of the mesh holds a full copy.
         weights = sum(x.nbytes for x in jax.tree.leaves(nnx.state(wide_golden)))
-        need, have = int(1.1 * weights * mesh.shape["batch"]), _host_bytes_available()
+        need, have = int(1.1 * weights * mesh.shape["batch"]), available_host_bytes()
         if need > have:
             pytest.skip(
                 f"the {mesh.shape['batch']} batch replicas of the 7B-width weights need {need / 2**30:.1f} GiB of "
