@@ -83,8 +83,11 @@ def late_on_the_first_device(
 
 def bfloat16_softmax(scores: jax.Array, bias: jax.Array) -> jax.Array:
     """The attention softmax computed in bfloat16 instead of float32: the sums of exponentials
-    round at every step."""
-    low = scores.astype(jnp.bfloat16) + bias.astype(jnp.bfloat16)
+    round at every step. The mask's bias is float32's most negative finite value, beyond bfloat16's
+    range: clipped to bfloat16's, it stays finite as the model keeps it (a pad query sees uniform
+    weights, not NaN), so the fault is the rounding alone."""
+    hidden = jnp.finfo(jnp.bfloat16).min
+    low = scores.astype(jnp.bfloat16) + jnp.maximum(bias, hidden).astype(jnp.bfloat16)
     return jax.nn.softmax(low, axis=-1).astype(scores.dtype)
 
 

@@ -127,9 +127,7 @@ def report(
             "decode_row_utilisation": result.utilisation,
         }
         if comparison is not None:
-            audits = {
-                str(i): audit.to_dict() for i, audit in comparison.differing.items()
-            }
+            audits = {str(i): a.to_dict() for i, a in comparison.audits.items()}
             record["comparison"] = {**comparison.summary(), "audits": audits}
         print(json.dumps(record))
         return
@@ -185,7 +183,7 @@ def audit_against_one_device(
     generator: Generator,
     result: GenerationResult,
 ) -> MeshAudit:
-    """The same prompts on one device, and the audit of every prompt whose tokens differ."""
+    """The same prompts on one device, and the audit of every prompt."""
     single = checkpoint.load(MeshShape(1, 1), dtype)
     reference = single.generate(prompts, max_new_tokens)
     ours, theirs = (

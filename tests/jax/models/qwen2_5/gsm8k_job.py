@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tests.jax.infra.mesh import MeshShape
 from tests.jax.infra.runs import ResultStore
+from tests.jax.models.qwen2_5.audit import RULE
 from tests.jax.models.qwen2_5.gsm8k_task import (
     FEWSHOT_SEED,
     STOP_SEQUENCES,
@@ -147,6 +148,8 @@ class Job:
             "batch_size": s.batch_size,
             "prefill_chunk": s.prefill_chunk,
             "compare_single_device": s.compare_single_device,
+            # A resumed comparison audits with the rule its finished problems were audited by.
+            "audit_rule": RULE if s.compare_single_device else None,
             "cpu_kernels": s.cpu_kernels,
         }
 

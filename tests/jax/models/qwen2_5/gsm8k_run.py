@@ -55,7 +55,7 @@ def step_layouts(
 ) -> list[tuple]:
     """(layout, lowered-step names) of every compiled step model `name` runs for the problems
     `todo`, streamed through --batch-size rows; compared, the audit's teacher forcing of groups of
-    up to --batch-size differing problems, rows padded to a power of two."""
+    up to --batch-size problems, rows padded to a power of two."""
     s = job.settings
     steps = []
     if name != ORACLE:

@@ -14,6 +14,8 @@ other, so bfloat16 near-ties are frequent and the tie rule is exercised on every
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -352,9 +354,17 @@ def test_verdicts_and_a_resumed_audit():
         "divergences": [tie],
         "single_error": 0.02,
         "mesh_error": 0.021,
+        "positions": 32,
     }
-    audit = MeshAudit("bfloat16", {0: None, 1: None})
+    same = SequenceAudit(None, [], 0.02, 0.03, 32)
+    audit = MeshAudit("bfloat16", {0: same, 1: same})
     assert audit.verdict == IDENTICAL
+    # The same tokens, logits 3x as far from the oracle: a fault that flipped no token yet.
+    far = dataclasses.replace(same, mesh_error=0.06)
+    assert MeshAudit("bfloat16", {0: far, 1: far}).verdict == DIFFERENT
+    # One token is too few errors for a ratio: judged with the rest, the run is as accurate.
+    short = dataclasses.replace(same, mesh_error=0.05, positions=1)
+    assert MeshAudit("bfloat16", {0: same, 1: short}).verdict == IDENTICAL
     audit.audits[2] = SequenceAudit.from_dict(record)
     assert (
         audit.verdict == EQUIVALENT and audit.audits[2].to_dict()["rounding_ties"] == 1

@@ -440,6 +440,7 @@ def cli(tiny_checkpoint, tmp_path_factory, demo_cache, smollm2):
     more = [arg for p in ("One", "Two", "Three") for arg in ("--prompt", p)]
     calls["rows_static"] = ["--mesh", "2x4", *BATCH, *more]
     calls["rows_continuous"] = [*calls["rows_static"], "--rows", "2"]
+    calls["compare"] = [*calls["rows_static"], "--compare-single-device"]
     calls["not_qwen2"] = ["--model-path", str(llama), "--prompt", "Hello"]
     for i, (args, _) in enumerate(BAD_INPUT):
         calls[f"bad_{i}"] = (
@@ -490,6 +491,22 @@ def test_cli_continuous_rows_give_the_batch_tokens(cli):
     assert rows["generated_token_ids"] == batch["generated_token_ids"]
     assert len(rows["generated_token_ids"]) == 5
     assert 0 < rows["decode_row_utilisation"] <= 1
+
+
+@pytest.mark.tensor_parallel
+def test_cli_compare_mode_audits_every_prompt(cli):
+    """`--compare-single-device` in float32: the single device's tokens, and an audit for every
+    prompt, the same tokens included (their accuracy counts in the run's)."""
+    done = cli["compare"]
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    comparison = out["comparison"]
+    assert comparison["verdict"] == "identical" and comparison["accuracy_ratio"] <= 2
+    audits = comparison["audits"]
+    assert sorted(audits, key=int) == [str(i) for i in range(5)]
+    assert all(a["first_divergence"] is None for a in audits.values())
+    tokens = json.loads(cli["rows_static"].stdout)["generated_token_ids"]
+    assert out["generated_token_ids"] == tokens
 
 
 @pytest.mark.tensor_parallel

@@ -367,7 +367,7 @@ def test_cli_compare_mode_on_a_save_pretrained_checkpoint(cli):
     assert result["scores"]["2x4"] == result["scores"]["1x1"]
     assert (
         result["problems"][0]["prompt"].startswith("Question:")
-        and result["problems"][0]["audit"] is None
+        and result["problems"][0]["audit"]["first_divergence"] is None
     )
     # Compare mode keeps each run's step records: the audit's evidence, per generated token.
     record = result["problems"][0]["2x4"]

@@ -306,6 +306,17 @@ def test_steps_compile_for_tt_on_every_mesh(
 
 # Dropping a q_proj bias changes nothing where the biases are zero, as they are in a Llama model.
 VACUOUS_HERE = ("q_bias_dropped_on_one_device",)
+# At or below bfloat16's resolution here (measured, docs/real_weights.md): the bfloat16 softmax and
+# RMSNorm's epsilon 10x leave the mesh within 1.25x and 1.57x one device's error against the
+# oracle, where correct meshes measure 0.73-1.54x; decode's RoPE position off by one (a neighbour's
+# rotation, theta 1e5) is 1.63x over all prompts and 2.04x on one, at the bound, so its verdict
+# would rest on the host's bfloat16 rounding. The float32 audit calls all three `different`.
+AT_BFLOAT16_RESOLUTION_HERE = (
+    "bfloat16_softmax",
+    "rms_norm_eps_changed",
+    "decode_position_off_by_one",
+)
+CAUGHT = [f for f in CATALOG if f not in VACUOUS_HERE]
 
 
 @pytest.fixture(scope="module")
@@ -315,14 +326,17 @@ def audited_smollm2(smollm2, checkpoint, prompts) -> Audited:
 
 @pytest.mark.nightly
 @pytest.mark.tensor_parallel
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("fault", [f for f in CATALOG if f not in VACUOUS_HERE])
+@pytest.mark.parametrize(
+    ("dtype", "fault"),
+    [("float32", f) for f in CAUGHT]
+    + [("bfloat16", f) for f in CAUGHT if f not in AT_BFLOAT16_RESOLUTION_HERE],
+)
 def test_a_catalog_fault_is_different_on_the_trained_model(
     dtype, fault, dut, audited_smollm2, record_property
 ):
     """The fault catalog (faults.py) injected into the trained model's 1x8 mesh, greedy on
-    TEXTS: the audit's verdict `different` in float32 and bfloat16, each fault's effect on the
-    logits recorded."""
+    TEXTS: the audit's verdict `different`, every fault in float32 and those above bfloat16's
+    resolution in bfloat16, each fault's effect on the logits recorded."""
     if dut.compile_only:
         pytest.skip(NEEDS_DATA)
     check_fault(audited_smollm2, dut, dtype, fault, record_property, with_effect=True)
