@@ -494,6 +494,7 @@ def test_gsm8k_score_on_mesh_equals_single_device(
         record_property(f"{metric}_mcnemar_p_value", paired["mcnemar_p_value"])
     record_property("verdict", comparison["verdict"])
     record_property("rounding_ties", comparison["rounding_ties"])
+    record_property("accuracy_ratio", comparison["accuracy_ratio"])
     if dtype == "float32":
         assert comparison["verdict"] == "identical", comparison
         hugging_face_on_the_same_problems(real_model_path, result, record_property)
