@@ -300,24 +300,17 @@ def audit_sequences(
     """Audit every prompt (see the module docstring): the oracle teacher-forced over the single
     device's sequences, the mesh over those whose tokens differ, then `judge`."""
     pairs = list(zip(single_runs, mesh_runs, strict=True))
-    differ = [
-        i
-        for i, (s, m) in enumerate(pairs)
-        if first_difference(s.tokens, m.tokens) is not None
-    ]
+    differ = {i for i, (s, m) in enumerate(pairs) if s.tokens != m.tokens}
     exact = _forced(oracle, prompts, single_runs)
-    forced = dict.fromkeys(range(len(pairs)))
-    forced.update(
-        zip(
-            differ,
-            _forced(
-                mesh, [prompts[i] for i in differ], [single_runs[i] for i in differ]
-            ),
-            strict=True,
+    forced = iter(
+        _forced(
+            mesh,
+            [prompts[i] for i in sorted(differ)],
+            [single_runs[i] for i in sorted(differ)],
         )
     )
     return [
-        judge(single, theirs, exact[i], forced[i], dtype)
+        judge(single, theirs, exact[i], next(forced) if i in differ else None, dtype)
         for i, (single, theirs) in enumerate(pairs)
     ]
 

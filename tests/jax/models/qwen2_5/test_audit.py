@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -38,10 +39,11 @@ from tests.jax.models.qwen2_5.audit import (
     ulp,
 )
 from tests.jax.models.qwen2_5.config import TINY_PRESETS
-from tests.jax.models.qwen2_5.faults import CATALOG, WEIGHTS_ONLY
+from tests.jax.models.qwen2_5.faults import CATALOG, WEIGHTS_ONLY, bfloat16_softmax
 from tests.jax.models.qwen2_5.generation import Generator
 from tests.jax.models.qwen2_5.hf_golden import build_checkpoint
 from tests.jax.models.qwen2_5.loader import load_model
+from tests.jax.models.qwen2_5.model import attention_bias
 from tests.jax.models.qwen2_5.sampling import TOP_K
 from tests.jax.models.qwen2_5.scoring import teacher_forced_logits
 
@@ -327,6 +329,23 @@ def test_a_divergence_is_a_tie_only_within_twice_the_single_devices_error():
     )
     less_accurate = judge(single, run_of([2, 3], noisy), oracle, oracle, "bfloat16")
     assert less_accurate.real_divergences == 0 and not less_accurate.as_accurate
+
+
+@PUSH
+def test_the_bfloat16_softmax_fault_is_rounding_alone():
+    """Under the fault a pad query (no visible key) gets uniform weights, as under the model's
+    float32 softmax, not NaN: the mask stays finite in bfloat16 and the fault is only rounding.
+    """
+    visible = jnp.array([[[True, True, False, False], [False] * 4]])  # (1, T=2, S=4)
+    bias = attention_bias(visible, jnp.float32)  # (1, 1, 2, 4)
+    scores = jnp.asarray(
+        np.random.default_rng(0).standard_normal((1, 1, 2, 4)), jnp.float32
+    )
+    faulty = np.asarray(bfloat16_softmax(scores, bias))
+    exact = np.asarray(jax.nn.softmax(scores + bias, axis=-1))
+    assert np.isfinite(faulty).all() and (faulty[0, 0, 1] == 0.25).all()
+    # A few bfloat16 roundings (2^-8 relative each) on weights of at most 1.
+    np.testing.assert_allclose(faulty, exact, atol=2**-5)
 
 
 @PUSH
